@@ -1,0 +1,43 @@
+# llama-jreg: `make demo` runs a small real pre-training run on CPU; `make test` runs the tests.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# a system torch with CUDA (GPU images) is seen through --system-site-packages and kept
+SYSTEM_SITE := $(shell python3 -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null && echo --system-site-packages)
+TEST_ENV := WANDB_MODE=offline HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+            HF_HOME=$(CURDIR)/.cache/hf_home TOKENIZERS_PARALLELISM=false
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-slow test-all bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install_torch.sh
+	python3 -m venv $(SYSTEM_SITE) $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	bash scripts/install_torch.sh $(VENV)
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	WANDB_MODE=offline $(VENV)/bin/llama-jreg train trainer=demo logger=wandb run.dir=runs/demo
+
+test: setup
+	$(TEST_ENV) $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: setup
+	$(TEST_ENV) $(PY) -m pytest -q -m "slow" $(PYTEST_ARGS)
+
+test-all: setup
+	$(TEST_ENV) $(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) scripts/bench_cpu.py
+	$(PY) scripts/bench_data.py
+
+lint: setup
+	$(VENV)/bin/ruff check llama_jreg tests scripts
+
+clean:
+	rm -rf $(VENV) .cache runs outputs multirun

@@ -1,0 +1,44 @@
+"""Typed schema of the ``data`` config group (configs/data/*.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class InductionConfig:
+    """Synthetic bigram-with-trigger sequences (Bietti et al. 2023, "Birth of a Transformer")."""
+
+    num_triggers: int = 5  # K trigger tokens per sequence
+    bigram: str = "random"  # "random" (Dirichlet) or a path to a text file to estimate it from
+    num_train: int = 100_000  # number of training sequences (deterministic per (seed, index))
+    num_val: int = 256
+    vocab_size: int | None = None  # defaults to model.vocab_size
+
+
+@dataclass
+class DataConfig:
+    source: str = "shakespeare"  # shakespeare | local | hf | induction
+    # local: text / jsonl / parquet files or globs, read with HF datasets
+    files: list[str] = field(default_factory=list)
+    text_field: str = "text"
+    # hf: a hub dataset, streamed
+    hf_path: str | None = None
+    hf_name: str | None = None
+    hf_split: str = "train"
+    # tokenizer: a SentencePiece .model to load, or None to train one (BPE, byte fallback, split digits)
+    tokenizer: str | None = None
+    vocab_size: int | None = None  # tokenizer vocab when training one; defaults to model.vocab_size
+    tokenizer_train_chars: int = 20_000_000  # characters sampled to train the tokenizer
+    # packing and batching
+    seq_len: int = 256
+    micro_batch_size: int = 8  # sequences per rank per micro-batch
+    val_fraction: float = 0.01  # documents held out for validation
+    val_sequences: int = 64  # fixed validation set size (sequences)
+    # preparation
+    streaming: bool = False  # tokenise on the fly from `datasets` streaming instead of prepared shards
+    prepared_dir: str | None = None  # where shards + manifest go; default: <cache_dir>/prepared/<fingerprint>
+    cache_dir: str | None = None  # default: $LLAMA_JREG_CACHE or ~/.cache/llama_jreg
+    num_proc: int | None = None  # tokenisation processes; default: all cores
+    max_documents: int | None = None  # cap (useful for tests)
+    induction: InductionConfig = field(default_factory=InductionConfig)

@@ -1,0 +1,290 @@
+"""The Llama decoder: embeddings, pre-norm blocks (RMSNorm -> GQA attention with RoPE -> RMSNorm -> SwiGLU),
+final RMSNorm, LM head. No distributed code lives here (see ``llama_jreg/train/parallel.py``).
+
+Per-layer statistics for the jump metric and JREG are computed *inside* each block (no hooks), so they work
+under ``torch.compile`` and activation checkpointing: when asked, each block returns the token-wise cosine
+between its input and output residual stream, in fp32. The cosine is an autograd Function that saves only
+references to tensors the graph keeps anyway (block input and output) plus two (B, T) norms, so it adds no
+full-size activation to memory.
+
+Initialisation (``Llama.reset_parameters``): every Linear and the embedding ~ N(0, init_std); the two residual
+output projections (attention ``wo`` and MLP ``w2``) ~ N(0, init_std / sqrt(2 * n_layers)) (GPT-2 / OLMo
+scaled init); RMSNorm weights = 1. A tied LM head shares the embedding matrix.
+
+RoPE uses the half-split ("rotate_half") layout of HF transformers' Llama, so HF weights load without
+permutation (``llama_jreg/interop/hf.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from llama_jreg import UserError
+from llama_jreg.attention import BACKENDS, attention, check_backend
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of one Llama model. Sizes live in ``configs/model/*.yaml`` (and ``SIZES`` below)."""
+
+    name: str = "tiny"
+    vocab_size: int = 8192
+    dim: int = 256
+    n_layers: int = 6
+    n_heads: int = 8
+    n_kv_heads: int = 4
+    head_dim: int | None = None  # default dim // n_heads
+    ffn_dim: int = 688
+    max_seq_len: int = 512
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+    attn_backend: str = "auto"
+
+    def validate(self) -> "ModelConfig":
+        if self.n_heads <= 0 or self.n_kv_heads <= 0 or self.n_layers <= 0 or self.dim <= 0:
+            raise UserError("model.dim, model.n_layers, model.n_heads and model.n_kv_heads must be positive")
+        if self.head_dim is None and self.dim % self.n_heads != 0:
+            raise UserError(
+                f"model.n_heads={self.n_heads} does not divide model.dim={self.dim}; "
+                "pick n_heads that divides dim (or set model.head_dim)"
+            )
+        if self.n_heads % self.n_kv_heads != 0:
+            raise UserError(
+                f"model.n_kv_heads={self.n_kv_heads} does not divide model.n_heads={self.n_heads}; "
+                "pick n_kv_heads that divides n_heads"
+            )
+        if self.hd % 2 != 0:
+            raise UserError(f"head dimension {self.hd} must be even for RoPE")
+        if self.vocab_size <= 0 or self.max_seq_len <= 0 or self.ffn_dim <= 0:
+            raise UserError("model.vocab_size, model.max_seq_len and model.ffn_dim must be positive")
+        if self.attn_backend not in BACKENDS:
+            raise UserError(
+                f"unknown model.attn_backend={self.attn_backend!r}; choose one of {', '.join(BACKENDS)}"
+            )
+        check_backend(self.attn_backend)
+        return self
+
+    @property
+    def hd(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.dim // self.n_heads
+
+
+# The four sizes, mirrored by configs/model/*.yaml (a test checks they agree).
+SIZES: dict[str, dict] = {
+    "tiny": dict(vocab_size=8192, dim=256, n_layers=6, n_heads=8, n_kv_heads=4, ffn_dim=688, max_seq_len=512),
+    "small": dict(vocab_size=32000, dim=768, n_layers=12, n_heads=12, n_kv_heads=4, ffn_dim=2304,
+                  max_seq_len=2048, tie_embeddings=False),
+    "medium": dict(vocab_size=32000, dim=1024, n_layers=24, n_heads=16, n_kv_heads=8, ffn_dim=3072,
+                   max_seq_len=2048, tie_embeddings=False),
+    "large": dict(vocab_size=32000, dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn_dim=5632,
+                  max_seq_len=2048, tie_embeddings=False),
+}
+
+
+def config_for_size(name: str, **overrides) -> ModelConfig:
+    if name not in SIZES:
+        raise UserError(f"unknown model size {name!r}; choose one of {', '.join(SIZES)}")
+    return ModelConfig(name=name, **{**SIZES[name], **overrides}).validate()
+
+
+class ModelOutput(NamedTuple):
+    logits: torch.Tensor
+    # (L, B, T) fp32 token-wise cos(h_{l-1}, h_l) for l = 1..L, or None when stats were not asked for
+    cos: torch.Tensor | None = None
+    # (B, T) fp32 cos(h_{L-1}, final_norm(h_L)) - the post-final-norm variant of the last layer
+    cos_post_norm: torch.Tensor | None = None
+    # [h_0, ..., h_L] residual streams (pre final norm), only with return_hidden=True
+    hidden: list[torch.Tensor] | None = None
+
+
+class _TokenCosine(torch.autograd.Function):
+    """cos(a, b) along the last dim, in fp32, saving only references to a and b and two (..,) norms."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+        af, bf = a.float(), b.float()
+        na = af.norm(dim=-1).clamp_min(eps)
+        nb = bf.norm(dim=-1).clamp_min(eps)
+        cos = (af * bf).sum(-1) / (na * nb)
+        ctx.save_for_backward(a, b, na, nb, cos)
+        return cos
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        a, b, na, nb, cos = ctx.saved_tensors
+        af, bf = a.float(), b.float()
+        g = g.unsqueeze(-1)
+        inv = (1.0 / (na * nb)).unsqueeze(-1)
+        c = cos.unsqueeze(-1)
+        ga = g * (bf * inv - c * af / (na * na).unsqueeze(-1))
+        gb = g * (af * inv - c * bf / (nb * nb).unsqueeze(-1))
+        return ga.to(a.dtype), gb.to(b.dtype), None
+
+
+def token_cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Token-wise cosine similarity in fp32 (differentiable, memory-light)."""
+    return _TokenCosine.apply(a, b, eps)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    t = torch.arange(max_seq_len, dtype=torch.float64)
+    freqs = torch.outer(t, inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().float(), emb.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (B, H, T, D); cos/sin: (T, D); half-split layout (HF "rotate_half").
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.hd
+        self.backend = cfg.attn_backend
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.hd, bias=False)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.hd, bias=False)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.hd, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.hd, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.hd).transpose(1, 2)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.hd).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = attention(q, k, v, self.backend)
+        return self.wo(out.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)  # gate
+        self.w3 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)  # up
+        self.w2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)  # down
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, stats: int = 0):
+        """stats: 0 = none, 1 = detached (logging only), 2 = with gradient (JREG)."""
+        h = x + self.attn(self.attn_norm(x), cos, sin)
+        out = h + self.mlp(self.mlp_norm(h))
+        if stats == 0:
+            return out, None
+        if stats == 1:
+            with torch.no_grad():
+                return out, token_cosine(x.detach(), out.detach())
+        return out, token_cosine(x, out)
+
+
+class Llama(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        rope_cos, rope_sin = rope_tables(cfg.hd, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", rope_cos, persistent=False)
+        self.register_buffer("rope_sin", rope_sin, persistent=False)
+        # activation checkpointing is applied by llama_jreg.train.parallel; the flag lives here so the
+        # forward stays one readable loop.
+        self.checkpoint_blocks = False
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        std = self.cfg.init_std
+        out_std = std / math.sqrt(2 * self.cfg.n_layers)
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                p.fill_(1.0)  # RMSNorm weights
+            elif name.endswith("wo.weight") or name.endswith("w2.weight"):
+                nn.init.normal_(p, mean=0.0, std=out_std)
+            else:
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())  # a tied head is counted once
+        if exclude_embeddings:
+            n -= self.tok_embeddings.weight.numel()
+        return n
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        *,
+        stats: bool | str = False,
+        return_hidden: bool = False,
+    ) -> ModelOutput:
+        """tokens: (B, T) int64. ``stats``: False (default), True/"detached" (fp32 cosines for logging, no
+        gradient) or "grad" (cosines that carry gradient, for JREG)."""
+        B, T = tokens.shape
+        if T > self.cfg.max_seq_len:
+            raise UserError(
+                f"sequence length {T} exceeds the model context model.max_seq_len={self.cfg.max_seq_len}; "
+                "use a shorter data.seq_len or a larger model.max_seq_len"
+            )
+        mode = 0 if not stats else (2 if stats == "grad" else 1)
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        h = self.tok_embeddings(tokens)
+        hidden = [h] if return_hidden else None
+        layer_cos = []
+        prev = h
+        for layer in self.layers:
+            prev = h
+            if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
+                h, c = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, mode, use_reentrant=False)
+            else:
+                h, c = layer(h, cos, sin, mode)
+            if c is not None:
+                layer_cos.append(c)
+            if return_hidden:
+                hidden.append(h)
+        h_final = self.norm(h)
+        logits = self.output(h_final)
+        if mode == 0:
+            return ModelOutput(logits, hidden=hidden)
+        with torch.no_grad():  # post-final-norm variant of the last layer: for logging only
+            post = token_cosine(prev.detach(), h_final.detach())
+        return ModelOutput(logits, torch.stack(layer_cos), post, hidden)
