@@ -49,7 +49,8 @@ def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         k = k.repeat_interleave(n_rep, dim=1)
         v = v.repeat_interleave(n_rep, dim=1)
     T, S = q.shape[2], k.shape[2]
-    scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])
+    acc = torch.promote_types(q.dtype, torch.float32)  # softmax in fp32 (or fp64 for fp64 inputs)
+    scores = (q @ k.transpose(-2, -1)).to(acc) / math.sqrt(q.shape[-1])
     mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
     scores = scores.masked_fill(~mask, float("-inf"))
     probs = scores.softmax(dim=-1).to(v.dtype)

@@ -110,7 +110,8 @@ class _TokenCosine(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
-        af, bf = a.float(), b.float()
+        acc = torch.promote_types(a.dtype, torch.float32)  # fp32 (fp64 stays fp64)
+        af, bf = a.to(acc), b.to(acc)
         na = af.norm(dim=-1).clamp_min(eps)
         nb = bf.norm(dim=-1).clamp_min(eps)
         cos = (af * bf).sum(-1) / (na * nb)
@@ -120,7 +121,7 @@ class _TokenCosine(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         a, b, na, nb, cos = ctx.saved_tensors
-        af, bf = a.float(), b.float()
+        af, bf = a.to(cos.dtype), b.to(cos.dtype)
         g = g.unsqueeze(-1)
         inv = (1.0 / (na * nb)).unsqueeze(-1)
         c = cos.unsqueeze(-1)

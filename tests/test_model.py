@@ -1,0 +1,185 @@
+"""The Llama model: sizes, attention backends, per-layer statistics, bad input."""
+
+from dataclasses import asdict
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from llama_jreg import UserError
+from llama_jreg.attention import HAS_FLASH_ATTN, attention
+from llama_jreg.config import CONFIG_DIR
+from llama_jreg.model import SIZES, Llama, ModelConfig, config_for_size, token_cosine
+
+
+def tiny(**kw) -> ModelConfig:
+    base = dict(name="tiny", vocab_size=128, dim=64, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=96,
+                max_seq_len=32)
+    return ModelConfig(**{**base, **kw}).validate()
+
+
+def test_size_yaml_matches_code():
+    for name, kw in SIZES.items():
+        yaml = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml"))
+        assert yaml == asdict(ModelConfig(name=name, **kw)), name
+
+
+@pytest.mark.parametrize(
+    "name,lo,hi", [("tiny", 2e6, 10e6), ("small", 125e6, 150e6), ("medium", 350e6, 400e6), ("large", 1.0e9, 1.3e9)]
+)
+def test_sizes_in_range(name, lo, hi):
+    with torch.device("meta"):
+        n = Llama(config_for_size(name)).num_params()
+    assert lo <= n <= hi, (name, n)
+
+
+@pytest.mark.parametrize("n_kv", [4, 2, 1])
+def test_sdpa_matches_eager_outputs_and_grads(n_kv):
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 16, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, n_kv, 16, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, n_kv, 16, 8, dtype=torch.float64, requires_grad=True)
+    outs, grads = [], []
+    for backend in ("eager", "sdpa"):
+        o = attention(q, k, v, backend)
+        g = torch.autograd.grad((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum(), (q, k, v))
+        outs.append(o)
+        grads.append(g)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-10, atol=1e-10)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_model_sdpa_matches_eager_fp32():
+    torch.manual_seed(0)
+    m_eager = Llama(tiny(attn_backend="eager"))
+    m_sdpa = Llama(tiny(attn_backend="sdpa"))
+    m_sdpa.load_state_dict(m_eager.state_dict())
+    x = torch.randint(0, 128, (2, 32))
+    le, ls = m_eager(x).logits, m_sdpa(x).logits
+    torch.testing.assert_close(le, ls, rtol=1e-5, atol=1e-5)
+    le.square().mean().backward()
+    ls.square().mean().backward()
+    for (n, pe), (_, ps) in zip(m_eager.named_parameters(), m_sdpa.named_parameters()):
+        torch.testing.assert_close(pe.grad, ps.grad, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_causality():
+    torch.manual_seed(0)
+    m = Llama(tiny())
+    x = torch.randint(0, 128, (1, 16))
+    y = x.clone()
+    y[0, 10:] = (y[0, 10:] + 1) % 128
+    torch.testing.assert_close(m(x).logits[:, :10], m(y).logits[:, :10])
+
+
+def test_stats_match_hidden_states():
+    torch.manual_seed(0)
+    m = Llama(tiny())
+    x = torch.randint(0, 128, (2, 16))
+    out = m(x, stats=True, return_hidden=True)
+    assert out.cos.shape == (3, 2, 16) and out.cos.dtype == torch.float32
+    for layer in range(3):
+        ref = torch.nn.functional.cosine_similarity(out.hidden[layer], out.hidden[layer + 1], dim=-1)
+        torch.testing.assert_close(out.cos[layer], ref, rtol=1e-5, atol=1e-6)
+    post = torch.nn.functional.cosine_similarity(out.hidden[-2], m.norm(out.hidden[-1]), dim=-1)
+    torch.testing.assert_close(out.cos_post_norm, post, rtol=1e-5, atol=1e-6)
+    # stats are off by default and do not change the logits
+    plain = m(x)
+    assert plain.cos is None and plain.cos_post_norm is None
+    torch.testing.assert_close(plain.logits, out.logits)
+
+
+def test_detached_stats_carry_no_grad():
+    m = Llama(tiny())
+    out = m(torch.randint(0, 128, (1, 8)), stats=True)
+    assert not out.cos.requires_grad
+    out = m(torch.randint(0, 128, (1, 8)), stats="grad")
+    assert out.cos.requires_grad
+
+
+def test_token_cosine_gradient():
+    torch.manual_seed(0)
+    a = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: token_cosine(a, b, 1e-12), (a, b))
+
+
+def test_stats_under_activation_checkpointing():
+    torch.manual_seed(0)
+    m = Llama(tiny())
+    x = torch.randint(0, 128, (2, 16))
+    ref = m(x, stats="grad")
+    (ref.cos.sum() + ref.logits.mean()).backward()
+    g_ref = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    m.checkpoint_blocks = True
+    out = m(x, stats="grad")
+    (out.cos.sum() + out.logits.mean()).backward()
+    for a, b in zip(g_ref, [p.grad for p in m.parameters()]):
+        torch.testing.assert_close(a, b)
+
+
+def test_tied_and_untied_heads():
+    m = Llama(tiny(tie_embeddings=True))
+    assert m.output.weight.data_ptr() == m.tok_embeddings.weight.data_ptr()
+    m = Llama(tiny(tie_embeddings=False))
+    assert m.output.weight.data_ptr() != m.tok_embeddings.weight.data_ptr()
+    assert Llama(tiny(tie_embeddings=False)).num_params() - Llama(tiny()).num_params() == 128 * 64
+
+
+def test_init_is_documented_scheme():
+    torch.manual_seed(0)
+    cfg = tiny(dim=256, ffn_dim=512, n_layers=8)
+    m = Llama(cfg)
+    assert abs(m.layers[0].attn.wq.weight.std().item() - 0.02) < 2e-3
+    assert abs(m.layers[0].mlp.w2.weight.std().item() - 0.02 / 4) < 1e-3  # 0.02 / sqrt(2 * 8)
+    assert torch.all(m.norm.weight == 1)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(dim=66, n_heads=4), "does not divide model.dim"),
+        (dict(n_heads=4, n_kv_heads=3), "does not divide model.n_heads"),
+        (dict(attn_backend="nope"), "unknown model.attn_backend"),
+    ],
+)
+def test_bad_model_configs(kw, match):
+    with pytest.raises(UserError, match=match):
+        tiny(**kw)
+
+
+def test_unknown_size():
+    with pytest.raises(UserError, match="unknown model size 'huge'"):
+        config_for_size("huge")
+
+
+def test_sequence_longer_than_context():
+    m = Llama(tiny())
+    with pytest.raises(UserError, match="exceeds the model context"):
+        m(torch.zeros(1, 33, dtype=torch.long))
+
+
+@pytest.mark.skipif(HAS_FLASH_ATTN, reason="flash-attn is installed here")
+def test_flash_without_flash_attn():
+    with pytest.raises(UserError, match="flash-attn is not installed"):
+        tiny(attn_backend="flash")
+
+
+@pytest.mark.slow
+def test_stats_under_torch_compile():
+    """The per-layer cosines are computed inside the blocks, so torch.compile traces them (no hooks)."""
+    torch.manual_seed(0)
+    m = Llama(tiny())
+    x = torch.randint(0, 128, (2, 16))
+    ref = m(x, stats="grad")
+    (ref.cos.sum() + ref.logits.mean()).backward()
+    g_ref = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    compiled = torch.compile(m)
+    out = compiled(x, stats="grad")
+    torch.testing.assert_close(out.cos, ref.cos, rtol=1e-5, atol=1e-5)
+    (out.cos.sum() + out.logits.mean()).backward()
+    for a, b in zip(g_ref, [p.grad for p in m.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
