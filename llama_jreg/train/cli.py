@@ -1,0 +1,183 @@
+"""`llama-jreg train [-m] [OVERRIDES...]`: one run, a resume, or a sweep (one full run per value, in sequence).
+
+Overrides are Hydra's (``model=small jreg.weight=0.1 data.files=[a.jsonl]``). We compose with Hydra's Compose
+API instead of ``@hydra.main`` so that accelerate/torchrun and Hydra never fight over argv or output dirs:
+every rank composes the same config and so agrees on one ``run.dir``.
+
+Sweeps: ``-m jreg.weight=0,0.01,0.1`` expands every comma list (and ``range(...)``) with Hydra's own override
+parser; all jobs are validated before the first starts; job i runs in ``<hydra.sweep.dir>/<i>_<key=value>``
+with its own wandb run, all in one wandb group (the sweep dir's name unless ``logger.group`` is set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from llama_jreg import UserError
+
+HELP_KEYS = """\
+config groups (pick one with GROUP=NAME):
+  model=tiny|small|medium|large          jreg=off|jump|final|weighted
+  data=shakespeare|local|hf|induction    optim=adamw   schedule=cosine|wsd|constant
+  trainer=default|demo   logger=none|wandb   parallel=ddp|fsdp
+
+user-facing keys (KEY=VALUE):
+  jreg.weight (lambda, >=0)  jreg.mode (jump|final|weighted)  jreg.l0  jreg.weighting  jreg.warmup_steps
+  data.files=[a.jsonl,b.txt]  data.text_field  data.seq_len  data.micro_batch_size  data.tokenizer
+  seed  trainer.max_steps  trainer.global_batch_size  trainer.log_every  trainer.jump_every
+  trainer.eval_every  trainer.ckpt_every  trainer.keep_last  trainer.compile  trainer.precision
+  optim.lr  optim.weight_decay  schedule.warmup_steps  logger.project  logger.group  logger.tags
+  run.dir   resume=auto|PATH
+  hydra.sweep.dir=DIR (with -m)
+
+examples:
+  llama-jreg train model=small data=local data.files=[corpus.jsonl] jreg.weight=0.1
+  llama-jreg train run.dir=runs/r1 resume=auto
+  llama-jreg train -m jreg.weight=0,0.01,0.1 hydra.sweep.dir=sweeps/lambda trainer.max_steps=2000
+  accelerate launch --multi_gpu --num_processes 8 -m llama_jreg train model=large parallel=fsdp
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llama-jreg train",
+        description="Pre-train a Llama model with JREG. Arguments are Hydra overrides.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=HELP_KEYS,
+    )
+    p.add_argument("-m", "--multirun", action="store_true", help="sweep: one run per value of each a,b,c list")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=small jreg.weight=0.1")
+    return p
+
+
+def _split_hydra(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Separate ``hydra.*`` keys (sweep dir) from config overrides."""
+    rest, hydra = [], {}
+    for o in overrides:
+        if o.startswith("hydra."):
+            key, _, value = o.partition("=")
+            if key not in ("hydra.sweep.dir", "hydra.sweep.subdir", "hydra.job.chdir", "hydra.run.dir"):
+                raise UserError(f"unsupported Hydra setting {key}; use hydra.sweep.dir=DIR (sweeps) or run.dir=DIR")
+            hydra[key] = value
+        else:
+            rest.append(o)
+    return rest, hydra
+
+
+def expand_sweep(overrides: list[str]) -> list[tuple[list[str], str]]:
+    """Cartesian product of all sweep overrides -> [(overrides, job_name)], in Hydra's BasicSweeper order."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    fixed, axes = [], []
+    for o in parsed:
+        if o.is_sweep_override():
+            key = o.get_key_element()
+            axes.append([(f"{key}={v}", f"{o.key_or_group}={v}") for v in o.sweep_string_iterator()])
+        else:
+            fixed.append(o.input_line)
+    if not axes:
+        return [(fixed, "0")]
+    jobs = []
+    for i, combo in enumerate(itertools.product(*axes)):
+        name = "_".join(label for _, label in combo)
+        name = re.sub(r"[^A-Za-z0-9_.=+-]", "-", name)
+        jobs.append((fixed + [ov for ov, _ in combo], f"{i}_{name}"))
+    return jobs
+
+
+def _print_summary(summary: dict) -> None:
+    from llama_jreg.train.trainer import is_main_process
+
+    if not is_main_process():
+        return
+    lines = ["", "=== llama-jreg run summary ==="]
+    for key, label in (("steps", "steps"), ("tokens", "tokens seen"), ("final_loss", "final train loss"),
+                       ("final_lm_loss", "final LM loss"), ("val_loss", "validation loss"), ("zeta_L", "zeta_L")):
+        v = summary.get(key)
+        if v is not None:
+            lines.append(f"{label:>18}: {v:.4f}" if isinstance(v, float) else f"{label:>18}: {v}")
+    run_dir = summary.get("run_dir")
+    lines.append(f"{'run dir':>18}: {run_dir}")
+    lines.append(f"{'checkpoints':>18}: {Path(run_dir) / 'checkpoints' if run_dir else '-'}")
+    lines.append(f"{'last checkpoint':>18}: {summary.get('last_checkpoint')}")
+    lines.append(f"{'metrics':>18}: {summary.get('metrics_path')}")
+    for p in summary.get("plots") or []:
+        lines.append(f"{'plot':>18}: {p}")
+    print("\n".join(lines), flush=True)
+
+
+def run_one(overrides: list[str]) -> dict:
+    from llama_jreg.config import load_config
+    from llama_jreg.train.trainer import train
+
+    cfg = load_config(overrides)
+    summary = train(cfg)
+    _print_summary(summary)
+    return summary
+
+
+def run_sweep(overrides: list[str], hydra: dict[str, str]) -> list[dict]:
+    from llama_jreg.config import load_config
+    from llama_jreg.train.trainer import is_main_process, train
+
+    sweep_dir = Path(hydra.get("hydra.sweep.dir") or f"multirun/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    jobs = expand_sweep(overrides)
+    cfgs = []
+    for job_overrides, name in jobs:  # validate every job before the first starts
+        cfg = load_config(job_overrides)
+        run_dir = sweep_dir / name
+        cfg = replace(cfg, run=replace(cfg.run, dir=str(run_dir)))
+        cfg.logger.group = cfg.logger.group or sweep_dir.name
+        cfg.logger.run_name = cfg.logger.run_name or name
+        cfgs.append((job_overrides, name, cfg))
+    if is_main_process():
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        index = {"sweep_dir": str(sweep_dir), "jobs": [{"name": n, "overrides": o, "run_dir": c.run.dir}
+                                                       for o, n, c in cfgs]}
+        (sweep_dir / "sweep.json").write_text(json.dumps(index, indent=2))
+        print(f"[sweep] {len(cfgs)} runs in {sweep_dir}", flush=True)
+    summaries = []
+    for i, (job_overrides, name, cfg) in enumerate(cfgs):
+        if is_main_process():
+            print(f"[sweep] run {i + 1}/{len(cfgs)}: {name}  ({' '.join(job_overrides)})", flush=True)
+        summary = train(cfg)
+        _print_summary(summary)
+        summaries.append(summary)
+    if is_main_process():
+        print(f"[sweep] done; report: llama-jreg sweep-report {sweep_dir}", flush=True)
+    return summaries
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    overrides, hydra = _split_hydra(args.overrides)
+    if args.print_config:
+        from llama_jreg.config import load_config, to_yaml
+
+        for job_overrides, _ in expand_sweep(overrides) if args.multirun else [(overrides, "")]:
+            print(to_yaml(load_config(job_overrides)))
+        return 0
+    if args.multirun:
+        run_sweep(overrides, hydra)
+    else:
+        if len(expand_sweep(overrides)) > 1:
+            raise UserError("an override lists several values (a sweep); add -m: llama-jreg train -m KEY=a,b,c")
+        run_one(overrides)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
