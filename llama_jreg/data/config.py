@@ -14,6 +14,8 @@ class InductionConfig:
     num_train: int = 100_000  # number of training sequences (deterministic per (seed, index))
     num_val: int = 256
     vocab_size: int | None = None  # defaults to model.vocab_size
+    triggers: str = "per_sequence"  # per_sequence: K triggers drawn per sequence | top: the K most frequent tokens
+    alpha: float = 0.1  # Dirichlet concentration of each row of the random bigram matrix
 
 
 @dataclass
@@ -22,6 +24,7 @@ class DataConfig:
     # local: text / jsonl / parquet files or globs, read with HF datasets
     files: list[str] = field(default_factory=list)
     text_field: str = "text"
+    text_sample_by: str = "document"  # .txt files: one document per file | paragraph | line
     # hf: a hub dataset, streamed
     hf_path: str | None = None
     hf_name: str | None = None

@@ -1,0 +1,337 @@
+"""``llama-jreg prepare-data``: text -> tokenizer -> token shards + ``manifest.json``.
+
+Layout of a prepared directory::
+
+    manifest.json            what is here (written last: a directory with a manifest is complete)
+    tokenizer.model          the SentencePiece model the tokens were made with (sha256 in the manifest)
+    train_00000.bin ...      flat token streams, np.uint16 (vocab <= 65535) or np.uint32, np.memmap-able
+    validation_00000.bin
+
+Each document is followed by EOS. Documents are split into train/validation by position in the source:
+document ``i`` goes to validation when ``i % k == 0`` with ``k = max(2, round(1 / data.val_fraction))``, so the
+first document is always held out and the split needs no document count up front.
+
+The whole directory is built under a temporary name and renamed into place at the end: an interrupted run
+leaves nothing half-written, and an existing preparation is never touched unless ``--force`` is given
+(then it is replaced only once the new one is complete). Re-running with the same inputs is a no-op: the
+``fingerprint`` (hash of source identity + tokenizer + format version) says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llama_jreg import UserError, __version__
+from llama_jreg.data.config import DataConfig
+from llama_jreg.data.sources import TextSource, cache_root, make_source
+from llama_jreg.data.tokenizer import TRAINER_VERSION, Tokenizer, file_sha256, train_tokenizer
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER_FILE = "tokenizer.model"
+SHARD_TOKENS = 1 << 28  # tokens per shard file (512 MiB as uint16)
+BATCH_CHARS = 8 << 20  # characters handed to the tokenizer at once
+
+
+def _hash(obj: Any, n: int = 24) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def tokenizer_spec(cfg: DataConfig) -> dict[str, Any]:
+    """How the tokenizer is obtained: a given file (by sha256) or a training recipe."""
+    if cfg.tokenizer:
+        path = Path(cfg.tokenizer).expanduser()
+        if not path.is_file():
+            raise UserError(f"data.tokenizer={cfg.tokenizer} not found; point it at a SentencePiece .model or set null")
+        return {"file_sha256": file_sha256(path)}
+    return {"train": {"vocab_size": cfg.vocab_size, "chars": cfg.tokenizer_train_chars, "version": TRAINER_VERSION}}
+
+
+def data_fingerprint(source: TextSource, cfg: DataConfig) -> str:
+    """Identity of a preparation: source + tokenizer + split rule + format version."""
+    return _hash({"format": FORMAT_VERSION, "source": source.identity(), "tokenizer": tokenizer_spec(cfg),
+                  "val_fraction": cfg.val_fraction})
+
+
+def val_every(val_fraction: float) -> int:
+    if not 0 < val_fraction < 1:
+        raise UserError(f"data.val_fraction={val_fraction} must be in (0, 1); e.g. 0.01")
+    return max(2, round(1 / val_fraction))
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 65535 else np.uint32)
+
+
+def obtain_tokenizer(cfg: DataConfig, source: TextSource, dest: Path) -> Tokenizer:
+    """Copy ``data.tokenizer`` to ``dest``, or train one there from the source's first characters."""
+    if cfg.tokenizer:
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}")
+        shutil.copyfile(Path(cfg.tokenizer).expanduser(), tmp)
+        os.replace(tmp, dest)
+        return Tokenizer(dest)
+    if cfg.vocab_size is None:
+        raise UserError("data.vocab_size is not set; set data.vocab_size (or model.vocab_size) to train a tokenizer")
+    return train_tokenizer(source.documents(), dest, cfg.vocab_size, cfg.tokenizer_train_chars)
+
+
+class ShardWriter:
+    """Appends token arrays to ``<split>_NNNNN.bin`` files of at most ``shard_tokens`` tokens."""
+
+    def __init__(self, directory: Path, split: str, dtype: np.dtype, shard_tokens: int = SHARD_TOKENS):
+        self.directory, self.split, self.dtype, self.shard_tokens = directory, split, dtype, shard_tokens
+        self.shards: list[dict[str, Any]] = []
+        self.documents = 0
+        self._file = None
+
+    def write(self, tokens: np.ndarray) -> None:
+        tokens = tokens.astype(self.dtype, copy=False)
+        while tokens.size:
+            if self._file is None or self.shards[-1]["tokens"] >= self.shard_tokens:
+                self._open_next()
+            room = self.shard_tokens - self.shards[-1]["tokens"]
+            head, tokens = tokens[:room], tokens[room:]
+            head.tofile(self._file)
+            self.shards[-1]["tokens"] += int(head.size)
+
+    def _open_next(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        name = f"{self.split}_{len(self.shards):05d}.bin"
+        self._file = open(self.directory / name, "wb")  # noqa: SIM115 - closed in _open_next/close
+        self.shards.append({"file": name, "tokens": 0})
+
+    def close(self) -> dict[str, Any]:
+        if self._file is not None:
+            self._file.close()
+        return {"documents": self.documents, "tokens": sum(s["tokens"] for s in self.shards), "shards": self.shards}
+
+
+def _batches(docs: Iterable[str], max_chars: int = BATCH_CHARS) -> Iterator[list[str]]:
+    batch: list[str] = []
+    size = 0
+    for doc in docs:
+        batch.append(doc)
+        size += len(doc)
+        if size >= max_chars or len(batch) >= 1024:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+_WORKER_TOKENIZER: Tokenizer | None = None
+
+
+def _worker_init(path: str) -> None:
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = Tokenizer(path)
+
+
+def _encode(batch: list[str]) -> list[np.ndarray]:
+    """Worker: each document -> its token ids + EOS, as a compact array (cheap to send back)."""
+    tok = _WORKER_TOKENIZER
+    assert tok is not None
+    dtype = token_dtype(tok.vocab_size)
+    return [np.array(ids + [tok.eos_id], dtype=dtype) for ids in tok.encode_batch(batch, num_threads=1)]
+
+
+def _encoded_documents(source: TextSource, tok: Tokenizer, processes: int) -> Iterator[np.ndarray]:
+    """Token arrays of all documents in source order, tokenised by ``processes`` worker processes."""
+    batches = _batches(source.documents(), BATCH_CHARS // max(1, processes) // 4)
+    if processes <= 1 or "fork" not in mp.get_all_start_methods():
+        _worker_init(tok.path)
+        for batch in batches:
+            yield from _encode(batch)
+        return
+    # fork: workers start instantly and inherit nothing they use but the tokenizer path
+    with mp.get_context("fork").Pool(processes, initializer=_worker_init, initargs=(tok.path,)) as pool:
+        for arrays in pool.imap(_encode, batches):
+            yield from arrays
+
+
+def _tokenize_into(directory: Path, source: TextSource, tok: Tokenizer, cfg: DataConfig,
+                   log: Callable[[str], None]) -> dict[str, Any]:
+    """Tokenise every document (all cores) into train/validation shards."""
+    dtype = token_dtype(tok.vocab_size)
+    writers = {"train": ShardWriter(directory, "train", dtype), "validation": ShardWriter(directory, "validation", dtype)}
+    k = val_every(cfg.val_fraction)
+    processes = cfg.num_proc or os.cpu_count() or 1
+    index, t0, last = 0, time.perf_counter(), time.perf_counter()
+    for tokens in _encoded_documents(source, tok, processes):
+        w = writers["validation" if index % k == 0 else "train"]
+        w.write(tokens)
+        w.documents += 1
+        index += 1
+        if time.perf_counter() - last > 10:
+            last = time.perf_counter()
+            ntok = sum(s["tokens"] for w in writers.values() for s in w.shards)
+            log(f"  {index} documents, {ntok:,} tokens, {ntok / (last - t0):,.0f} tokens/s")
+    splits = {name: w.close() for name, w in writers.items()}
+    if index == 0:
+        raise UserError(f"{source.describe()} has no non-empty documents; check data.files / data.text_field")
+    if splits["train"]["documents"] == 0:
+        raise UserError(f"{source.describe()} has only {index} document(s), all held out for validation; "
+                        "add text or use data.text_sample_by=paragraph to split files into more documents")
+    return splits
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any] | None:
+    """The manifest of a complete preparation in ``directory``, or None if there is none."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is unreadable ({e}); re-run prepare-data with --force") from None
+
+
+def check_complete(directory: Path, manifest: dict[str, Any]) -> None:
+    """Every shard the manifest lists exists with the right size (a cheap integrity check)."""
+    itemsize = np.dtype(manifest["dtype"]).itemsize
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            f = directory / shard["file"]
+            if not f.is_file() or f.stat().st_size != shard["tokens"] * itemsize:
+                raise UserError(f"prepared data {directory} is damaged ({shard['file']} missing or truncated); "
+                                "re-run `llama-jreg prepare-data ... --force`")
+    if not (directory / TOKENIZER_FILE).is_file():
+        raise UserError(f"prepared data {directory} lacks {TOKENIZER_FILE}; re-run prepare-data with --force")
+
+
+def default_out(cfg: DataConfig, fingerprint: str) -> Path:
+    if cfg.prepared_dir:
+        return Path(cfg.prepared_dir).expanduser().resolve()
+    return cache_root(cfg) / "prepared" / fingerprint
+
+
+def prepare(cfg: DataConfig, out: str | Path | None = None, force: bool = False,
+            log: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
+    """Prepare ``cfg``'s text source into ``out`` (default: ``data.prepared_dir`` or the cache).
+
+    Returns ``(directory, manifest)``. A no-op when ``out`` already holds this exact preparation.
+    """
+    source = make_source(cfg)
+    fingerprint = data_fingerprint(source, cfg)
+    out = Path(out).expanduser().resolve() if out else default_out(cfg, fingerprint)
+    existing = read_manifest(out)
+    if existing is not None and existing.get("fingerprint") == fingerprint:
+        check_complete(out, existing)
+        return out, existing
+    if not force:
+        if existing is not None:
+            raise UserError(_different_preparation(out, existing, cfg))
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise UserError(f"{out} exists and is not a prepared data directory; choose another --out "
+                            "(data.prepared_dir) or pass --force to replace it")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        t0 = time.perf_counter()
+        log(f"preparing {source.describe()} -> {out}")
+        tok = obtain_tokenizer(cfg, source, tmp / TOKENIZER_FILE)
+        log(f"  tokenizer: {tok.vocab_size} tokens, sha256 {tok.sha256[:12]} ({time.perf_counter() - t0:.1f}s)")
+        t1 = time.perf_counter()
+        splits = _tokenize_into(tmp, source, tok, cfg, log)
+        seconds = time.perf_counter() - t1
+        ntok = splits["train"]["tokens"] + splits["validation"]["tokens"]
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "fingerprint": fingerprint,
+            "source": source.identity(),
+            "description": source.describe(),
+            "tokenizer": {"file": TOKENIZER_FILE, "sha256": tok.sha256, "vocab_size": tok.vocab_size,
+                          "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id,
+                          "spec": tokenizer_spec(cfg)},
+            "dtype": token_dtype(tok.vocab_size).name,
+            "eos_between_documents": True,
+            "validation_rule": f"document i is validation iff i % {val_every(cfg.val_fraction)} == 0",
+            "splits": splits,
+            "tokenize_seconds": round(seconds, 3),
+            "tokens_per_second": round(ntok / max(seconds, 1e-9)),
+            "created_unix": int(time.time()),
+            "llama_jreg_version": __version__,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _install(tmp, out, fingerprint, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"  {splits['train']['documents']} train / {splits['validation']['documents']} validation documents, "
+        f"{ntok:,} tokens, {manifest['tokens_per_second']:,} tokens/s")
+    return out, read_manifest(out) or manifest
+
+
+def _install(tmp: Path, out: Path, fingerprint: str, force: bool) -> None:
+    """Rename the finished ``tmp`` into ``out``; with ``force`` the old ``out`` goes only after that."""
+    old = None
+    if out.exists() and force:
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        # someone else installed a preparation meanwhile: fine if it is the same one
+        if old is not None and not out.exists():
+            os.rename(old, out)  # put the previous preparation back
+            old = None
+        other = read_manifest(out)
+        if other is None or other.get("fingerprint") != fingerprint:
+            raise UserError(f"{out} appeared while preparing and holds different data; retry with --force")
+        shutil.rmtree(tmp, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _different_preparation(out: Path, existing: dict[str, Any], cfg: DataConfig) -> str:
+    if cfg.tokenizer:
+        want = file_sha256(Path(cfg.tokenizer).expanduser())
+        have = existing.get("tokenizer", {}).get("sha256")
+        if have != want:
+            return (f"{out} was tokenized with a different tokenizer (sha256 {str(have)[:12]}, data.tokenizer has "
+                    f"{want[:12]}); use another data.prepared_dir/--out or re-prepare with --force")
+    return (f"{out} already holds a different preparation ({existing.get('description', '?')}); "
+            "use another --out (data.prepared_dir) or pass --force to replace it")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``llama-jreg prepare-data [--out DIR] [--force] [OVERRIDES...]``."""
+    parser = argparse.ArgumentParser(
+        prog="llama-jreg prepare-data",
+        description="Tokenise a corpus into uint16/uint32 shards + manifest.json (idempotent). "
+                    "Trains a SentencePiece tokenizer unless data.tokenizer is given.",
+        epilog="examples: llama-jreg prepare-data data=local 'data.files=[corpus.jsonl]' data.vocab_size=8192\n"
+               "          llama-jreg prepare-data data=shakespeare --out data/shakespeare",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="Hydra-style config overrides, e.g. data=local data.files=[a.txt]")
+    parser.add_argument("--out", help="output directory (default: data.prepared_dir or <cache>/prepared/<fingerprint>)")
+    parser.add_argument("--force", action="store_true", help="replace a different preparation already in --out")
+    args = parser.parse_args(argv)
+
+    from llama_jreg.config import load_config
+
+    cfg = load_config(args.overrides)
+    if cfg.data.source == "induction":
+        print("data=induction is generated on the fly; there is nothing to prepare")
+        return 0
+    out, manifest = prepare(cfg.data, out=args.out, force=args.force)
+    tok = manifest["tokenizer"]
+    if tok["vocab_size"] > cfg.model.vocab_size:
+        print(f"warning: tokenizer has {tok['vocab_size']} tokens > model.vocab_size={cfg.model.vocab_size}")
+    print(f"prepared {out} (fingerprint {manifest['fingerprint']})")
+    return 0

@@ -1,0 +1,360 @@
+"""Data layer: tokenizer, prepare-data, the packed loader (ranks, resume) and streaming mode, bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llama_jreg import UserError
+from llama_jreg.data import build_data
+from llama_jreg.data.config import DataConfig
+from llama_jreg.data.prepare import main as prepare_main
+from llama_jreg.data.prepare import prepare, read_manifest
+from llama_jreg.data.tokenizer import Tokenizer, train_tokenizer
+
+WORDS = ["the", "king", "queen", "lord", "lady", "night", "day", "sword", "crown", "love", "death", "heart", "blood", "fair", "foul", "speak", "hear", "see", "thou", "thee", "thy", "hath", "doth", "shall", "will", "come", "go", "stay", "1599", "42", "Ænon", "café", "naïve", "—", "“quoted”", "’tis"]
+
+
+def make_docs(n: int = 40, words: int = 300, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n):
+        lines = [" ".join(rng.choice(WORDS) for _ in range(12)).capitalize() + "." for _ in range(words // 12)]
+        docs.append(f"Document {i}.\n" + "\n".join(lines) + "\n")
+    return docs
+
+
+def write_txt(directory: Path, docs: list[str]) -> list[str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, d in enumerate(docs):
+        (directory / f"doc_{i:03d}.txt").write_text(d, encoding="utf-8")
+    return sorted(str(p) for p in directory.glob("*.txt"))
+
+
+def write_jsonl(path: Path, docs: list[str], field: str = "text") -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({field: d, "id": i}) + "\n" for i, d in enumerate(docs)), encoding="utf-8")
+    return str(path)
+
+
+def local_cfg(files: list[str], cache: Path, **kw) -> DataConfig:
+    base = {"source": "local", "files": list(files), "vocab_size": 512, "tokenizer_train_chars": 200_000, "seq_len": 32,
+                "micro_batch_size": 4, "val_fraction": 0.1, "val_sequences": 6, "cache_dir": str(cache)}
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    docs = make_docs()
+    return {"root": root, "docs": docs, "jsonl": write_jsonl(root / "c.jsonl", docs),
+            "txt": write_txt(root / "txt", docs)}
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus, tmp_path_factory):
+    """One preparation of the jsonl corpus shared by the loader tests."""
+    cache = tmp_path_factory.mktemp("cache")
+    cfg = local_cfg([corpus["jsonl"]], cache)
+    out, manifest = prepare(cfg, log=quiet)
+    return cfg, out, manifest
+
+
+def take(loader, n):
+    return [next(loader) for _ in range(n)]
+
+
+def rows(batches) -> list[tuple[int, ...]]:
+    return [tuple(r.tolist()) for b in batches for r in b["input_ids"]]
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def test_tokenizer_round_trip_and_llama_ids(corpus, tmp_path):
+    tok = train_tokenizer(corpus["docs"], tmp_path / "t.model", vocab_size=512, max_chars=100_000)
+    assert (tok.unk_id if hasattr(tok, "unk_id") else tok.sp.unk_id()) == 0
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, -1)
+    assert tok.vocab_size == 512
+    for text in corpus["docs"][:3] + ["  two  spaces\n\nnew lines\ttab", "unseen 字 emoji 🎭 and digits 31415"]:
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text
+    ids = tok.encode("hi", bos=True, eos=True)
+    assert ids[0] == 1 and ids[-1] == 2
+    digits = [tok.sp.IdToPiece(i) for i in tok.encode("31415")]
+    assert all(len(p.strip("▁")) <= 1 for p in digits)  # split_digits
+    again = Tokenizer(tmp_path / "t.model")
+    assert again.sha256 == tok.sha256 and len(tok.sha256) == 64
+
+
+# ---------------------------------------------------------------- prepare-data
+
+
+def test_prepare_manifest_and_tokens_decode_back(prepared, corpus):
+    _cfg, out, m = prepared
+    assert m["tokenizer"]["sha256"] == Tokenizer(out / "tokenizer.model").sha256
+    assert m["dtype"] == "uint16"
+    train, val = m["splits"]["train"], m["splits"]["validation"]
+    assert train["documents"] + val["documents"] == len(corpus["docs"])
+    assert val["documents"] == 4  # every 10th document, starting with the first
+    tok = Tokenizer(out / "tokenizer.model")
+    stream = np.fromfile(out / val["shards"][0]["file"], dtype=np.uint16)
+    assert stream.size == val["tokens"]
+    docs = np.split(stream, np.flatnonzero(stream == tok.eos_id) + 1)[:-1]
+    assert [tok.decode(d[:-1].tolist()) for d in docs] == corpus["docs"][0::10]
+
+
+def test_prepare_is_idempotent_and_refuses_other_data_without_force(prepared, corpus, tmp_path):
+    cfg, out, m = prepared
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    out2, m2 = prepare(cfg, log=quiet)  # same fingerprint: no-op
+    assert out2 == out and m2 == m
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+    other = local_cfg(corpus["txt"][:20], Path(cfg.cache_dir))
+    with pytest.raises(UserError, match="different preparation.*--force"):
+        prepare(other, out=out, log=quiet)
+    assert read_manifest(out) == m  # nothing lost
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+    # --force replaces it, through the CLI entry point (Hydra overrides + --out)
+    forced = tmp_path / "forced"
+    forced.mkdir()
+    (forced / "manifest.json").write_text(json.dumps(m))
+    argv = ["data=local", f"data.files=[{corpus['txt'][0]},{corpus['txt'][1]},{corpus['txt'][2]}]",
+            "data.vocab_size=400", f"data.cache_dir={tmp_path}", "data.val_fraction=0.3", "--out", str(forced)]
+    with pytest.raises(UserError, match="--force"):
+        prepare_main(argv)
+    assert prepare_main(argv + ["--force"]) == 0
+    m3 = read_manifest(forced)
+    assert m3["fingerprint"] != m["fingerprint"] and m3["splits"]["train"]["documents"] == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".forced")]  # temp dirs cleaned up
+    assert prepare_main(argv) == 0  # idempotent re-run without --force
+
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        prepare_main(["--help"])
+    assert e.value.code == 0
+    assert "--force" in capsys.readouterr().out
+
+
+def test_txt_jsonl_parquet_give_the_same_tokens(corpus, tmp_path, prepared):
+    """local text files (one doc per file), jsonl and parquet (through the hf code path) agree."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _cfg, out, m = prepared
+    tok = str(out / "tokenizer.model")
+    pq_path = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"body": corpus["docs"]}), pq_path)
+    variants = {
+        "txt": local_cfg(corpus["txt"], tmp_path, tokenizer=tok),
+        "glob": local_cfg([str(Path(corpus["txt"][0]).parent / "*.txt")], tmp_path, tokenizer=tok),
+        "jsonl": local_cfg([corpus["jsonl"]], tmp_path, tokenizer=tok),
+        "hf-parquet": local_cfg([str(pq_path)], tmp_path, tokenizer=tok, source="hf", hf_path="parquet",
+                                text_field="body"),
+    }
+    streams = {}
+    for name, c in variants.items():
+        d, man = prepare(c, log=quiet)
+        assert man["tokenizer"]["sha256"] == m["tokenizer"]["sha256"]
+        streams[name] = np.fromfile(d / man["splits"]["train"]["shards"][0]["file"], dtype=np.uint16)
+    assert all(np.array_equal(s, streams["jsonl"]) for s in streams.values())
+
+
+# ---------------------------------------------------------------- loader
+
+
+def test_batches_shapes_and_shifted_labels(prepared):
+    cfg, out, m = prepared
+    b = build_data(cfg, seed=3, model_vocab=512)
+    batch = next(b.train)
+    assert batch["input_ids"].shape == (4, 32) and batch["input_ids"].dtype == torch.long
+    assert torch.equal(batch["input_ids"][:, 1:], batch["labels"][:, :-1])
+    stream = np.concatenate([np.fromfile(out / s["file"], dtype=np.uint16) for s in m["splits"]["train"]["shards"]])
+    row = batch["input_ids"][0].numpy()
+    starts = [i for i in range(0, stream.size - 32, 32) if np.array_equal(stream[i:i + 32], row)]
+    assert starts and stream[starts[0] + 32] == batch["labels"][0, -1].item()
+    assert b.fingerprint and b.manifest["fingerprint"] == m["fingerprint"]
+    vb = b.val_batches(3)
+    assert len(vb) == 3 and all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(vb, b.val_batches(3)))
+    assert vb[0]["input_ids"].shape == (4, 32)
+
+
+def test_two_ranks_union_equals_one_rank_and_no_overlap(prepared):
+    cfg, _, _ = prepared
+    one = build_data(cfg, seed=7, model_vocab=512)
+    r0 = build_data(cfg, seed=7, rank=0, world_size=2, model_vocab=512)
+    r1 = build_data(cfg, seed=7, rank=1, world_size=2, model_vocab=512)
+    n = one.train.state_dict()["samples_per_epoch"]
+    steps = n // 8 + 3  # a bit more than one epoch (2 ranks x 4 sequences per step)
+    single = rows(take(one.train, 2 * steps))
+    paired, seen0, seen1 = [], [], []
+    for _ in range(steps):
+        seen0 += rows([next(r0.train)])
+        seen1 += rows([next(r1.train)])
+        paired += seen0[-4:] + seen1[-4:]
+    assert single == paired
+    assert not set(seen0[: n // 2 - 4]) & set(seen1[: n // 2 - 4])  # within an epoch the ranks never overlap
+    first_epoch = single[:n]
+    assert len(set(first_epoch)) == len(first_epoch)  # an epoch visits every window once
+    assert one.train.state_dict()["cursor"] == r0.train.state_dict()["cursor"] == r1.train.state_dict()["cursor"]
+    assert one.train.state_dict()["epoch"] >= 1
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_resume_twice_and_with_another_world_size(prepared, k):
+    cfg, _, _ = prepared
+    B = cfg.micro_batch_size
+    ref = rows(take(build_data(cfg, seed=1, model_vocab=512).train, 4 * k + 3))
+
+    a = build_data(cfg, seed=1, model_vocab=512)
+    got = rows(take(a.train, k))
+    state = json.loads(json.dumps(a.train.state_dict()))  # must survive JSON
+    b = build_data(cfg, seed=1, model_vocab=512)
+    b.train.load_state_dict(state)
+    got += rows(take(b.train, k))
+    c = build_data(cfg, seed=1, model_vocab=512)  # second resume in a row
+    c.train.load_state_dict(b.train.state_dict())
+    got += rows(take(c.train, 2 * k))
+    assert got == ref[: 4 * k * B]
+
+    # 2 ranks -> 1 rank: the single rank continues with exactly the next samples
+    w0 = build_data(cfg, seed=1, rank=0, world_size=2, model_vocab=512)
+    w1 = build_data(cfg, seed=1, rank=1, world_size=2, model_vocab=512)
+    two = []
+    for _ in range(k):
+        two += rows([next(w0.train)]) + rows([next(w1.train)])
+    solo = build_data(cfg, seed=1, model_vocab=512)
+    solo.train.load_state_dict(w0.train.state_dict())
+    two += rows(take(solo.train, 3))
+    assert two == ref[: (2 * k + 3) * B]
+
+
+def test_resume_refuses_other_data_or_seed(prepared, corpus):
+    cfg, _, _ = prepared
+    a = build_data(cfg, seed=1, model_vocab=512)
+    next(a.train)
+    longer = DataConfig(**{**cfg.__dict__, "seq_len": 16})
+    with pytest.raises(UserError, match="original data"):
+        build_data(longer, seed=1, model_vocab=512).train.load_state_dict(a.train.state_dict())
+    with pytest.raises(UserError, match="seed"):
+        build_data(cfg, seed=2, model_vocab=512).train.load_state_dict(a.train.state_dict())
+
+
+# ---------------------------------------------------------------- streaming
+
+
+def test_streaming_resume_twice_matches_uninterrupted(corpus, tmp_path, prepared):
+    _, out, _ = prepared
+    small = write_jsonl(tmp_path / "small.jsonl", corpus["docs"][:12])
+    cfg = local_cfg([small], tmp_path, streaming=True, tokenizer=str(out / "tokenizer.model"), val_sequences=3)
+    ref_bundle = build_data(cfg, seed=0, model_vocab=512)
+    ref = rows(take(ref_bundle.train, 90))  # > one pass over the training documents
+    assert ref_bundle.train.epoch >= 1
+    assert len(ref_bundle.val_batches(2)) == 2
+
+    got, state = [], None
+    for chunk in (7, 11, 30, 42):  # three resumes in a row, one across the epoch boundary
+        b = build_data(cfg, seed=0, model_vocab=512)
+        if state is not None:
+            b.train.load_state_dict(state)
+        got += rows(take(b.train, chunk))
+        state = json.loads(json.dumps(b.train.state_dict()))
+    assert got == ref
+
+    # the packed stream is the documents after the held-out ones, each + EOS
+    tok = ref_bundle.tokenizer
+    stream = [t for d in corpus["docs"][:12] for t in tok.encode(d, eos=True)]
+    first = ref[0]
+    assert any(tuple(stream[i:i + 32]) == first for i in range(len(stream) - 32))
+
+
+def test_streaming_ranks_are_disjoint_and_world_size_is_checked(corpus, tmp_path, prepared):
+    _, out, _ = prepared
+    cfg = local_cfg(corpus["txt"], tmp_path, streaming=True, tokenizer=str(out / "tokenizer.model"),
+                    val_sequences=3)
+    r0 = build_data(cfg, seed=0, rank=0, world_size=2, model_vocab=512)
+    r1 = build_data(cfg, seed=0, rank=1, world_size=2, model_vocab=512)
+    a, b = rows(take(r0.train, 5)), rows(take(r1.train, 5))
+    assert not set(a) & set(b)
+    solo = build_data(cfg, seed=0, model_vocab=512)
+    with pytest.raises(UserError, match="same number of processes"):
+        solo.train.load_state_dict(r0.train.state_dict())
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(UserError, match="matches no file"):
+        build_data(local_cfg([str(tmp_path / "nope.jsonl")], tmp_path), seed=0, model_vocab=512)
+    with pytest.raises(UserError, match="matches no file"):
+        build_data(local_cfg([str(tmp_path / "*.txt")], tmp_path), seed=0, model_vocab=512)
+
+
+def test_empty_corpus(tmp_path):
+    p = tmp_path / "empty.txt"
+    p.write_text("   \n\n")
+    with pytest.raises(UserError, match="empty corpus|no non-empty"):
+        build_data(local_cfg([str(p)], tmp_path), seed=0, model_vocab=512)
+
+
+def test_non_utf8_is_named_and_nothing_prepared_is_lost(tmp_path, corpus, prepared):
+    _, good_out, good = prepared
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("Ein schöner Tag, café crème\n".encode("latin-1") * 50)
+    files = corpus["txt"][:5] + [str(bad)]
+    with pytest.raises(UserError, match=r"latin1\.txt is not valid UTF-8"):
+        build_data(local_cfg(files, tmp_path, tokenizer=str(good_out / "tokenizer.model")), seed=0, model_vocab=512)
+    with pytest.raises(UserError, match="UTF-8"):
+        prepare(local_cfg(files, tmp_path, tokenizer=str(good_out / "tokenizer.model")), out=good_out,
+                force=True, log=quiet)
+    assert read_manifest(good_out) == good
+    assert not [p for p in good_out.parent.iterdir() if ".tmp-" in p.name]
+
+
+def test_tokenizer_larger_than_model_vocab(prepared):
+    cfg, _, _ = prepared
+    with pytest.raises(UserError, match="model.vocab_size=256"):
+        build_data(cfg, seed=0, model_vocab=256)
+
+
+def test_manifest_with_other_tokenizer_hash(prepared, corpus, tmp_path):
+    cfg, out, _ = prepared
+    other = train_tokenizer(corpus["docs"][::-1], tmp_path / "other.model", vocab_size=400, max_chars=50_000)
+    with_other = DataConfig(**{**cfg.__dict__, "tokenizer": other.path, "prepared_dir": str(out)})
+    with pytest.raises(UserError, match="tokeni[sz]ed with"):
+        build_data(with_other, seed=0, model_vocab=512)
+    with pytest.raises(UserError, match="different tokenizer"):
+        prepare(with_other, log=quiet)
+
+
+def test_corpus_too_small_for_one_sequence(corpus, tmp_path, prepared):
+    _, out, _ = prepared
+    tiny = [str(tmp_path / f"t{i}.txt") for i in range(3)]
+    for i, p in enumerate(tiny):
+        Path(p).write_text(f"a short document {i}\n")
+    cfg = local_cfg(tiny, tmp_path, tokenizer=str(out / "tokenizer.model"), val_fraction=0.5)
+    with pytest.raises(UserError, match="fewer than one sequence"):
+        build_data(cfg, seed=0, model_vocab=512)
+    with pytest.raises(UserError, match="only 1 document"):
+        prepare(local_cfg(tiny[:1], tmp_path, tokenizer=str(out / "tokenizer.model")), log=quiet)
+
+
+def test_jsonl_without_the_text_field(corpus, tmp_path, prepared):
+    _, out, _ = prepared
+    p = write_jsonl(tmp_path / "x.jsonl", corpus["docs"][:4], field="content")
+    with pytest.raises(UserError, match="text_field"):
+        build_data(local_cfg([p], tmp_path, tokenizer=str(out / "tokenizer.model")), seed=0, model_vocab=512)
