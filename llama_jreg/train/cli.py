@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import re
 import sys
 import time
@@ -98,9 +99,12 @@ def expand_sweep(overrides: list[str]) -> list[tuple[list[str], str]]:
     return jobs
 
 
-def _print_summary(summary: dict) -> None:
-    from llama_jreg.train.trainer import is_main_process
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun / accelerate launch (or a plain single process)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
+
+def _print_summary(summary: dict) -> None:
     if not is_main_process():
         return
     lines = ["", "=== llama-jreg run summary ==="]
@@ -131,7 +135,7 @@ def run_one(overrides: list[str]) -> dict:
 
 def run_sweep(overrides: list[str], hydra: dict[str, str]) -> list[dict]:
     from llama_jreg.config import load_config
-    from llama_jreg.train.trainer import is_main_process, train
+    from llama_jreg.train.trainer import train
 
     sweep_dir = Path(hydra.get("hydra.sweep.dir") or f"multirun/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
     jobs = expand_sweep(overrides)
