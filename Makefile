@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 	touch $(STAMP)
 
 demo: setup
-	WANDB_MODE=offline $(VENV)/bin/llama-jreg train trainer=demo logger=wandb run.dir=runs/demo
+	WANDB_MODE=offline $(VENV)/bin/llama-jreg train trainer=demo logger=wandb run.dir=runs/demo resume=auto
 
 test: setup
 	$(TEST_ENV) $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -1,0 +1,1 @@
+"""Analysis of trained models: the jump metric, logit lens, FFN concepts, plots."""

@@ -1,0 +1,1 @@
+"""Interoperability: HF transformers import/export, GGUF, lm-eval-harness."""
