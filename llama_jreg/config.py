@@ -48,6 +48,9 @@ class ScheduleConfig:
 @dataclass
 class TrainerConfig:
     max_steps: int = 1000
+    # stop cleanly (checkpoint saved) after this many steps of one invocation; resume=auto continues.
+    # The schedule still spans max_steps (for job time limits / chained jobs). null = run to max_steps
+    steps_per_run: int | None = None
     global_batch_size: int | None = None  # sequences per optimizer step; None = micro_batch_size * world
     log_every: int = 10
     jump_every: int = 50
@@ -63,6 +66,7 @@ class TrainerConfig:
     max_nonfinite_in_a_row: int = 5
     progress: bool = True
     device: str = "auto"  # auto | cpu | cuda
+    plots: bool = True  # write <run.dir>/plots/ at the end of the run (llama_jreg.analysis.plots)
 
 
 @dataclass

@@ -1,0 +1,385 @@
+"""Checkpoints: atomic save, keep-last-k, discovery for ``resume=auto``, verified load.
+
+Layout of ``<run.dir>/checkpoints/step_XXXXXXXX/`` (8-digit optimizer step)::
+
+    model.safetensors     unwrapped Llama state_dict, full tensors (gathered under FSDP2); a tied LM head is
+                          stored once (as tok_embeddings.weight) and re-tied on load
+    optimizer.pt          AdamW state, full (unsharded) and keyed by parameter name; torch.save of tensors
+                          and plain containers only, loaded with ``weights_only=True``
+    scheduler.json        the schedule's state
+    trainer_state.json    step, tokens, non-finite counters, world size, wandb run id, data fingerprint
+    rng_rank{r}.pt        python / numpy / torch / cuda RNG state of rank r (weights_only)
+    loader_rank{r}.json   the data loader state of rank r
+    config.yaml           the resolved config of the run that wrote it
+    tokenizer.model       copy of the SentencePiece model (when the data has one)
+    wandb_run_id          the wandb run id (a resumed run continues the same wandb run)
+    data_fingerprint      the data bundle's fingerprint (a resume with other data fails loudly)
+    manifest.json         sha256 and size of every file above; written last
+
+A checkpoint is complete or absent: everything is written to ``step_XXXXXXXX.tmp-<pid>`` and renamed at the
+end. ``resume=auto`` takes the newest directory whose manifest checks out (skipping broken ones with a
+warning). Only rank 0 writes shared files; every rank writes its own rng/loader files; all ranks agree on
+success or failure (no rank hangs when another fails). The checkpoint directory must be on a file system
+every rank can see (as usual for multi-node training).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from llama_jreg import UserError
+from llama_jreg.train.parallel import barrier, broadcast_object, is_distributed
+
+STEP_RE = re.compile(r"^step_(\d{8})$")
+MANIFEST = "manifest.json"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete-looking checkpoint dirs (no ``.tmp-`` suffix), oldest first."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+# ----------------------------------------------------------------------------------------------- integrity
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(path: Path) -> str | None:
+    """None when ``path`` is a complete checkpoint whose files match the manifest, else the reason."""
+    path = Path(path)
+    mf = path / MANIFEST
+    if not mf.is_file():
+        return f"{path} has no {MANIFEST} (incomplete or not a checkpoint)"
+    try:
+        manifest = json.loads(mf.read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError) as e:
+        return f"{mf} is unreadable: {e}"
+    for name, meta in files.items():
+        f = path / name
+        if not f.is_file():
+            return f"{path}: {name} is missing"
+        if f.stat().st_size != meta["bytes"] or sha256_file(f) != meta["sha256"]:
+            return f"{path}: {name} does not match its sha256 in the manifest"
+    return None
+
+
+def find_latest(run_dir: Path) -> Path | None:
+    """The newest checkpoint in ``run_dir`` that verifies; broken ones are skipped with a warning."""
+    for path in reversed(list_checkpoints(run_dir)):
+        reason = verify(path)
+        if reason is None:
+            return path
+        warnings.warn(f"skipping broken checkpoint: {reason}", stacklevel=2)
+    return None
+
+
+def resolve_resume(resume: str | None, run_dir: Path, is_main: bool) -> Path | None:
+    """The checkpoint to resume from (decided on rank 0, the same on every rank), or None to start fresh."""
+    result: tuple[str | None, str | None] = (None, None)
+    if is_main and resume:
+        if resume == "auto":
+            latest = find_latest(run_dir)
+            result = (str(latest) if latest else None, None)
+        else:
+            path = Path(resume).expanduser()
+            if path.is_dir() and (path / "checkpoints").is_dir() and not (path / MANIFEST).exists():
+                latest = find_latest(path)  # a run dir: take its newest good checkpoint
+                result = (str(latest), None) if latest else (None, f"resume={resume}: no complete checkpoint in it")
+            else:
+                reason = verify(path)
+                result = (str(path), None) if reason is None else (None, f"resume={resume}: bad checkpoint: {reason}")
+    path, err = broadcast_object(result)
+    if err:
+        raise UserError(err)
+    return Path(path) if path else None
+
+
+# ----------------------------------------------------------------------------------------------- RNG
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------- save
+
+
+def _full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Full (unsharded) CPU state dict on rank 0 (empty elsewhere under FSDP2). Collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _full_optim_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _write_bytes_atomic_free(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_json(path: Path, obj) -> None:
+    _write_bytes_atomic_free(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _agree(err: str | None) -> str | None:
+    """The first error any rank saw (None when all succeeded). Collective."""
+    if not is_distributed():
+        return err
+    errs: list = [None] * dist.get_world_size()
+    dist.all_gather_object(errs, err)
+    return next((e for e in errs if e), None)
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, OSError):
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        return f"{e.strerror or e}{where}"
+    return str(e)
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule,
+    loader,
+    trainer_state: dict,
+    config_yaml: str,
+    tokenizer_path: str | None,
+    wandb_run_id: str,
+    fingerprint: str,
+    keep_last: int,
+) -> Path:
+    """Write ``checkpoints/step_XXXXXXXX`` atomically, then delete all but the newest ``keep_last``.
+    Collective: every rank calls it. Raises UserError (on every rank) when anything cannot be written or a
+    weight is non-finite; earlier checkpoints are never touched in that case."""
+    rank = dist.get_rank() if is_distributed() else 0
+    is_main = rank == 0
+    root = checkpoints_dir(run_dir)
+    final = root / step_dir_name(step)
+    tmp = Path(broadcast_object(str(root / f"{final.name}.tmp-{os.getpid()}")))
+
+    model_sd = _full_model_state(model)
+    optim_sd = _full_optim_state(model, optimizer)
+
+    err = None
+    if is_main:
+        try:
+            bad = [k for k, v in model_sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+            if bad:
+                raise ValueError(f"refusing to save non-finite weights ({', '.join(bad[:3])}...)")
+            if getattr(model, "cfg", None) is not None and model.cfg.tie_embeddings:
+                model_sd.pop("output.weight", None)  # tied: stored once as tok_embeddings.weight
+            root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in model_sd.items()}, str(tmp / "model.safetensors"),
+                      metadata={"format": "pt", "step": str(step)})
+            os.chmod(tmp / "model.safetensors", 0o666 & ~_umask())  # safetensors creates it 0600
+            _fsync_file(tmp / "model.safetensors")
+            torch.save(optim_sd, tmp / "optimizer.pt")
+            _fsync_file(tmp / "optimizer.pt")
+            _write_json(tmp / "scheduler.json", schedule.state_dict())
+            _write_json(tmp / "trainer_state.json", trainer_state)
+            _write_bytes_atomic_free(tmp / "config.yaml", config_yaml.encode())
+            _write_bytes_atomic_free(tmp / "wandb_run_id", (wandb_run_id + "\n").encode())
+            _write_bytes_atomic_free(tmp / "data_fingerprint", (fingerprint + "\n").encode())
+            if tokenizer_path:
+                shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
+        except Exception as e:  # noqa: BLE001 - any failure to write (OSError, SafetensorError, ...)
+            err = f"could not write checkpoint {final}: {_describe(e)}"
+    del model_sd, optim_sd
+    err = broadcast_object(err)
+    if not err:
+        try:
+            torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+            _write_json(tmp / f"loader_rank{rank}.json", loader.state_dict())
+        except Exception as e:  # noqa: BLE001 - any failure to write (OSError, SafetensorError, ...)
+            err = f"could not write checkpoint {final}: {_describe(e)}"
+        err = _agree(err)
+    if not err and is_main:
+        try:
+            files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+            manifest = {"step": step, "files": {n: {"sha256": sha256_file(tmp / n), "bytes": (tmp / n).stat().st_size}
+                                                for n in files}}
+            _write_json(tmp / MANIFEST, manifest)
+            if final.exists():  # a stale dir of the same step (e.g. from a run that was restarted): replace it
+                trash = root / f"{final.name}.old-{os.getpid()}"
+                final.rename(trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            tmp.rename(final)
+            fd = os.open(root, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except Exception as e:  # noqa: BLE001
+            err = f"could not write checkpoint {final}: {_describe(e)}"
+    err = broadcast_object(err)
+    if err:
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{err}; earlier checkpoints are intact (check free disk space and permissions of run.dir)")
+    if is_main:
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+
+def remove_stale_tmp(run_dir: Path) -> None:
+    """Delete leftovers of checkpoints that were being written when a process died (rank 0, at start)."""
+    root = checkpoints_dir(run_dir)
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.is_dir() and (".tmp-" in p.name or ".old-" in p.name):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------- load
+
+
+def read_text(path: Path, name: str) -> str | None:
+    f = Path(path) / name
+    return f.read_text().strip() if f.is_file() else None
+
+
+def load_checkpoint(
+    path: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule,
+    loader,
+    fingerprint: str,
+) -> dict:
+    """Restore model, optimizer, schedule, this rank's loader and RNG from ``path``; return the trainer state.
+    Collective. A checkpoint written for different data raises UserError."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    path = Path(path)
+    rank = dist.get_rank() if is_distributed() else 0
+    world = dist.get_world_size() if is_distributed() else 1
+    saved_fp = read_text(path, "data_fingerprint")
+    if saved_fp != fingerprint:
+        raise UserError(
+            f"resume={path}: the checkpoint was trained on other data (fingerprint {saved_fp}, now {fingerprint}); "
+            "use the same data config, or start a new run.dir"
+        )
+    state = json.loads((path / "trainer_state.json").read_text())
+
+    # model + optimizer: rank 0 reads the files, the state_dict API broadcasts / shards them
+    bcast = is_distributed()
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=bcast)
+    model_sd: dict = {}
+    optim_sd: dict = {}
+    if rank == 0 or not bcast:
+        model_sd = load_file(str(path / "model.safetensors"))
+        if "output.weight" not in model_sd and getattr(model, "cfg", None) is not None and model.cfg.tie_embeddings:
+            model_sd["output.weight"] = model_sd["tok_embeddings.weight"]
+        optim_sd = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    err = None
+    if rank == 0:  # a clear error (on every rank) rather than a size-mismatch traceback or a hang
+        want = {k: tuple(v.shape) for k, v in model.state_dict().items()}  # global shapes, also for DTensors
+        got = {k: tuple(v.shape) for k, v in model_sd.items()}
+        if want != got:
+            diff = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
+            err = (f"resume={path}: the checkpoint's weights do not fit model={getattr(model.cfg, 'name', '?')} "
+                   f"as configured (first difference: {diff[0]}: checkpoint {got.get(diff[0])}, model "
+                   f"{want.get(diff[0])}); resume with the model settings of its config.yaml")
+    err = broadcast_object(err)
+    if err:
+        raise UserError(err)
+    set_model_state_dict(model, model_sd, options=options)
+    set_optimizer_state_dict(model, optimizer, optim_sd, options=options)
+    schedule.load_state_dict(json.loads((path / "scheduler.json").read_text()))
+
+    saved_world = int(state.get("world_size", 1))
+    loader_file = path / f"loader_rank{rank}.json"
+    if saved_world != world:
+        # the loader's cursor is global (sample order does not depend on the world size), so rank 0's state
+        # is valid for every rank of a new world size; the per-rank RNG streams cannot carry over exactly.
+        warnings.warn(
+            f"resuming a {saved_world}-process checkpoint with {world} processes: data order is kept, "
+            "per-rank RNG state is re-seeded",
+            stacklevel=2,
+        )
+        loader_file = path / "loader_rank0.json"
+    loader.load_state_dict(json.loads(loader_file.read_text()))
+    rng_file = path / f"rng_rank{rank}.pt"
+    if saved_world == world and rng_file.is_file():
+        set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
+    barrier()
+    return state

@@ -1,0 +1,101 @@
+"""Turn a plain :class:`llama_jreg.model.Llama` into the model the loop trains, in torchtitan's order:
+
+    activation checkpointing  ->  torch.compile (per block)  ->  DDP | FSDP2
+
+* Activation checkpointing sets ``model.checkpoint_blocks = True``: the model's forward wraps each block in
+  ``torch.utils.checkpoint`` (non-reentrant), so the per-layer JREG statistics keep working.
+* ``torch.compile`` compiles each block in place (``Block.compile()``), so parameter names, and hence
+  checkpoints, stay free of ``_orig_mod`` prefixes.
+* ``parallel=ddp`` (default): ``DistributedDataParallel``; gradients are averaged over ranks.
+* ``parallel=fsdp``: FSDP2 (``torch.distributed.fsdp.fully_shard``) on each block, then on the root;
+  gradients are reduce-scattered and averaged over ranks, parameters are DTensors sharded on dim 0.
+  (Mixed precision is the loop's autocast, the same under DDP and FSDP2, so the two give the same numbers.)
+
+With one process neither wrapper is applied. The model file itself contains no distributed code.
+
+Gradient accumulation: :func:`no_sync` turns off the gradient all-reduce / reduce-scatter for every
+micro-batch but the last of an optimizer step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from llama_jreg.config import TrainConfig
+from llama_jreg.model import Llama
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def parallelize(model: Llama, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """Apply AC -> compile -> DDP/FSDP2. Returns the module to call in the loop (``unwrap`` gets the Llama)."""
+    if cfg.trainer.activation_checkpointing:
+        model.checkpoint_blocks = True
+    if cfg.trainer.compile:
+        for block in model.layers:
+            block.compile()
+    if not is_distributed():
+        return model
+    if cfg.parallel.name == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.layers:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    device_ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return DDP(model, device_ids=device_ids)
+
+
+def unwrap(model: nn.Module) -> Llama:
+    """The Llama inside a DDP wrapper (FSDP2 shards in place, so the model is its own unwrap)."""
+    return model.module if hasattr(model, "module") and isinstance(model.module, Llama) else model
+
+
+@contextlib.contextmanager
+def no_sync(model: nn.Module, skip: bool):
+    """Within the block, do not synchronise gradients across ranks (when ``skip``)."""
+    if not skip or not is_distributed():
+        yield
+        return
+    if hasattr(model, "no_sync"):  # DDP
+        with model.no_sync():
+            yield
+        return
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+        return
+    yield
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks in place (no-op with one process)."""
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s Python object on every rank."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

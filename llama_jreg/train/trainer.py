@@ -1,0 +1,519 @@
+"""The training loop. ``train(cfg) -> summary`` is what ``llama-jreg train`` calls.
+
+Read top to bottom: ``Trainer.__init__`` sets everything up (accelerate, seeds, run dir, data, model,
+parallelism, optimizer, schedule, resume, logging); ``fit`` is the loop; ``train_step`` is one optimizer
+step (gradient accumulation, the JREG term, clipping, the non-finite guard); ``evaluate`` and ``val_jump``
+are the validation metrics; ``save`` writes a checkpoint.
+
+Launch: ``llama-jreg train ...`` (one process), ``torchrun --nproc_per_node N -m llama_jreg train ...`` or
+``accelerate launch -m llama_jreg train ...`` (several; multi-node: see scripts/launch_slurm.sh).
+
+Loss (per optimizer step, over all micro-batches m of all ranks):
+
+    lm_loss   = sum_m CE_sum(m) / N_target          N_target = target tokens (labels != -100) of the step
+    jreg_loss = mean_m R(Psi(m))                    Psi(m) from the micro-batch's per-layer token cosines
+    loss      = lm_loss + weight(step) * jreg_loss
+
+Each micro-batch back-propagates ``CE_sum(m) / (N_target / W) + weight * R(m) / n_micro_per_rank``; DDP /
+FSDP2 average gradients over the W ranks, so the update is exactly the gradient of ``loss``, independent of
+how the global batch is split into ranks and micro-batches. With ``jreg.weight == 0`` the model runs without
+gradient-carrying statistics and no JREG term is built: loss and gradients are bit-identical to plain LM
+training (tests/test_train_loss.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from llama_jreg import UserError
+from llama_jreg import jreg as J
+from llama_jreg.config import TrainConfig, check_run_dir, to_yaml
+from llama_jreg.model import Llama
+from llama_jreg.train import checkpoint as ckpt
+from llama_jreg.train.metrics import MetricsLogger, device_peak_flops, flops_per_token, memory_usage
+from llama_jreg.train.optim import Schedule, build_optimizer
+from llama_jreg.train.parallel import all_reduce_sum, barrier, broadcast_object, no_sync, parallelize, unwrap
+
+IGNORE_INDEX = -100
+# fault injection for tests: comma-separated 1-indexed steps whose loss is made NaN
+INJECT_NONFINITE_ENV = "LLAMA_JREG_INJECT_NONFINITE"
+
+
+class NonFiniteError(UserError):
+    """Training produced non-finite losses or gradients too often (``trainer.nonfinite``)."""
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Pre-train (or resume) as configured; returns a summary dict (see ``Trainer.summary``)."""
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
+
+
+def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed token cross-entropy in fp32, ignoring label -100."""
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def _resolve_device(cfg: TrainConfig) -> str:
+    want = cfg.trainer.device
+    if want == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise UserError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu (or auto)")
+    return want
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.cfg = cfg
+        t = cfg.trainer
+        if t.steps_per_run is not None and t.steps_per_run < 1:
+            raise UserError(f"trainer.steps_per_run={t.steps_per_run} must be >= 1 (or null)")
+
+        # -- processes and devices (accelerate reads torchrun / accelerate-launch / SLURM env) --------------
+        device_kind = _resolve_device(cfg)
+        self.accelerator = Accelerator(cpu=device_kind == "cpu", mixed_precision="no")
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        _destroy_process_group_at_exit()
+        self.is_main = self.accelerator.is_main_process
+        self.device = self.accelerator.device if device_kind == "cuda" else torch.device("cpu")
+        self.precision = t.precision if t.precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
+
+        # -- seeds (the same on every rank: identical model init, FSDP2 shards a common tensor) -------------
+        set_seed(cfg.seed)
+        self._was_deterministic = torch.are_deterministic_algorithms_enabled()
+        if t.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+
+        # -- run dir: what to resume from (decided on rank 0, before anything is written), then config.yaml ---
+        self.run_dir = check_run_dir(cfg.run)
+        self.resumed_from = ckpt.resolve_resume(cfg.resume, self.run_dir, self.is_main)
+        if self.resumed_from is None and cfg.resume is None:
+            existing = broadcast_object(bool(ckpt.list_checkpoints(self.run_dir)) if self.is_main else None)
+            if existing:
+                raise UserError(
+                    f"run.dir={cfg.run.dir} already holds checkpoints; continue it with resume=auto "
+                    "or start a new run with another run.dir"
+                )
+        self.config_yaml = to_yaml(cfg)
+        err = None
+        if self.is_main:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                (self.run_dir / "config.yaml").write_text(self.config_yaml)
+            except OSError as e:
+                err = f"cannot write to run.dir={cfg.run.dir}: {e.strerror or e}; choose a writable directory"
+        err = broadcast_object(err)
+        if err:
+            raise UserError(err)
+
+        # -- data (per rank, already split: never through accelerator.prepare) -----------------------------
+        from llama_jreg.data import build_data
+
+        with self.accelerator.main_process_first():
+            self.data = build_data(cfg.data, seed=cfg.seed, rank=self.rank, world_size=self.world,
+                                   model_vocab=cfg.model.vocab_size)
+        self.train_iter = self.data.train
+        self.val = self.data.val_batches(max(1, t.eval_batches))
+        B, T = cfg.data.micro_batch_size, cfg.data.seq_len
+        gbs = t.global_batch_size or B * self.world
+        if gbs % (B * self.world) != 0:
+            raise UserError(
+                f"trainer.global_batch_size={gbs} is not a multiple of data.micro_batch_size * world size = "
+                f"{B} * {self.world}; pick a multiple of {B * self.world}"
+            )
+        self.accum = gbs // (B * self.world)
+        self.tokens_per_step = gbs * T
+
+        # -- model, parallelism, optimizer, schedule ---------------------------------------------------
+        model = Llama(cfg.model).to(self.device)
+        self.flops_per_token = flops_per_token(model, T)
+        self.peak_flops = device_peak_flops(self.device, self.precision)
+        self.model = parallelize(model, cfg, self.device)
+        self.llama = unwrap(self.model)
+        self.optimizer = build_optimizer(self.llama, cfg.optim, self.device)
+        self.schedule = Schedule(self.optimizer, cfg.schedule, cfg.optim.lr, t.max_steps)
+
+        # -- counters, then resume -----------------------------------------------------------------------
+        self.step = 0  # optimizer steps taken (incl. skipped non-finite ones)
+        self.tokens = 0
+        self.nonfinite_total = 0
+        self.nonfinite_in_a_row = 0
+        self.last: dict = {}  # the latest logged values, for the summary
+        self.metrics = MetricsLogger(self.run_dir, enabled=self.is_main)
+        if self.is_main:
+            ckpt.remove_stale_tmp(self.run_dir)
+        self.wandb_run_id = None
+        if self.resumed_from is not None:
+            state = ckpt.load_checkpoint(self.resumed_from, model=self.llama, optimizer=self.optimizer,
+                                         schedule=self.schedule, loader=self.train_iter,
+                                         fingerprint=self.data.fingerprint)
+            self.step, self.tokens = int(state["step"]), int(state["tokens"])
+            self.nonfinite_total = int(state.get("nonfinite_total", 0))
+            self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
+            self.wandb_run_id = state.get("wandb_run_id")
+            self.metrics.truncate_after(self.step)
+            self.last["last_checkpoint"] = str(self.resumed_from)
+        else:
+            self.metrics.truncate_after(-1)  # a fresh run starts a fresh metrics.jsonl
+        if not self.wandb_run_id:
+            self.wandb_run_id = broadcast_object(_new_run_id() if self.is_main else None)
+        self.last_saved_step = self.step if self.resumed_from is not None else -1
+        self.metrics.start_wandb(cfg.logger, self.run_dir, self.wandb_run_id, _plain_config(cfg))
+
+        self.inject_nonfinite = {int(s) for s in os.environ.get(INJECT_NONFINITE_ENV, "").split(",") if s.strip()}
+        self._stop_signal: str | None = None
+
+    # ------------------------------------------------------------------------------------------- the loop
+
+    def fit(self) -> dict:
+        cfg, t = self.cfg, self.cfg.trainer
+        self._install_signal_handlers()
+        progress = None
+        if self.is_main and t.progress:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=t.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        window_start, window_tokens, window_wait = time.perf_counter(), 0, 0.0
+        stopped_by = None
+        first_step = self.step
+        try:
+            while self.step < t.max_steps:
+                step_start = time.perf_counter()
+                batches = self._next_batches()
+                wait = time.perf_counter() - step_start
+                if batches is None:
+                    warnings.warn(f"training data exhausted after {self.step} steps", stacklevel=1)
+                    break
+                out = self.train_step(batches)
+                window_tokens += self.tokens_per_step
+                self.last.update(final_loss=out["loss"], final_lm_loss=out["lm_loss"])
+                window_wait += wait
+                if progress is not None:
+                    progress.update(1)
+
+                if self.step % t.log_every == 0 or self.step == t.max_steps:
+                    elapsed = time.perf_counter() - window_start
+                    tps = window_tokens / max(elapsed, 1e-9)
+                    mem, mem_kind = memory_usage(self.device)
+                    row = {"kind": "train", "step": self.step, "tokens": self.tokens, "loss": out["loss"],
+                           "lm_loss": out["lm_loss"], "jreg_loss": out["jreg_loss"],
+                           "jreg_weight": out["jreg_weight"], "lr": out["lr"], "grad_norm": out["grad_norm"],
+                           "tokens_per_s": tps, "step_time_s": elapsed * self.tokens_per_step / max(window_tokens, 1),
+                           "mfu": tps * self.flops_per_token / (self.world * self.peak_flops) if self.peak_flops else None,
+                           "memory": mem, "memory_kind": mem_kind,
+                           "data_wait_frac": window_wait / max(elapsed, 1e-9),
+                           "nonfinite_skipped": self.nonfinite_total}
+                    self.metrics.log(row)
+                    if progress is not None:
+                        progress.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{tps:,.0f}")
+                    window_start, window_tokens, window_wait = time.perf_counter(), 0, 0.0
+                if out["psi"] is not None:
+                    self.log_jump(out)
+                if t.eval_batches > 0 and (self.step % t.eval_every == 0 or self.step == t.max_steps):
+                    self.evaluate()
+                if out["stop"]:
+                    stopped_by = self._stop_signal or "signal"
+                    break
+                if t.steps_per_run and self.step - first_step >= t.steps_per_run and self.step < t.max_steps:
+                    stopped_by = f"trainer.steps_per_run={t.steps_per_run}"
+                    break
+                if self.step % t.ckpt_every == 0:
+                    self.save()
+            if self.step != self.last_saved_step:
+                self.save()
+        finally:
+            if progress is not None:
+                progress.close()
+            self._restore_signal_handlers()
+        if stopped_by and self.is_main:
+            print(f"stopped by {stopped_by} at step {self.step}; checkpoint saved, resume with resume=auto", flush=True)
+        return self.summary(stop_reason=stopped_by)
+
+    def _next_batches(self) -> list[dict] | None:
+        """This rank's ``accum`` micro-batches of the next optimizer step (None when the data ran out)."""
+        try:
+            return [next(self.train_iter) for _ in range(self.accum)]
+        except StopIteration:
+            return None
+
+    # ------------------------------------------------------------------------------------------- one step
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def forward_backward(self, batches: list[dict], weight: float, want_stats: bool, nan: bool = False) -> dict:
+        """Forward + backward of this rank's micro-batches with the step's loss normalisation; leaves the
+        gradients of the whole global batch in ``.grad`` (synchronised on the last micro-batch only).
+
+        ``want_stats``: also measure Psi on this batch (detached when JREG is off). With ``jreg.weight == 0``
+        the model is called without gradient-carrying statistics and no JREG term exists, so gradients equal
+        plain LM training bit for bit. ``nan``: fault injection for tests. Collective."""
+        cfg = self.cfg
+        self.model.train()
+        use_jreg = cfg.jreg.enabled
+        stats = "grad" if use_jreg else (True if want_stats else False)
+        L = cfg.model.n_layers
+
+        # global target-token count (+ the stop flag from SIGTERM/SIGINT, so all ranks stop on the same step)
+        n_local = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
+        counts = all_reduce_sum(torch.tensor([n_local, 1 if self._stop_signal else 0], dtype=torch.float64,
+                                             device=self.device))
+        n_target = max(float(counts[0].item()), 1.0)
+        tokens_per_rank = n_target / self.world  # DDP/FSDP average over ranks: divide by this, not n_target
+        n_micro = len(batches)  # per rank; R(m) / n_micro averaged over ranks = mean over all micro-batches
+
+        # sums for logging: [ce_sum, R_sum, n_stat_tokens, psi*n (L), psi_post*n]
+        sums = torch.zeros(3 + L + 1, dtype=torch.float64, device=self.device)
+        for i, b in enumerate(batches):
+            x = b["input_ids"].to(self.device, non_blocking=True)
+            y = b["labels"].to(self.device, non_blocking=True)
+            with no_sync(self.model, skip=i < n_micro - 1):
+                with self._autocast():
+                    out = self.model(x, stats=stats) if stats else self.model(x)
+                ce = cross_entropy_sum(out.logits, y)
+                loss = ce / tokens_per_rank
+                if use_jreg:
+                    psi = J.psi(out.cos, y != IGNORE_INDEX)
+                    reg = J.regularizer(psi, cfg.jreg)
+                    loss = loss + (weight / n_micro) * reg
+                    sums[1] += reg.detach().double()
+                if nan:
+                    loss = loss * float("nan")
+                loss.backward()
+            sums[0] += ce.detach().double()
+            if stats:
+                with torch.no_grad():
+                    mask = y != IGNORE_INDEX
+                    n = mask.sum().double()
+                    sums[2] += n
+                    sums[3:3 + L] += J.psi(out.cos.detach(), mask).double() * n
+                    sums[3 + L] += J.psi(out.cos_post_norm.detach()[None], mask)[0].double() * n
+        all_reduce_sum(sums)
+        lm_loss = float(sums[0] / n_target)
+        jreg_loss = float(sums[1] / (n_micro * self.world)) if use_jreg else 0.0
+        psi_all = psi_post = None
+        if stats and want_stats:
+            n = max(float(sums[2]), 1.0)
+            psi_all = [float(v) / n for v in sums[3:3 + L]]
+            psi_post = float(sums[3 + L]) / n
+        return {"loss": float("nan") if nan else lm_loss + weight * jreg_loss, "lm_loss": lm_loss,
+                "jreg_loss": jreg_loss, "n_target": n_target, "stop": bool(counts[1].item() > 0),
+                "psi": psi_all, "psi_post_norm_L": psi_post}
+
+    def train_step(self, batches: list[dict]) -> dict:
+        """One optimizer step over this rank's micro-batches (collective across ranks). Returns floats that
+        are the same on every rank (all-reduced)."""
+        cfg, t = self.cfg, self.cfg.trainer
+        weight = J.weight_at(cfg.jreg, self.step)
+        jump_step = (self.step + 1) % t.jump_every == 0 or self.step + 1 == t.max_steps
+        fb = self.forward_backward(batches, weight, jump_step, nan=(self.step + 1) in self.inject_nonfinite)
+        total, lm_loss, jreg_loss = fb["loss"], fb["lm_loss"], fb["jreg_loss"]
+
+        # clip (also measures the global grad norm; max_norm=inf leaves the gradients untouched)
+        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # DTensor under FSDP2
+            grad_norm = grad_norm.full_tensor()
+        grad_norm = float(grad_norm)
+        lr = self.schedule.lr()
+
+        if math.isfinite(total) and math.isfinite(grad_norm):
+            self.optimizer.step()
+            self.nonfinite_in_a_row = 0
+        else:
+            self.nonfinite_total += 1
+            self.nonfinite_in_a_row += 1
+            what = f"non-finite loss/gradient at step {self.step + 1} (loss={total}, grad_norm={grad_norm})"
+            if t.nonfinite == "halt":
+                raise NonFiniteError(f"{what}; trainer.nonfinite=halt. Lower optim.lr or check the data")
+            if self.nonfinite_in_a_row >= t.max_nonfinite_in_a_row:
+                raise NonFiniteError(
+                    f"{what}: {self.nonfinite_in_a_row} non-finite steps in a row "
+                    f"(trainer.max_nonfinite_in_a_row={t.max_nonfinite_in_a_row}); training diverged - lower "
+                    "optim.lr, raise schedule.warmup_steps or check the data; resume from the last checkpoint"
+                )
+            if self.is_main:
+                warnings.warn(f"{what}: step skipped (trainer.nonfinite=skip)", stacklevel=1)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+        self.step += 1
+        self.tokens += self.tokens_per_step
+
+        return {"loss": total, "lm_loss": lm_loss, "jreg_loss": jreg_loss, "jreg_weight": weight, "lr": lr,
+                "grad_norm": grad_norm, "psi": fb["psi"], "psi_post_norm_L": fb["psi_post_norm_L"],
+                "stop": fb["stop"]}
+
+    # ------------------------------------------------------------------------------------------- validation
+
+    @torch.no_grad()
+    def val_jump(self) -> list[float]:
+        """Psi per layer on the first fixed validation batch (every rank computes it; FSDP2 needs all)."""
+        self.model.eval()
+        b = self.val[0]
+        y = b["labels"].to(self.device)
+        with self._autocast():
+            out = self.llama(b["input_ids"].to(self.device), stats=True)
+        return [float(v) for v in J.psi(out.cos, y != IGNORE_INDEX)]
+
+    def log_jump(self, out: dict) -> None:
+        psi = out["psi"]
+        val_psi = self.val_jump()
+        row = {"kind": "jump", "step": self.step, "tokens": self.tokens, "psi": psi,
+               "zeta_L": float(J.zeta_L(torch.tensor(psi))), "psi_post_norm_L": out["psi_post_norm_L"],
+               "val_psi": val_psi, "val_zeta_L": float(J.zeta_L(torch.tensor(val_psi)))}
+        self.metrics.log(row)
+        self.last.update(zeta_L=row["zeta_L"], psi=psi, val_zeta_L=row["val_zeta_L"])
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean CE over the ``trainer.eval_batches`` fixed validation batches, split over ranks."""
+        self.model.eval()
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        n = self.cfg.trainer.eval_batches
+        per_rank = -(-n // self.world)
+        for j in range(per_rank):
+            i = self.rank + j * self.world
+            b = self.val[i if i < n else 0]  # ranks past the end still run a forward (FSDP2 collectives)
+            y = b["labels"].to(self.device)
+            with self._autocast():
+                logits = self.llama(b["input_ids"].to(self.device)).logits
+            if i < n:
+                sums[0] += cross_entropy_sum(logits, y).double()
+                sums[1] += (y != IGNORE_INDEX).sum().double()
+        all_reduce_sum(sums)
+        val_loss = float(sums[0] / sums[1].clamp_min(1.0))
+        self.metrics.log({"kind": "eval", "step": self.step, "tokens": self.tokens, "val_loss": val_loss,
+                          "val_ppl": math.exp(min(val_loss, 700.0))})
+        self.last["val_loss"] = val_loss
+        return val_loss
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+
+    def save(self) -> Path:
+        state = {"step": self.step, "tokens": self.tokens, "nonfinite_total": self.nonfinite_total,
+                 "nonfinite_in_a_row": self.nonfinite_in_a_row, "world_size": self.world,
+                 "wandb_run_id": self.wandb_run_id, "data_fingerprint": self.data.fingerprint}
+        tok = getattr(self.data.tokenizer, "path", None) if self.data.tokenizer is not None else None
+        path = ckpt.save_checkpoint(
+            self.run_dir, self.step, model=self.llama, optimizer=self.optimizer, schedule=self.schedule,
+            loader=self.train_iter, trainer_state=state, config_yaml=self.config_yaml,
+            tokenizer_path=str(tok) if tok else None, wandb_run_id=self.wandb_run_id,
+            fingerprint=self.data.fingerprint, keep_last=self.cfg.trainer.keep_last,
+        )
+        self.last_saved_step = self.step
+        self.last["last_checkpoint"] = str(path)
+        return path
+
+    # ------------------------------------------------------------------------------------------- signals
+
+    def _install_signal_handlers(self) -> None:
+        self._old_handlers = {}
+
+        def handler(signum, frame):
+            name = signal.Signals(signum).name
+            if self._stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C stops at once
+            self._stop_signal = name
+            if self.is_main:
+                print(f"\n{name} received: saving a checkpoint at the end of this step", flush=True)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old_handlers[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread
+                pass
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, old in getattr(self, "_old_handlers", {}).items():
+            signal.signal(sig, old)
+
+    # ------------------------------------------------------------------------------------------- the end
+
+    def summary(self, stop_reason: str | None = None) -> dict:
+        plots: list[str] = []
+        if self.is_main and self.cfg.trainer.plots:
+            try:
+                from llama_jreg.analysis.plots import plot_run
+            except ImportError:
+                plot_run = None
+            if plot_run is not None:
+                plots = [str(p) for p in (plot_run(self.run_dir) or [])]
+        barrier()
+        return {
+            "final_loss": self.last.get("final_loss"),
+            "final_lm_loss": self.last.get("final_lm_loss"),
+            "zeta_L": self.last.get("zeta_L"),
+            "val_loss": self.last.get("val_loss"),
+            "tokens": self.tokens,
+            "steps": self.step,
+            "nonfinite_skipped": self.nonfinite_total,
+            "interrupted": stop_reason is not None,  # stopped before max_steps (signal / steps_per_run)
+            "stop_reason": stop_reason,
+            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+            "run_dir": str(self.run_dir),
+            "metrics_path": str(self.metrics.path),
+            "last_checkpoint": self.last.get("last_checkpoint"),
+            "plots": plots,
+        }
+
+    def close(self) -> None:
+        self.metrics.finish()
+        torch.use_deterministic_algorithms(self._was_deterministic)
+
+
+_AT_EXIT_REGISTERED = False
+
+
+def _destroy_process_group_at_exit() -> None:
+    """Tear the process group down before interpreter shutdown (else gloo/NCCL threads may abort the
+    process after a successful run). At exit, not in ``close``, so several runs in one process still work."""
+    global _AT_EXIT_REGISTERED
+    import torch.distributed as dist
+
+    if _AT_EXIT_REGISTERED or not dist.is_initialized():
+        return
+    import atexit
+
+    def destroy():
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    atexit.register(destroy)
+    _AT_EXIT_REGISTERED = True
+
+
+def _new_run_id() -> str:
+    try:
+        from wandb.util import generate_id
+
+        return generate_id()
+    except ImportError:
+        import uuid
+
+        return uuid.uuid4().hex[:8]
+
+
+def _plain_config(cfg: TrainConfig) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
