@@ -7,6 +7,7 @@ dispatches (lazily, so `llama-jreg --help` is fast) and turns a :class:`llama_jr
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
@@ -34,6 +35,10 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _argparse_error(parser: argparse.ArgumentParser, message: str):
+    raise UserError(f"{parser.prog}: {message}; see `{parser.prog} --help`")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -46,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    argparse.ArgumentParser.error = _argparse_error  # one `error:` line, not usage + error (exit status 2)
     try:
         module = importlib.import_module(COMMANDS[name][0])
         return int(module.main(rest) or 0)

@@ -106,15 +106,19 @@ class ModelOutput(NamedTuple):
 
 
 class _TokenCosine(torch.autograd.Function):
-    """cos(a, b) along the last dim, in fp32, saving only references to a and b and two (..,) norms."""
+    """cos(a, b) along the last dim, in fp32, saving only references to a and b and three (..,) vectors.
+
+    Backward, with s = g / (|a| |b|):  d/da = s * b - (g cos / |a|^2) * a,  d/db = s * a - (g cos / |b|^2) * b,
+    i.e. two full-size multiply-adds per input with per-token coefficients (no full-size temporaries beyond
+    the outputs)."""
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
         acc = torch.promote_types(a.dtype, torch.float32)  # fp32 (fp64 stays fp64)
         af, bf = a.to(acc), b.to(acc)
-        na = af.norm(dim=-1).clamp_min(eps)
-        nb = bf.norm(dim=-1).clamp_min(eps)
-        cos = (af * bf).sum(-1) / (na * nb)
+        na = torch.linalg.vector_norm(af, dim=-1).clamp_min(eps)
+        nb = torch.linalg.vector_norm(bf, dim=-1).clamp_min(eps)
+        cos = torch.linalg.vecdot(af, bf) / (na * nb)
         ctx.save_for_backward(a, b, na, nb, cos)
         return cos
 
@@ -122,12 +126,14 @@ class _TokenCosine(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):
         a, b, na, nb, cos = ctx.saved_tensors
         af, bf = a.to(cos.dtype), b.to(cos.dtype)
-        g = g.unsqueeze(-1)
-        inv = (1.0 / (na * nb)).unsqueeze(-1)
-        c = cos.unsqueeze(-1)
-        ga = g * (bf * inv - c * af / (na * na).unsqueeze(-1))
-        gb = g * (af * inv - c * bf / (nb * nb).unsqueeze(-1))
-        return ga.to(a.dtype), gb.to(b.dtype), None
+        s = (g / (na * nb)).unsqueeze(-1)
+        gc = g * cos
+        ga = gb = None
+        if ctx.needs_input_grad[0]:
+            ga = torch.addcmul(bf * s, af, (gc / (na * na)).unsqueeze(-1), value=-1.0).to(a.dtype)
+        if ctx.needs_input_grad[1]:
+            gb = torch.addcmul(af * s, bf, (gc / (nb * nb)).unsqueeze(-1), value=-1.0).to(b.dtype)
+        return ga, gb, None
 
 
 def token_cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -155,12 +161,35 @@ def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Te
     return emb.cos().float(), emb.sin().float()
 
 
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x2, x1); no autograd graph of its own.
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return torch.addcmul(x * cos, rotated, sin)
+
+
+class _Rope(torch.autograd.Function):
+    """RoPE as one autograd node: the rotation is orthogonal, so its backward is the rotation by -angle
+    (``_rotate(g, cos, -sin)``). Nothing full-size is saved; the eager autograd graph of the slices and the
+    concatenation (zero-filled slice gradients, copies) disappears."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        ctx.dtype = x.dtype
+        return _rotate(x, cos, sin).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        cos, sin = ctx.saved_tensors
+        return _rotate(g, cos, -sin).to(ctx.dtype), None, None
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     # x: (B, H, T, D); cos/sin: (T, D); half-split layout (HF "rotate_half").
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+    if cos.requires_grad or sin.requires_grad:  # never in the model (buffers); keep autograd exact then
+        return _rotate(x, cos, sin).to(x.dtype)
+    return _Rope.apply(x, cos, sin)
 
 
 class Attention(nn.Module):
@@ -175,9 +204,14 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.hd).transpose(1, 2)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.hd).transpose(1, 2)
+        # one matmul for q, k and v (the weights stay three Linear modules: checkpoints and HF interop see
+        # wq/wk/wv); the concatenated weight is a small copy next to the activations
+        nq, nkv = self.n_heads * self.hd, self.n_kv_heads * self.hd
+        w = torch.cat([self.wq.weight, self.wk.weight, self.wv.weight])
+        q, k, v = F.linear(x, w).split([nq, nkv, nkv], dim=-1)
+        q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_heads, self.hd).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_heads, self.hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = attention(q, k, v, self.backend)
         return self.wo(out.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
@@ -191,7 +225,9 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)  # down
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        # gate and up projections in one matmul (weights stay w1 / w3)
+        gate, up = F.linear(x, torch.cat([self.w1.weight, self.w3.weight])).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class Block(nn.Module):

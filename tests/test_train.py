@@ -19,7 +19,6 @@ from llama_jreg import UserError
 from llama_jreg.model import Llama
 from llama_jreg.train import checkpoint as ckpt
 from llama_jreg.train.trainer import INJECT_NONFINITE_ENV, NonFiniteError
-
 from tests.test_train_helpers import by_step, rows, run_inprocess, tiny
 
 STEPS = 12
@@ -124,9 +123,8 @@ def test_two_resumes_in_a_row(straight, tmp_path):
     assert len(rows(tmp_path, "train")) == STEPS  # no duplicated rows
 
 
-def test_resume_from_a_given_checkpoint_and_rows_after_it_are_dropped(straight, tmp_path):
-    ref, _ = straight
-    run_inprocess(tiny(tmp_path, "trainer.max_steps=8", "trainer.ckpt_every=4", f"schedule.warmup_steps=3"))
+def test_resume_from_a_given_checkpoint_and_rows_after_it_are_dropped(tmp_path):
+    run_inprocess(tiny(tmp_path, "trainer.max_steps=8", "trainer.ckpt_every=4", "schedule.warmup_steps=3"))
     # crash after the step-4 checkpoint: continue from it (rows 5..8 of the first run must go)
     s = run_inprocess(tiny(tmp_path, "trainer.max_steps=8", f"resume={tmp_path}/checkpoints/step_00000004"))
     assert s["resumed_from"].endswith("step_00000004")
@@ -257,3 +255,13 @@ def test_deterministic_mode(straight, tmp_path):
 def test_bf16_autocast_on_cpu(tmp_path):
     s = run_inprocess(tiny(tmp_path, "trainer.max_steps=2", "trainer.precision=bf16", "jreg.weight=0.1"))
     assert math.isfinite(s["final_loss"]) and s["final_loss"] > 0
+
+
+def test_resuming_a_finished_run_does_nothing(straight, tmp_path):
+    import shutil
+
+    src, s0 = straight
+    shutil.copytree(src, tmp_path, dirs_exist_ok=True)
+    s = run_inprocess(tiny(tmp_path, f"trainer.max_steps={STEPS}", "resume=auto"))
+    assert s["steps"] == STEPS and s["final_loss"] == s0["final_loss"] and s["val_loss"] == s0["val_loss"]
+    assert len(rows(tmp_path, "train")) == STEPS and [p.name for p in ckpt.list_checkpoints(tmp_path)][-1] == "step_00000012"

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from llama_jreg.train import checkpoint as ckpt
-
 from tests.test_train_helpers import DRIVER, REPO, env_for_subprocess, rows, run_inprocess, tiny
 
 

@@ -315,6 +315,17 @@ def read_text(path: Path, name: str) -> str | None:
     return f.read_text().strip() if f.is_file() else None
 
 
+def _load_plain(f: Path):
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary objects. A file
+    holding anything else (a malicious or foreign pickle) is a UserError, not a traceback."""
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, a damaged zip, ...: all mean "do not trust it"
+        lines = [x.strip() for x in str(e).splitlines() if "Unsupported global" in x or "failed" in x.lower()]
+        detail = re.sub(r"\x1b\[[0-9;]*m", "", lines[-1] if lines else type(e).__name__).split(" Please")[0][:200]
+        raise UserError(f"refusing to load {f}: not a plain tensor file written by llama-jreg ({detail})") from None
+
+
 def load_checkpoint(
     path: Path,
     *,
@@ -327,7 +338,11 @@ def load_checkpoint(
     """Restore model, optimizer, schedule, this rank's loader and RNG from ``path``; return the trainer state.
     Collective. A checkpoint written for different data raises UserError."""
     from safetensors.torch import load_file
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     path = Path(path)
     rank = dist.get_rank() if is_distributed() else 0
@@ -349,7 +364,7 @@ def load_checkpoint(
         model_sd = load_file(str(path / "model.safetensors"))
         if "output.weight" not in model_sd and getattr(model, "cfg", None) is not None and model.cfg.tie_embeddings:
             model_sd["output.weight"] = model_sd["tok_embeddings.weight"]
-        optim_sd = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        optim_sd = _load_plain(path / "optimizer.pt")
     err = None
     if rank == 0:  # a clear error (on every rank) rather than a size-mismatch traceback or a hang
         want = {k: tuple(v.shape) for k, v in model.state_dict().items()}  # global shapes, also for DTensors
@@ -380,6 +395,6 @@ def load_checkpoint(
     loader.load_state_dict(json.loads(loader_file.read_text()))
     rng_file = path / f"rng_rank{rank}.pt"
     if saved_world == world and rng_file.is_file():
-        set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
+        set_rng_state(_load_plain(rng_file))
     barrier()
     return state

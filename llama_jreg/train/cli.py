@@ -134,7 +134,7 @@ def run_one(overrides: list[str]) -> dict:
 
 
 def run_sweep(overrides: list[str], hydra: dict[str, str]) -> list[dict]:
-    from llama_jreg.config import load_config
+    from llama_jreg.config import check_run_dir, load_config
     from llama_jreg.train.trainer import train
 
     sweep_dir = Path(hydra.get("hydra.sweep.dir") or f"multirun/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
@@ -144,6 +144,11 @@ def run_sweep(overrides: list[str], hydra: dict[str, str]) -> list[dict]:
         cfg = load_config(job_overrides)
         run_dir = sweep_dir / name
         cfg = replace(cfg, run=replace(cfg.run, dir=str(run_dir)))
+        try:
+            check_run_dir(cfg.run)  # the job's run dir replaces run.dir: it must stay inside run.root too
+        except UserError:
+            raise UserError(f"hydra.sweep.dir={sweep_dir} puts run {name} outside run.root={cfg.run.root}; "
+                            "choose a sweep dir inside run.root") from None
         cfg.logger.group = cfg.logger.group or sweep_dir.name
         cfg.logger.run_name = cfg.logger.run_name or name
         cfgs.append((job_overrides, name, cfg))

@@ -123,6 +123,25 @@ class MetricsLogger:
         except OSError as e:
             raise UserError(f"cannot write metrics to {self.path}: {e.strerror or e}; check run.dir and free disk") from None
 
+    def last_values(self) -> dict:
+        """The latest final_loss / final_lm_loss / zeta_L / val_loss in metrics.jsonl (for a resumed run's
+        summary before it logs anything new)."""
+        out: dict = {}
+        if not self.enabled or not self.path.exists():
+            return out
+        for line in self.path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if r.get("kind") == "train":
+                out.update(final_loss=r.get("loss"), final_lm_loss=r.get("lm_loss"))
+            elif r.get("kind") == "jump":
+                out["zeta_L"] = r.get("zeta_L")
+            elif r.get("kind") == "eval":
+                out["val_loss"] = r.get("val_loss")
+        return out
+
     def _write_text(self, text: str, mode: str = "w") -> None:
         try:
             with open(self.path, mode) as f:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from llama_jreg import UserError
 from llama_jreg.config import OptimConfig, ScheduleConfig
@@ -42,7 +42,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) ->
     if cfg.name != "adamw":
         raise UserError(f"unknown optim.name={cfg.name!r}; only adamw is implemented")
     fused = cfg.fused if cfg.fused is not None else device.type == "cuda"
-    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    kwargs = {"lr": cfg.lr, "betas": tuple(cfg.betas), "eps": cfg.eps}
     if fused:
         kwargs["fused"] = True
     else:
@@ -71,7 +71,7 @@ def lr_factor(step: int, cfg: ScheduleConfig, max_steps: int) -> float:
         t = min(1.0, (step - warmup) / span)
         return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * t))
     if cfg.name == "wsd":
-        decay_steps = int(round(cfg.decay_fraction * max_steps))
+        decay_steps = round(cfg.decay_fraction * max_steps)
         start = max_steps - decay_steps
         if decay_steps <= 0 or step < start:
             return 1.0

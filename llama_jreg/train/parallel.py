@@ -15,6 +15,23 @@ With one process neither wrapper is applied. The model file itself contains no d
 
 Gradient accumulation: :func:`no_sync` turns off the gradient all-reduce / reduce-scatter for every
 micro-batch but the last of an optimizer step.
+
+Launching (accelerate reads the torch.distributed environment that any of these set up; every rank composes
+the same config, so all agree on run.dir; on CPU the backend is gloo, on CUDA NCCL):
+
+    llama-jreg train ...                                                    # one process
+    torchrun --standalone --nproc_per_node 8 -m llama_jreg train ...        # one node
+    accelerate launch --multi_gpu --num_processes 8 -m llama_jreg train ... # one node, via accelerate
+    # N nodes: run on every node (same rendezvous endpoint, e.g. the first node's host name)
+    torchrun --nnodes N --nproc_per_node 8 --rdzv_backend c10d --rdzv_id JOB \
+             --rdzv_endpoint HEAD:29500 -m llama_jreg train ...
+    accelerate launch --multi_gpu --num_machines N --machine_rank R --num_processes 8N \
+             --main_process_ip HEAD --main_process_port 29500 -m llama_jreg train ...
+    sbatch scripts/launch_slurm.sh ...                                      # SLURM, one task per GPU
+
+The global batch (``trainer.global_batch_size``, sequences per optimizer step) is independent of the number
+of processes: accumulation = global / (data.micro_batch_size * world). run.dir must be on storage every node
+sees.
 """
 
 from __future__ import annotations
@@ -23,7 +40,7 @@ import contextlib
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
+from torch import nn
 
 from llama_jreg.config import TrainConfig
 from llama_jreg.model import Llama

@@ -113,16 +113,7 @@ class Trainer:
                     "or start a new run with another run.dir"
                 )
         self.config_yaml = to_yaml(cfg)
-        err = None
-        if self.is_main:
-            try:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                (self.run_dir / "config.yaml").write_text(self.config_yaml)
-            except OSError as e:
-                err = f"cannot write to run.dir={cfg.run.dir}: {e.strerror or e}; choose a writable directory"
-        err = broadcast_object(err)
-        if err:
-            raise UserError(err)
+        self._write_run_file(None)  # creates run.dir; config.yaml is written once set-up and resume succeeded
 
         # -- data (per rank, already split: never through accelerator.prepare) -----------------------------
         from llama_jreg.data import build_data
@@ -170,21 +161,37 @@ class Trainer:
             self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
             self.wandb_run_id = state.get("wandb_run_id")
             self.metrics.truncate_after(self.step)
+            self.last.update(broadcast_object(self.metrics.last_values() if self.is_main else None))
             self.last["last_checkpoint"] = str(self.resumed_from)
         else:
             self.metrics.truncate_after(-1)  # a fresh run starts a fresh metrics.jsonl
         if not self.wandb_run_id:
             self.wandb_run_id = broadcast_object(_new_run_id() if self.is_main else None)
         self.last_saved_step = self.step if self.resumed_from is not None else -1
+        self._write_run_file("config.yaml")  # only now: a failed start leaves an existing run's config intact
         self.metrics.start_wandb(cfg.logger, self.run_dir, self.wandb_run_id, _plain_config(cfg))
 
         self.inject_nonfinite = {int(s) for s in os.environ.get(INJECT_NONFINITE_ENV, "").split(",") if s.strip()}
         self._stop_signal: str | None = None
 
+    def _write_run_file(self, name: str | None) -> None:
+        """Create run.dir (``name=None``) or write the resolved config into it; rank 0 writes, all ranks agree."""
+        err = None
+        if self.is_main:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                if name:
+                    (self.run_dir / name).write_text(self.config_yaml)
+            except OSError as e:
+                err = f"cannot write to run.dir={self.cfg.run.dir}: {e.strerror or e}; choose a writable directory"
+        err = broadcast_object(err)
+        if err:
+            raise UserError(err)
+
     # ------------------------------------------------------------------------------------------- the loop
 
     def fit(self) -> dict:
-        cfg, t = self.cfg, self.cfg.trainer
+        t = self.cfg.trainer
         self._install_signal_handlers()
         progress = None
         if self.is_main and t.progress:
@@ -271,7 +278,7 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         use_jreg = cfg.jreg.enabled
-        stats = "grad" if use_jreg else (True if want_stats else False)
+        stats = "grad" if use_jreg else bool(want_stats)
         L = cfg.model.n_layers
 
         # global target-token count (+ the stop flag from SIGTERM/SIGINT, so all ranks stop on the same step)
