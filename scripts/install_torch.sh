@@ -19,5 +19,5 @@ else
   "$PY" -m pip install -q "torch==$V" 2>/dev/null \
     || "$PY" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
 fi
-"$PY" -c "import torch; print('torch==' + torch.__version__.split('+')[0] if False else 'torch==' + torch.__version__)" > "$VENV/constraints.txt"
+"$PY" -W ignore -c "import torch; print('torch==' + torch.__version__)" 2>/dev/null > "$VENV/constraints.txt"
 echo "[setup] constraints: $(cat "$VENV/constraints.txt")"
