@@ -204,11 +204,12 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        # one matmul for q, k and v (the weights stay three Linear modules: checkpoints and HF interop see
-        # wq/wk/wv); the concatenated weight is a small copy next to the activations
-        nq, nkv = self.n_heads * self.hd, self.n_kv_heads * self.hd
-        w = torch.cat([self.wq.weight, self.wk.weight, self.wv.weight])
-        q, k, v = F.linear(x, w).split([nq, nkv, nkv], dim=-1)
+        # q and k in one matmul (the weights stay Linear modules wq/wk: checkpoints and HF interop are
+        # unchanged). v gets its own matmul: attention saves v for backward, and a view into a fused qkv
+        # output would keep the q/k part alive too; the q/k output is freed after RoPE.
+        nq = self.n_heads * self.hd
+        q, k = F.linear(x, torch.cat([self.wq.weight, self.wk.weight])).split([nq, self.n_kv_heads * self.hd], -1)
+        v = self.wv(x)
         q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)
         k = k.view(B, T, self.n_kv_heads, self.hd).transpose(1, 2)
         v = v.view(B, T, self.n_kv_heads, self.hd).transpose(1, 2)

@@ -1,0 +1,297 @@
+"""CPU training-step benchmark: our trainer vs a plain transformers ``LlamaForCausalLM`` loop, side by side.
+
+    python scripts/bench_cpu.py                      # tiny model, induction data, B=8 x T=256, fp32, 2 threads
+    python scripts/bench_cpu.py --compile            # also trainer.compile=true (per-block torch.compile)
+    python scripts/bench_cpu.py --rounds 8 --steps 2 --model tiny --batch 8 --seq 256 --threads 2
+
+What is timed: one optimizer step = forward + backward + grad clipping (max-norm 1.0) + AdamW (foreach, the
+same param groups / betas / eps / weight decay: ``llama_jreg.train.optim.build_optimizer`` is used for both)
++ ``zero_grad``. Ours is ``Trainer(cfg).train_step(batches)`` -- the real step of ``llama-jreg train``,
+including its loss normalisation, JREG term and logging sums. The transformers loop runs the same shapes
+(dim / layers / heads / kv heads / ffn / vocab / tied head / seq / batch) with ``attn_implementation="sdpa"``
+and the same summed-CE-over-target-tokens loss on the same batches (data: ``data=induction``, no download).
+
+Noise control: every variant gets ``--warmup`` untimed steps, then ``--rounds`` rounds; in each round every
+variant (in a rotated order) runs ``--steps`` timed steps. We report the median step time, the spread
+(min..max and the inter-quartile range), tokens/s at the median, and the speed-up vs transformers both as a
+ratio of medians and as the median of per-round paired ratios. Other processes on the machine still add noise:
+the load average is printed before and after.
+
+JREG overhead: the same trainer with ``jreg.weight=0.1`` (mode=jump, statistics with gradient) vs
+``jreg.weight=0`` (no statistics, no term). Memory overhead is measured as the bytes of tensors autograd
+saves for backward during one forward + loss (``torch.autograd.graph.saved_tensors_hooks``; distinct
+storages counted once, parameters and buffers excluded): that is the activation memory a training step
+holds at its peak, and the only memory JREG could add. Measured on the eager model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+IGNORE_INDEX = -100
+
+
+def base_overrides(args, run_dir: str) -> list[str]:
+    return [
+        f"model={args.model}", "data=induction", f"data.seq_len={args.seq}", f"data.micro_batch_size={args.batch}",
+        "data.induction.num_train=4096", "data.induction.num_val=16",
+        # a 512-token bigram keeps data setup fast (a random 8192^2 bigram takes ~40 s to build); the model's
+        # vocabulary, hence the LM head and the cross-entropy, stays model.vocab_size
+        "data.induction.vocab_size=512", "trainer.device=cpu", "trainer.precision=fp32",
+        "trainer.progress=false", "logger=none", "trainer.max_steps=1000000", "trainer.jump_every=1000000",
+        f"model.attn_backend={args.attn}", f"run.dir={run_dir}",
+    ]
+
+
+class Ours:
+    def __init__(self, name: str, args, extra: list[str]):
+        from llama_jreg.config import load_config
+        from llama_jreg.train.trainer import Trainer
+
+        self.name = name
+        self.tmp = tempfile.TemporaryDirectory(prefix="bench_cpu_")
+        self.cfg = load_config(base_overrides(args, self.tmp.name) + extra)
+        self.trainer = Trainer(self.cfg)
+        self.tokens_per_step = self.trainer.tokens_per_step
+
+    def batches(self, n: int) -> list[list[dict]]:
+        return [self.trainer._next_batches() for _ in range(n)]
+
+    def step(self, batches: list[dict]) -> float:
+        return self.trainer.train_step(batches)["loss"]
+
+    def forward_loss(self, batches: list[dict]) -> torch.Tensor:
+        """One forward + loss as the trainer builds it (for the saved-tensor measurement)."""
+        from llama_jreg import jreg as J
+
+        tr, b = self.trainer, batches[0]
+        y = b["labels"]
+        use_jreg = self.cfg.jreg.enabled
+        out = tr.model(b["input_ids"], stats="grad") if use_jreg else tr.model(b["input_ids"])
+        loss = F.cross_entropy(out.logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX,
+                               reduction="sum") / (y != IGNORE_INDEX).sum()
+        if use_jreg:
+            loss = loss + self.cfg.jreg.weight * J.regularizer(J.psi(out.cos, y != IGNORE_INDEX), self.cfg.jreg)
+        return loss
+
+    def parameters(self):
+        return self.trainer.llama.parameters()
+
+    def buffers(self):
+        return self.trainer.llama.buffers()
+
+    def close(self):
+        self.trainer.close()
+        self.tmp.cleanup()
+
+
+class HF:
+    """A plain transformers training loop with the same shapes, loss and optimizer settings."""
+
+    def __init__(self, name: str, cfg):
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        from llama_jreg.train.optim import build_optimizer
+
+        m = cfg.model
+        hcfg = LlamaConfig(
+            vocab_size=m.vocab_size, hidden_size=m.dim, intermediate_size=m.ffn_dim, num_hidden_layers=m.n_layers,
+            num_attention_heads=m.n_heads, num_key_value_heads=m.n_kv_heads, head_dim=m.hd,
+            max_position_embeddings=m.max_seq_len, rms_norm_eps=m.norm_eps, rope_theta=m.rope_theta,
+            tie_word_embeddings=m.tie_embeddings, attention_bias=False, mlp_bias=False, use_cache=False,
+        )
+        hcfg._attn_implementation = "sdpa"
+        torch.manual_seed(0)
+        self.name = name
+        self.model = LlamaForCausalLM(hcfg).train()
+        self.optimizer = build_optimizer(self.model, cfg.optim, torch.device("cpu"))
+        self.grad_clip = cfg.optim.grad_clip
+        self.tokens_per_step = cfg.data.micro_batch_size * cfg.data.seq_len
+
+    def forward_loss(self, batches: list[dict]) -> torch.Tensor:
+        b = batches[0]
+        y = b["labels"]
+        logits = self.model(input_ids=b["input_ids"], use_cache=False).logits
+        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX,
+                               reduction="sum") / (y != IGNORE_INDEX).sum()
+
+    def step(self, batches: list[dict]) -> float:
+        loss = self.forward_loss(batches)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def buffers(self):
+        return self.model.buffers()
+
+    def close(self):
+        pass
+
+
+def saved_tensor_bytes(variant, batches) -> int:
+    """Bytes of distinct storages autograd saves during one forward + loss (params/buffers excluded)."""
+    exclude = {p.untyped_storage().data_ptr() for p in variant.parameters()}
+    exclude |= {b.untyped_storage().data_ptr() for b in variant.buffers()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in exclude:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = variant.forward_loss(batches)
+    total = sum(seen.values())
+    del loss
+    return total
+
+
+def q(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    k = (len(xs) - 1) * p
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny")
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--attn", default="sdpa", help="our model.attn_backend (sdpa | eager)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per variant (compile: +2)")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per variant per round")
+    ap.add_argument("--compile", action="store_true", help="also time trainer.compile=true")
+    ap.add_argument("--compile-only", action="store_true", help="time only the compiled variants (and HF)")
+    ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--no-memory", action="store_true")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    import transformers
+
+    print(f"# bench_cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__} ({args.threads} threads), transformers {transformers.__version__}, "
+          f"python {platform.python_version()}")
+    print(f"# command: python scripts/{Path(__file__).name} {' '.join(sys.argv[1:])}")
+    print(f"# load average at start (1/5/15 min): {os.getloadavg()}")
+
+    t0 = time.perf_counter()
+    variants = []
+    if not args.compile_only:
+        variants += [Ours("ours jreg=0.1 (jump)", args, ["jreg=jump", "jreg.weight=0.1"]),
+                     Ours("ours jreg=0", args, ["jreg=off"])]
+    if args.compile or args.compile_only:
+        variants += [Ours("ours+compile jreg=0.1", args, ["jreg=jump", "jreg.weight=0.1", "trainer.compile=true"]),
+                     Ours("ours+compile jreg=0", args, ["jreg=off", "trainer.compile=true"])]
+    cfg = variants[0].cfg
+    if not args.no_hf:
+        variants.insert(0, HF("transformers LlamaForCausalLM", cfg))
+    m = cfg.model
+    print(f"# model {m.name}: dim {m.dim}, layers {m.n_layers}, heads {m.n_heads}/{m.n_kv_heads} kv, ffn {m.ffn_dim}, "
+          f"vocab {m.vocab_size}, tied {m.tie_embeddings}; batch {args.batch} x seq {args.seq} = "
+          f"{args.batch * args.seq} tokens/step; fp32; attn {args.attn}; setup {time.perf_counter() - t0:.1f}s")
+
+    data_src = next(v for v in variants if isinstance(v, Ours))
+    pool = data_src.batches(4)
+
+    for v in variants:
+        t = time.perf_counter()
+        n = args.warmup + (2 if "compile" in v.name else 0)
+        for i in range(n):
+            v.step(pool[i % len(pool)])
+        print(f"# warm-up {v.name}: {n} steps in {time.perf_counter() - t:.1f}s", flush=True)
+
+    times: dict[str, list[float]] = {v.name: [] for v in variants}
+    per_round: dict[str, list[float]] = {v.name: [] for v in variants}
+    cpu: dict[str, list[float]] = {v.name: [] for v in variants}  # process CPU seconds per step
+    k = 0
+    for r in range(args.rounds):
+        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        for v in order:
+            ts = []
+            for _ in range(args.steps):
+                b = pool[k % len(pool)]
+                k += 1
+                t, c = time.perf_counter(), time.process_time()
+                v.step(b)
+                ts.append(time.perf_counter() - t)
+                cpu[v.name].append(time.process_time() - c)
+            times[v.name] += ts
+            per_round[v.name].append(statistics.median(ts))
+        print(f"# round {r + 1}/{args.rounds}: " + ", ".join(f"{n}={per_round[n][-1]:.3f}s" for n in per_round),
+              flush=True)
+
+    tok = variants[0].tokens_per_step
+    ref = "transformers LlamaForCausalLM" if not args.no_hf else None
+    print()
+    print("| variant | median step (s) | IQR (s) | min..max (s) | tokens/s (median) | tokens/s (best) | "
+          "CPU-s/step (median) | vs transformers: ratio of medians | paired per-round | ratio of bests |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for v in variants:
+        ts = times[v.name]
+        med = statistics.median(ts)
+        if ref and v.name != ref:
+            sp = statistics.median(times[ref]) / med
+            paired = statistics.median(a / b for a, b in zip(per_round[ref], per_round[v.name]))
+            best = min(times[ref]) / min(ts)
+            sp_s, paired_s, best_s = f"{sp:.2f}x", f"{paired:.2f}x", f"{best:.2f}x"
+        else:
+            sp_s = paired_s = best_s = "-"
+        print(f"| {v.name} | {med:.3f} | {q(ts, .25):.3f}..{q(ts, .75):.3f} | {min(ts):.3f}..{max(ts):.3f} | "
+              f"{tok / med:,.0f} | {tok / min(ts):,.0f} | {statistics.median(cpu[v.name]):.2f} | {sp_s} | "
+              f"{paired_s} | {best_s} |")
+
+    print()
+    print("| JREG overhead (jreg=0.1 jump vs jreg=0) | ratio of medians | median paired per-round ratio | "
+          "ratio of bests | ratio of median CPU-s |")
+    print("|---|---|---|---|---|")
+    for prefix in ("ours", "ours+compile"):
+        on, off = f"{prefix} jreg=0.1" + (" (jump)" if prefix == "ours" else ""), f"{prefix} jreg=0"
+        if on in times and off in times:
+            r1 = statistics.median(times[on]) / statistics.median(times[off])
+            r2 = statistics.median(a / b for a, b in zip(per_round[on], per_round[off]))
+            r3 = min(times[on]) / min(times[off])
+            r4 = statistics.median(cpu[on]) / statistics.median(cpu[off])
+            print(f"| {prefix} step time | {100 * (r1 - 1):+.1f}% | {100 * (r2 - 1):+.1f}% | {100 * (r3 - 1):+.1f}% | "
+                  f"{100 * (r4 - 1):+.1f}% |")
+
+    if not args.no_memory:
+        print()
+        print("| variant (eager) | autograd saved tensors per forward (MiB) |")
+        print("|---|---|")
+        for v in variants:
+            if "compile" in v.name:
+                continue
+            print(f"| {v.name} | {saved_tensor_bytes(v, pool[0]) / 2**20:.2f} |")
+        names = [v.name for v in variants if isinstance(v, Ours) and "compile" not in v.name]
+        if len(names) == 2:
+            a, b = (saved_tensor_bytes(v, pool[0]) for v in variants if v.name in names)
+            print(f"\nJREG activation-memory overhead: {(a - b) / 2**20:+.3f} MiB ({100 * (a - b) / b:+.2f}%)")
+    print(f"\n# load average at end (1/5/15 min): {os.getloadavg()}; total {time.perf_counter() - t0:.0f}s")
+    for v in variants:
+        v.close()
+
+
+if __name__ == "__main__":
+    main()

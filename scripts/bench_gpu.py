@@ -1,0 +1,273 @@
+"""GPU training-step benchmark (one device, bf16): tokens/s, MFU, peak memory, largest micro-batch, and the same
+model through transformers on the same GPU.
+
+    python scripts/bench_gpu.py                                   # small, medium, large; everything below
+    python scripts/bench_gpu.py --sizes small --attn sdpa --compile on --micro-batch 8
+    python scripts/bench_gpu.py --sizes small medium large --out bench_gpu.jsonl
+
+Needs only ``torch`` (CUDA) and this repository (``llama_jreg.model``, ``llama_jreg.jreg``: plain torch);
+``transformers`` for the transformers rows (skipped with a note if missing), ``flash-attn`` for the flash rows
+(skipped if not importable). No hydra / wandb / datasets / accelerate.
+
+One timed step = forward (bf16 autocast, fp32 master weights, as ``trainer.precision=bf16``) + summed
+cross-entropy / target tokens + JREG (``--jreg-weight``, default 0.1, mode jump, statistics with gradient) +
+backward + grad-norm clipping at 1.0 + fused AdamW (lr 3e-4, betas 0.9/0.95, wd 0.1 on matrices except the
+embedding) + zero_grad -- the same work as ``Trainer.train_step`` with one micro-batch. Data: random tokens
+(the step's cost does not depend on their values).
+
+Per (size, attention backend, compile) we find the largest micro-batch that fits (powers of two up from 1, then
+a bisection between the last fit and the first OOM; each probe runs two full steps so the optimizer state
+exists) unless ``--micro-batch`` is given, then time ``--steps`` steps after ``--warmup`` (CUDA-synchronised
+wall clock; median of per-step times).
+
+FLOPs per token (training, forward + backward), the same formula as ``llama_jreg/train/metrics.py``:
+
+    6 * N_matmul + 12 * L * T * n_heads * head_dim
+
+N_matmul = every weight that takes part in a matmul (all Linear layers incl. the LM head; the embedding lookup is
+excluded), L layers, T sequence length; the second term is QK^T and attention*V, forward + backward, with no
+discount for the causal mask. MFU = tokens/s * FLOPs/token / peak, peak = ``--peak-tflops`` (H100 SXM dense bf16:
+989). Peak memory = ``torch.cuda.max_memory_allocated`` over the timed steps (weights + AdamW state +
+gradients + activations; the allocator's reserved memory is printed too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch._dynamo
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from llama_jreg import jreg as J
+from llama_jreg.attention import HAS_FLASH_ATTN
+from llama_jreg.model import Llama, config_for_size
+
+IGNORE_INDEX = -100
+DEVICE = "cuda"  # --device cpu: a smoke test of this script only (sizes tiny, numbers meaningless)
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def flops_per_token(cfg, n_matmul: int, seq_len: int) -> float:
+    return 6.0 * n_matmul + 12.0 * cfg.n_layers * seq_len * cfg.n_heads * cfg.hd
+
+
+def adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
+    emb = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        (no_decay if p.ndim < 2 or id(p) in emb else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=3e-4, betas=(0.9, 0.95), eps=1e-8, fused=DEVICE == "cuda",
+                             foreach=None if DEVICE == "cuda" else True)
+
+
+class Runner:
+    """One model + optimizer; ``step(batch)`` is one optimizer step."""
+
+    def __init__(self, impl: str, size: str, attn: str, compile_: bool, jreg_weight: float, seq: int):
+        self.impl, self.attn, self.jreg_weight = impl, attn, jreg_weight
+        cfg = config_for_size(size, attn_backend=attn if impl == "ours" else "sdpa", max_seq_len=max(seq, 2048))
+        self.cfg = cfg
+        dev = torch.device(DEVICE)
+        if impl == "ours":
+            model = Llama(cfg).to(dev)
+            n_matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+            if compile_:
+                for block in model.layers:  # what trainer.compile=true does (llama_jreg/train/parallel.py)
+                    block.compile()
+        else:
+            from transformers import LlamaConfig, LlamaForCausalLM
+
+            hcfg = LlamaConfig(
+                vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.ffn_dim,
+                num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
+                head_dim=cfg.hd, max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
+                rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings, use_cache=False,
+            )
+            hcfg._attn_implementation = {"sdpa": "sdpa", "flash": "flash_attention_2"}[attn]
+            model = LlamaForCausalLM(hcfg).to(dev)
+            n_matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+            if compile_:
+                model = torch.compile(model)
+        self.model = model.train()
+        self.opt = adamw(model)
+        self.fpt = flops_per_token(cfg, n_matmul, seq)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            if self.impl == "ours":
+                out = self.model(x, stats="grad") if self.jreg_weight > 0 else self.model(x)
+                logits = out.logits
+            else:
+                logits = self.model(input_ids=x, use_cache=False).logits
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        loss = loss / y.numel()
+        if self.impl == "ours" and self.jreg_weight > 0:
+            reg = J.regularizer(J.psi(out.cos), J.JregConfig(weight=self.jreg_weight, mode="jump"))
+            loss = loss + self.jreg_weight * reg
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+def free() -> None:
+    gc.collect()
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def try_batch(make, b: int, seq: int, vocab: int) -> bool:
+    r = None
+    try:
+        r = make()
+        x = torch.randint(0, vocab, (b, seq), device=DEVICE)
+        for _ in range(2):
+            r.step(x, x)
+        sync()
+        return True
+    except torch.OutOfMemoryError:
+        return False
+    finally:
+        del r
+        free()
+
+
+def largest_batch(make, seq: int, vocab: int, cap: int) -> int:
+    lo, hi, b = 0, None, 1
+    while b <= cap:
+        if try_batch(make, b, seq, vocab):
+            lo, b = b, b * 2
+        else:
+            hi = b
+            break
+    if hi is None:
+        return lo
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if try_batch(make, mid, seq, vocab):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def time_steps(r: Runner, b: int, seq: int, warmup: int, steps: int) -> dict:
+    x = torch.randint(0, r.cfg.vocab_size, (b, seq), device=DEVICE)
+    y = torch.randint(0, r.cfg.vocab_size, (b, seq), device=DEVICE)
+    for _ in range(warmup):
+        r.step(x, y)
+    sync()
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    ts = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        r.step(x, y)
+        sync()
+        ts.append(time.perf_counter() - t)
+    med = statistics.median(ts)
+    cuda = DEVICE == "cuda"
+    return {"step_s": med, "step_s_min": min(ts), "step_s_max": max(ts), "tokens_per_s": b * seq / med,
+            "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else float("nan")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", default=["small", "medium", "large"])
+    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--attn", nargs="+", default=["sdpa", "flash"], help="sdpa | flash (flash only if importable)")
+    ap.add_argument("--compile", nargs="+", default=["off", "on"], choices=["off", "on"])
+    ap.add_argument("--impl", nargs="+", default=["ours", "transformers"], choices=["ours", "transformers"])
+    ap.add_argument("--micro-batch", type=int, default=None, help="fixed micro-batch (default: largest that fits)")
+    ap.add_argument("--max-batch", type=int, default=256, help="upper bound of the micro-batch search")
+    ap.add_argument("--jreg-weight", type=float, default=0.1, help="ours: JREG weight (0 = no statistics)")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
+    ap.add_argument("--out", default=None, help="append one JSON object per row to this file")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                    help="cpu: smoke-test this script (e.g. --sizes tiny --seq 64 --micro-batch 2); no real numbers")
+    args = ap.parse_args()
+
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_gpu.py needs a CUDA device (see docs/benchmarks.md for the CPU benchmark)")
+    for key in ("cache_size_limit", "recompile_limit"):  # one compile per probed micro-batch size
+        if hasattr(torch._dynamo.config, key):
+            setattr(torch._dynamo.config, key, 64)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        import transformers
+
+        hf_version = transformers.__version__
+    except ImportError:
+        hf_version = None
+    device_name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (smoke test)"
+    print(f"# bench_gpu: {device_name}, torch {torch.__version__}, transformers {hf_version}, "
+          f"flash-attn {'yes' if HAS_FLASH_ATTN else 'no'}, peak {args.peak_tflops} TFLOP/s")
+    print(f"# command: python scripts/{Path(__file__).name} {' '.join(sys.argv[1:])}")
+    print(f"# load average: {os.getloadavg()}")
+    print("| size | impl | attn | compile | micro-batch | tokens/s | step (s) | MFU | peak alloc (GiB) | "
+          "peak reserved (GiB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    with open(args.out, "a") if args.out else contextlib.nullcontext() as sink:
+        for size in args.sizes:
+            for impl in args.impl:
+                if impl == "transformers" and hf_version is None:
+                    print(f"| {size} | transformers | - | - | - | not installed | | | | |")
+                    continue
+                for attn in args.attn:
+                    if attn == "flash" and not HAS_FLASH_ATTN:
+                        continue
+                    for comp in args.compile:
+                        def make(impl=impl, attn=attn, comp=comp, size=size):
+                            return Runner(impl, size, attn, comp == "on", args.jreg_weight, args.seq)
+
+                        torch.manual_seed(0)
+                        vocab = config_for_size(size).vocab_size
+                        b = args.micro_batch or largest_batch(make, args.seq, vocab, args.max_batch)
+                        if b == 0:
+                            print(f"| {size} | {impl} | {attn} | {comp} | 0 (OOM at 1) | | | | | |", flush=True)
+                            continue
+                        r = make()
+                        res = time_steps(r, b, args.seq, args.warmup, args.steps)
+                        fpt = r.fpt
+                        mfu = res["tokens_per_s"] * fpt / (args.peak_tflops * 1e12)
+                        del r
+                        free()
+                        row = {"size": size, "impl": impl, "attn": attn, "compile": comp, "micro_batch": b,
+                               "seq": args.seq, "flops_per_token": fpt, **res,
+                               "mfu": mfu, "jreg_weight": args.jreg_weight if impl == "ours" else None,
+                               "device": device_name}
+                        print(f"| {size} | {impl} | {attn} | {comp} | {b} | {res['tokens_per_s']:,.0f} | "
+                              f"{res['step_s']:.3f} | {100 * mfu:.1f}% | {res['peak_alloc_gib']:.1f} | "
+                              f"{res['peak_reserved_gib']:.1f} |", flush=True)
+                        if args.out:
+                            sink.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
