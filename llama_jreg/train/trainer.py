@@ -283,9 +283,12 @@ class Trainer:
 
         # global target-token count (+ the stop flag from SIGTERM/SIGINT, so all ranks stop on the same step)
         n_local = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
-        counts = all_reduce_sum(torch.tensor([n_local, 1 if self._stop_signal else 0], dtype=torch.float64,
-                                             device=self.device))
-        n_target = max(float(counts[0].item()), 1.0)
+        if self.world > 1:
+            counts = all_reduce_sum(torch.tensor([n_local, 1 if self._stop_signal else 0], dtype=torch.float64,
+                                                 device=self.device))
+            n_target, stop = max(float(counts[0].item()), 1.0), bool(counts[1].item() > 0)
+        else:  # one process: no device round trip
+            n_target, stop = max(float(n_local), 1.0), self._stop_signal is not None
         tokens_per_rank = n_target / self.world  # DDP/FSDP average over ranks: divide by this, not n_target
         n_micro = len(batches)  # per rank; R(m) / n_micro averaged over ranks = mean over all micro-batches
 
@@ -308,7 +311,7 @@ class Trainer:
                     loss = loss * float("nan")
                 loss.backward()
             sums[0] += ce.detach().double()
-            if stats:
+            if want_stats:  # Psi for the jump row only on jump-logging steps
                 with torch.no_grad():
                     mask = y != IGNORE_INDEX
                     n = mask.sum().double()
@@ -324,7 +327,7 @@ class Trainer:
             psi_all = [float(v) / n for v in sums[3:3 + L]]
             psi_post = float(sums[3 + L]) / n
         return {"loss": float("nan") if nan else lm_loss + weight * jreg_loss, "lm_loss": lm_loss,
-                "jreg_loss": jreg_loss, "n_target": n_target, "stop": bool(counts[1].item() > 0),
+                "jreg_loss": jreg_loss, "n_target": n_target, "stop": stop,
                 "psi": psi_all, "psi_post_norm_L": psi_post}
 
     def train_step(self, batches: list[dict]) -> dict:
