@@ -247,5 +247,11 @@ def to_yaml(cfg: TrainConfig) -> str:
 
 def from_yaml(path: str | Path) -> TrainConfig:
     """Read a resolved config.yaml (as written into run dirs and checkpoints)."""
-    raw = OmegaConf.load(path)
+    import yaml
+
+    try:
+        raw = OmegaConf.load(path)  # a safe YAML loader: python-object tags are refused, never run
+    except (OSError, yaml.YAMLError) as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path} is not a readable llama-jreg config: {detail}") from None
     return to_train_config(raw)

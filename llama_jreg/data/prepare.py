@@ -78,6 +78,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def obtain_tokenizer(cfg: DataConfig, source: TextSource, dest: Path) -> Tokenizer:
     """Copy ``data.tokenizer`` to ``dest``, or train one there from the source's first characters."""
     if cfg.tokenizer:
+        Tokenizer(Path(cfg.tokenizer).expanduser())  # a bad file is named by the user's path, not the copy's
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}")
         shutil.copyfile(Path(cfg.tokenizer).expanduser(), tmp)
         os.replace(tmp, dest)

@@ -82,14 +82,25 @@ def verify(path: Path) -> str | None:
     try:
         manifest = json.loads(mf.read_text())
         files = manifest["files"]
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError) as e:
         return f"{mf} is unreadable: {e}"
+    except (KeyError, TypeError):
+        return f"{mf} is not a checkpoint manifest (no file list)"
+    if not isinstance(files, dict):
+        return f"{mf} is not a checkpoint manifest (no file list)"
+    # every file of the checkpoint must be listed (a file the manifest does not cover would load unchecked)
+    unlisted = sorted(p.name for p in path.iterdir() if p.is_file() and p.name != MANIFEST and p.name not in files)
+    if unlisted:
+        return f"{path}: {unlisted[0]} is not in the manifest"
     for name, meta in files.items():
         f = path / name
         if not f.is_file():
             return f"{path}: {name} is missing"
-        if f.stat().st_size != meta["bytes"] or sha256_file(f) != meta["sha256"]:
-            return f"{path}: {name} does not match its sha256 in the manifest"
+        try:
+            if f.stat().st_size != meta["bytes"] or sha256_file(f) != meta["sha256"]:
+                return f"{path}: {name} does not match its sha256 in the manifest"
+        except (TypeError, KeyError):
+            return f"{mf} is unreadable: bad entry for {name}"
     return None
 
 
@@ -109,7 +120,13 @@ def resolve_resume(resume: str | None, run_dir: Path, is_main: bool) -> Path | N
     if is_main and resume:
         if resume == "auto":
             latest = find_latest(run_dir)
-            result = (str(latest) if latest else None, None)
+            found = list_checkpoints(run_dir)
+            if latest is None and found:  # never restart from scratch over a run's damaged checkpoints
+                msg = (f"resume=auto: no checkpoint in {checkpoints_dir(run_dir)} verifies ({verify(found[-1])}); "
+                       "move the damaged ones away to start over, or use resume=PATH")
+                result = (None, msg)
+            else:
+                result = (str(latest) if latest else None, None)
         else:
             path = Path(resume).expanduser()
             if path.is_dir() and (path / "checkpoints").is_dir() and not (path / MANIFEST).exists():
