@@ -39,7 +39,7 @@ class JregConfig:
     last_k: int = 2  # weighting=last_k
     warmup_steps: int = 0  # linear warm-up of the weight
 
-    def validate(self, n_layers: int | None = None) -> "JregConfig":
+    def validate(self, n_layers: int | None = None) -> JregConfig:
         if not (self.weight >= 0.0):
             raise UserError(f"jreg.weight={self.weight} must be >= 0 (0 turns JREG off)")
         if self.mode not in MODES:

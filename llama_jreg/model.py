@@ -48,7 +48,7 @@ class ModelConfig:
     init_std: float = 0.02
     attn_backend: str = "auto"
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         if self.n_heads <= 0 or self.n_kv_heads <= 0 or self.n_layers <= 0 or self.dim <= 0:
             raise UserError("model.dim, model.n_layers, model.n_heads and model.n_kv_heads must be positive")
         if self.head_dim is None and self.dim % self.n_heads != 0:
@@ -277,7 +277,7 @@ class Llama(nn.Module):
         for name, p in self.named_parameters():
             if p.dim() == 1:
                 p.fill_(1.0)  # RMSNorm weights
-            elif name.endswith("wo.weight") or name.endswith("w2.weight"):
+            elif name.endswith(("wo.weight", "w2.weight")):
                 nn.init.normal_(p, mean=0.0, std=out_std)
             else:
                 nn.init.normal_(p, mean=0.0, std=std)
@@ -297,7 +297,7 @@ class Llama(nn.Module):
     ) -> ModelOutput:
         """tokens: (B, T) int64. ``stats``: False (default), True/"detached" (fp32 cosines for logging, no
         gradient) or "grad" (cosines that carry gradient, for JREG)."""
-        B, T = tokens.shape
+        T = tokens.shape[1]
         if T > self.cfg.max_seq_len:
             raise UserError(
                 f"sequence length {T} exceeds the model context model.max_seq_len={self.cfg.max_seq_len}; "
