@@ -350,3 +350,35 @@ def test_smollm2_jump_matches_transformers(tmp_path):
     assert res["zeta_L"] == pytest.approx(zeta_L(psi_hf).item(), abs=1e-2)
     post = torch.nn.functional.cosine_similarity(hs[L - 1].double(), hs[L].double(), dim=-1)
     assert res["psi_post_norm_L"] == pytest.approx(((1 - post) / 2).mean().item(), abs=1e-4)
+
+
+def test_analysis_refuses_a_damaged_trainer_checkpoint_and_skips_it_in_a_run_dir(tmp_path):
+    """A checkpoint the trainer wrote carries a sha256 manifest: analysis commands check it like resume does."""
+    import os
+    import subprocess
+    import sys
+    import warnings
+
+    from llama_jreg import UserError
+    from llama_jreg.analysis.load import load_any
+    from tests.conftest import REPO
+
+    run = tmp_path / "run"
+    tiny = ["data=induction", "model.n_layers=2", "model.dim=32", "model.n_heads=2", "model.n_kv_heads=1",
+            "model.ffn_dim=64", "model.vocab_size=64", "data.seq_len=32", "data.micro_batch_size=2",
+            "data.induction.num_val=4", "trainer.eval_batches=1", "trainer.max_steps=4", "trainer.ckpt_every=2",
+            "trainer.keep_last=2", "trainer.progress=false", "trainer.plots=false", f"run.dir={run}"]
+    subprocess.run([sys.executable, "-m", "llama_jreg", "train", *tiny], check=True, cwd=tmp_path,
+                   capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    newest = run / "checkpoints" / "step_00000004"
+    assert json.loads((newest / "manifest.json").read_text())["files"]
+    with open(newest / "model.safetensors", "r+b") as f:  # flip bytes in the weights
+        f.seek(-16, 2)
+        f.write(b"\xff" * 16)
+    with pytest.raises(UserError, match="refusing a damaged checkpoint"):
+        load_any(newest)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, _, info = load_any(run)  # the run dir falls back to the previous, intact checkpoint
+    assert "step_00000002" in json.dumps(info, default=str)
+    assert any("skipping broken checkpoint" in str(w.message) for w in caught)

@@ -247,6 +247,7 @@ def test_malicious_yaml_in_a_checkpoint_config_is_refused(straight, tmp_path):
     shutil.copytree(straight / "checkpoints" / "step_00000004", ck)
     marker = tmp_path / "pwned"
     (ck / "config.yaml").write_text(f"model: !!python/object/apply:os.system ['touch {marker}']\n")
+    rewrite_manifest_entry(ck, "config.yaml")  # the manifest agrees: only the YAML loader can refuse it
     p = cli("export-hf", str(ck), str(tmp_path / "out"), check=False)
     assert not marker.exists(), "the yaml tag ran"
     assert "is not a readable llama-jreg config" in one_error_line(p)

@@ -76,16 +76,32 @@ class TextTokenizer:
         return self.hf.decode([int(i)])
 
 
+def _manifest_problem(path: Path) -> str | None:
+    """Why a checkpoint written by the trainer (it has a manifest.json) fails its checksums, else None.
+    Hand-assembled checkpoint dirs without a manifest are taken as they are."""
+    if not (path / "manifest.json").is_file():
+        return None
+    from llama_jreg.train.checkpoint import verify
+
+    return verify(path)
+
+
 def _latest_checkpoint(run_dir: Path) -> Path:
+    """The newest checkpoint of a run whose files match its manifest; broken ones are skipped with a warning."""
+    import warnings
+
     root = run_dir / "checkpoints"
     found = []
     for p in root.iterdir():
         m = _STEP_RE.match(p.name)
         if m and p.is_dir() and (p / "model.safetensors").is_file():
             found.append((int(m.group(1)), p))
-    if not found:
-        raise UserError(f"{run_dir} has no complete checkpoint (checkpoints/step_*/model.safetensors)")
-    return max(found)[1]
+    for _, p in sorted(found, reverse=True):
+        problem = _manifest_problem(p)
+        if problem is None:
+            return p
+        warnings.warn(f"skipping broken checkpoint: {problem}", stacklevel=2)
+    raise UserError(f"{run_dir} has no complete checkpoint (checkpoints/step_*/model.safetensors)")
 
 
 def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -120,6 +136,9 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> tup
         path = _latest_checkpoint(path)
     if not (path / "model.safetensors").is_file():
         raise UserError(f"{path} is not a checkpoint: no model.safetensors")
+    problem = _manifest_problem(path)
+    if problem is not None:
+        raise UserError(f"refusing a damaged checkpoint: {problem}; use another checkpoint of the run")
     if not (path / "config.yaml").is_file():
         raise UserError(f"{path} is not a complete checkpoint: no config.yaml next to model.safetensors")
     train_cfg = from_yaml(path / "config.yaml")
