@@ -105,18 +105,23 @@ def test_token_cosine_gradient():
     assert torch.autograd.gradcheck(lambda a, b: token_cosine(a, b, 1e-12), (a, b))
 
 
+def _stats_grads(model, x, forward=None):
+    """Cosines and parameter gradients of cos.sum() + logits.mean() (the model's grads are reset first)."""
+    model.zero_grad()
+    out = (forward if forward is not None else model)(x, stats="grad")
+    (out.cos.sum() + out.logits.mean()).backward()
+    return out.cos.detach(), [p.grad.clone() for p in model.parameters()]
+
+
 def test_stats_under_activation_checkpointing():
     torch.manual_seed(0)
     m = Llama(tiny())
     x = torch.randint(0, 128, (2, 16))
-    ref = m(x, stats="grad")
-    (ref.cos.sum() + ref.logits.mean()).backward()
-    g_ref = [p.grad.clone() for p in m.parameters()]
-    m.zero_grad()
+    cos_ref, g_ref = _stats_grads(m, x)
     m.checkpoint_blocks = True
-    out = m(x, stats="grad")
-    (out.cos.sum() + out.logits.mean()).backward()
-    for a, b in zip(g_ref, [p.grad for p in m.parameters()]):
+    cos, g = _stats_grads(m, x)
+    torch.testing.assert_close(cos, cos_ref)
+    for a, b in zip(g_ref, g):
         torch.testing.assert_close(a, b)
 
 
@@ -173,13 +178,8 @@ def test_stats_under_torch_compile():
     torch.manual_seed(0)
     m = Llama(tiny())
     x = torch.randint(0, 128, (2, 16))
-    ref = m(x, stats="grad")
-    (ref.cos.sum() + ref.logits.mean()).backward()
-    g_ref = [p.grad.clone() for p in m.parameters()]
-    m.zero_grad()
-    compiled = torch.compile(m)
-    out = compiled(x, stats="grad")
-    torch.testing.assert_close(out.cos, ref.cos, rtol=1e-5, atol=1e-5)
-    (out.cos.sum() + out.logits.mean()).backward()
-    for a, b in zip(g_ref, [p.grad for p in m.parameters()]):
+    cos_ref, g_ref = _stats_grads(m, x)
+    cos, g = _stats_grads(m, x, forward=torch.compile(m))
+    torch.testing.assert_close(cos, cos_ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_ref, g):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
