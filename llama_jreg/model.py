@@ -308,7 +308,6 @@ class Llama(nn.Module):
         h = self.tok_embeddings(tokens)
         hidden = [h] if return_hidden else None
         layer_cos = []
-        prev = h
         for layer in self.layers:
             prev = h
             if self.checkpoint_blocks and self.training and torch.is_grad_enabled():

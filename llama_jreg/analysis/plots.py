@@ -23,19 +23,34 @@ from llama_jreg import UserError
 
 
 def read_metrics(path: str | Path) -> list[dict]:
+    """The JSON rows of a metrics.jsonl. A run killed mid-write leaves at most one torn last line, which is
+    skipped; a bad line anywhere else means the file is corrupt (UserError)."""
+    lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
+    lines = [ln for ln in lines if ln]
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise UserError(f"{path}: line {i + 1} is not JSON; the metrics file is corrupt") from None
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
+
+
+def save_figure(fig, ax, path: Path, legend: bool = True, legend_fontsize=None) -> Path:
+    """Grid, legend, tight layout, write ``path`` (PNG) and close the figure."""
+    import matplotlib.pyplot as plt
+
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=legend_fontsize)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _num(x) -> bool:
@@ -92,12 +107,7 @@ def plot_run(run_dir: str | Path, steps: list[int] | None = None) -> list[Path]:
         ax.set_xlabel("step")
         ax.set_ylabel(r"$\zeta_L = 100\,\max(0, \Psi_L - \Psi_{L-1})$")
         ax.set_title(f"{run.name}: final-layer jump")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        written.append(out_dir / "zeta_L.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(save_figure(fig, ax, out_dir / "zeta_L.png"))
 
         picked = _pick_rows(jump_rows, steps)
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -111,12 +121,7 @@ def plot_run(run_dir: str | Path, steps: list[int] | None = None) -> list[Path]:
         ax.set_xlabel("layer l")
         ax.set_ylabel(r"$\Psi_l$")
         ax.set_title(f"{run.name}: displacement per layer (x: post final norm)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(out_dir / "psi_layers.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(save_figure(fig, ax, out_dir / "psi_layers.png", legend_fontsize=8))
 
     if train_rows:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -130,12 +135,7 @@ def plot_run(run_dir: str | Path, steps: list[int] | None = None) -> list[Path]:
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.set_title(f"{run.name}: loss")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        written.append(out_dir / "loss.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(save_figure(fig, ax, out_dir / "loss.png"))
     return written
 
 

@@ -9,12 +9,12 @@ lambda. The table is also written to ``SWEEP_DIR/report.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from llama_jreg import UserError
+from llama_jreg.analysis.plots import read_metrics, save_figure
 
 
 @dataclass
@@ -28,21 +28,6 @@ class RunResult:
     zeta_L: float | None
     tokens: int | None
     psi: list[float] | None
-
-
-def read_metrics(path: Path) -> list[dict]:
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines()):
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            # a run killed mid-write leaves at most one partial last line; anything else is corruption
-            if i < len(path.read_text().splitlines()) - 1:
-                raise UserError(f"{path}: line {i + 1} is not JSON; the metrics file is corrupt") from None
-    return rows
 
 
 def _last(rows: list[dict], key: str):
@@ -120,23 +105,14 @@ def make_plots(results: list[RunResult], out_dir: Path) -> list[Path]:
         ax.set_xscale("symlog", linthresh=min([w for w, _ in pts if w > 0] or [1e-3]))
         ax.set_xlabel("jreg.weight (lambda)")
         ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out_dir / fname, dpi=110)
-        plt.close(fig)
-        paths.append(out_dir / fname)
+        paths.append(save_figure(fig, ax, out_dir / fname, legend=False))
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in results:
         if r.psi:
             ax.plot(range(1, len(r.psi) + 1), r.psi, "o-", label=f"lambda={r.weight:g} ({r.name})")
     ax.set_xlabel("layer")
     ax.set_ylabel("Psi (displacement)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_dir / "psi_per_layer.png", dpi=110)
-    plt.close(fig)
-    paths.append(out_dir / "psi_per_layer.png")
+    paths.append(save_figure(fig, ax, out_dir / "psi_per_layer.png", legend_fontsize=7))
     return paths
 
 

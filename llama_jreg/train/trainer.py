@@ -297,13 +297,15 @@ class Trainer:
         for i, b in enumerate(batches):
             x = b["input_ids"].to(self.device, non_blocking=True)
             y = b["labels"].to(self.device, non_blocking=True)
+            mask = y != IGNORE_INDEX
+            psi = None
             with no_sync(self.model, skip=i < n_micro - 1):
                 with self._autocast():
-                    out = self.model(x, stats=stats) if stats else self.model(x)
+                    out = self.model(x, stats=stats)
                 ce = cross_entropy_sum(out.logits, y)
                 loss = ce / tokens_per_rank
                 if use_jreg:
-                    psi = J.psi(out.cos, y != IGNORE_INDEX)
+                    psi = J.psi(out.cos, mask)
                     reg = J.regularizer(psi, cfg.jreg)
                     loss = loss + (weight / n_micro) * reg
                     sums[1] += reg.detach().double()
@@ -311,18 +313,18 @@ class Trainer:
                     loss = loss * float("nan")
                 loss.backward()
             sums[0] += ce.detach().double()
-            if want_stats:  # Psi for the jump row only on jump-logging steps
+            if want_stats:  # Psi for the jump row only on jump-logging steps (reusing JREG's Psi when built)
                 with torch.no_grad():
-                    mask = y != IGNORE_INDEX
                     n = mask.sum().double()
                     sums[2] += n
-                    sums[3:3 + L] += J.psi(out.cos.detach(), mask).double() * n
-                    sums[3 + L] += J.psi(out.cos_post_norm.detach()[None], mask)[0].double() * n
+                    psi = psi.detach() if psi is not None else J.psi(out.cos, mask)
+                    sums[3:3 + L] += psi.double() * n
+                    sums[3 + L] += J.psi(out.cos_post_norm[None], mask)[0].double() * n
         all_reduce_sum(sums)
         lm_loss = float(sums[0] / n_target)
         jreg_loss = float(sums[1] / (n_micro * self.world)) if use_jreg else 0.0
         psi_all = psi_post = None
-        if stats and want_stats:
+        if want_stats:
             n = max(float(sums[2]), 1.0)
             psi_all = [float(v) / n for v in sums[3:3 + L]]
             psi_post = float(sums[3 + L]) / n
