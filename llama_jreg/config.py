@@ -33,7 +33,7 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1
     decay_norms_and_embeddings: bool = False  # weight decay off for norms and embeddings by default
-    fused: bool | None = None  # None = fused where available (CUDA)
+    fused: bool | None = None  # None = fused AdamW on CUDA and CPU, foreach elsewhere
     grad_clip: float = 1.0  # 0 = off
 
 
@@ -60,6 +60,9 @@ class TrainerConfig:
     keep_last: int = 3
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     compile: bool = False
+    # tokens per chunk of the fused LM head + cross-entropy (llama_jreg/loss.py); null = auto (16 MiB of fp32
+    # logits per chunk on CPU, 512 MiB on CUDA); 0 = materialise the full logits (the plain reference path)
+    loss_chunk_tokens: int | None = None
     activation_checkpointing: bool = False
     deterministic: bool = False
     nonfinite: str = "skip"  # skip | halt
@@ -144,6 +147,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for key in ("max_steps", "log_every", "jump_every", "eval_every", "ckpt_every", "keep_last"):
         if getattr(t, key) < 1:
             raise UserError(f"trainer.{key}={getattr(t, key)} must be >= 1")
+    if t.loss_chunk_tokens is not None and t.loss_chunk_tokens < 0:
+        raise UserError(f"trainer.loss_chunk_tokens={t.loss_chunk_tokens} must be >= 0 (null = auto, 0 = unfused)")
     if t.precision not in ("auto", "fp32", "bf16"):
         raise UserError(f"unknown trainer.precision={t.precision!r}; choose auto, fp32 or bf16")
     if t.nonfinite not in ("skip", "halt"):

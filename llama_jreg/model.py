@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from llama_jreg import UserError
 from llama_jreg.attention import BACKENDS, attention, check_backend
+from llama_jreg.loss import linear_cross_entropy
 
 
 @dataclass
@@ -96,13 +97,16 @@ def config_for_size(name: str, **overrides) -> ModelConfig:
 
 
 class ModelOutput(NamedTuple):
-    logits: torch.Tensor
+    # (B, T, V) logits; None when ``labels`` were given (the loss is computed without materialising them)
+    logits: torch.Tensor | None
     # (L, B, T) fp32 token-wise cos(h_{l-1}, h_l) for l = 1..L, or None when stats were not asked for
     cos: torch.Tensor | None = None
     # (B, T) fp32 cos(h_{L-1}, final_norm(h_L)) - the post-final-norm variant of the last layer
     cos_post_norm: torch.Tensor | None = None
     # [h_0, ..., h_L] residual streams (pre final norm), only with return_hidden=True
     hidden: list[torch.Tensor] | None = None
+    # summed fp32 cross-entropy over the target tokens (label -100 ignored), only when ``labels`` were given
+    loss: torch.Tensor | None = None
 
 
 class _TokenCosine(torch.autograd.Function):
@@ -294,9 +298,14 @@ class Llama(nn.Module):
         *,
         stats: bool | str = False,
         return_hidden: bool = False,
+        labels: torch.Tensor | None = None,
+        loss_chunk_tokens: int | None = None,
     ) -> ModelOutput:
         """tokens: (B, T) int64. ``stats``: False (default), True/"detached" (fp32 cosines for logging, no
-        gradient) or "grad" (cosines that carry gradient, for JREG)."""
+        gradient) or "grad" (cosines that carry gradient, for JREG). ``labels`` (B, T) with -100 = ignore:
+        return the summed cross-entropy in ``loss`` through the fused chunked LM head + loss
+        (``llama_jreg.loss.linear_cross_entropy``; ``loss_chunk_tokens`` tokens per chunk, None = auto,
+        0 = materialised logits) and no logits."""
         T = tokens.shape[1]
         if T > self.cfg.max_seq_len:
             raise UserError(
@@ -319,9 +328,12 @@ class Llama(nn.Module):
             if return_hidden:
                 hidden.append(h)
         h_final = self.norm(h)
-        logits = self.output(h_final)
+        if labels is None:
+            logits, loss = self.output(h_final), None
+        else:
+            logits, loss = None, linear_cross_entropy(h_final, self.output.weight, labels, loss_chunk_tokens)
         if mode == 0:
-            return ModelOutput(logits, hidden=hidden)
+            return ModelOutput(logits, hidden=hidden, loss=loss)
         with torch.no_grad():  # post-final-norm variant of the last layer: for logging only
             post = token_cosine(prev.detach(), h_final.detach())
-        return ModelOutput(logits, torch.stack(layer_cos), post, hidden)
+        return ModelOutput(logits, torch.stack(layer_cos), post, hidden, loss)

@@ -3,13 +3,16 @@
     python scripts/bench_cpu.py                      # tiny model, induction data, B=8 x T=256, fp32, 2 threads
     python scripts/bench_cpu.py --compile            # also trainer.compile=true (per-block torch.compile)
     python scripts/bench_cpu.py --rounds 8 --steps 2 --model tiny --batch 8 --seq 256 --threads 2
+    python scripts/bench_cpu.py --compile --set model.vocab_size=32000   # a Llama-2-sized vocabulary
 
-What is timed: one optimizer step = forward + backward + grad clipping (max-norm 1.0) + AdamW (foreach, the
-same param groups / betas / eps / weight decay: ``llama_jreg.train.optim.build_optimizer`` is used for both)
-+ ``zero_grad``. Ours is ``Trainer(cfg).train_step(batches)`` -- the real step of ``llama-jreg train``,
-including its loss normalisation, JREG term and logging sums. The transformers loop runs the same shapes
-(dim / layers / heads / kv heads / ffn / vocab / tied head / seq / batch) with ``attn_implementation="sdpa"``
-and the same summed-CE-over-target-tokens loss on the same batches (data: ``data=induction``, no download).
+What is timed: one optimizer step = forward + backward + grad clipping (max-norm 1.0) + AdamW (the same param
+groups / lr / betas / eps / weight decay on both sides) + ``zero_grad``. Ours is
+``Trainer(cfg).train_step(batches)`` -- the real step of ``llama-jreg train``, with its defaults (fused chunked
+LM head + cross-entropy, fused AdamW), loss normalisation, JREG term and logging sums. The transformers loop is
+what a user writes: ``LlamaForCausalLM`` with the same shapes (dim / layers / heads / kv heads / ffn / vocab /
+tied head / seq / batch), ``attn_implementation="sdpa"``, ``F.cross_entropy`` summed over the target tokens of
+the materialised logits, ``torch.optim.AdamW`` with torch's default implementation for CPU tensors
+(``--hf-optimizer foreach|fused`` to give it ours), on the same batches (``data=induction``, no download).
 
 Noise control: every variant gets ``--warmup`` untimed steps, then ``--rounds`` rounds; in each round every
 variant (in a rotated order) runs ``--steps`` timed steps. We report the median step time, the spread
@@ -51,7 +54,7 @@ def base_overrides(args, run_dir: str) -> list[str]:
         # vocabulary, hence the LM head and the cross-entropy, stays model.vocab_size
         "data.induction.vocab_size=512", "trainer.device=cpu", "trainer.precision=fp32",
         "trainer.progress=false", "logger=none", "trainer.max_steps=1000000", "trainer.jump_every=1000000",
-        f"model.attn_backend={args.attn}", f"run.dir={run_dir}",
+        f"model.attn_backend={args.attn}", f"run.dir={run_dir}", *args.set,
     ]
 
 
@@ -79,9 +82,8 @@ class Ours:
         tr, b = self.trainer, batches[0]
         y = b["labels"]
         use_jreg = self.cfg.jreg.enabled
-        out = tr.model(b["input_ids"], stats="grad") if use_jreg else tr.model(b["input_ids"])
-        loss = F.cross_entropy(out.logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX,
-                               reduction="sum") / (y != IGNORE_INDEX).sum()
+        out = tr.model(b["input_ids"], stats="grad" if use_jreg else False, labels=y)
+        loss = out.loss / (y != IGNORE_INDEX).sum()
         if use_jreg:
             loss = loss + self.cfg.jreg.weight * J.regularizer(J.psi(out.cos, y != IGNORE_INDEX), self.cfg.jreg)
         return loss
@@ -100,10 +102,10 @@ class Ours:
 class HF:
     """A plain transformers training loop with the same shapes, loss and optimizer settings."""
 
-    def __init__(self, name: str, cfg):
+    def __init__(self, name: str, cfg, hf_optimizer: str | None = None):
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        from llama_jreg.train.optim import build_optimizer
+        from llama_jreg.train.optim import param_groups
 
         m = cfg.model
         hcfg = LlamaConfig(
@@ -116,7 +118,12 @@ class HF:
         torch.manual_seed(0)
         self.name = name
         self.model = LlamaForCausalLM(hcfg).train()
-        self.optimizer = build_optimizer(self.model, cfg.optim, torch.device("cpu"))
+        o = cfg.optim
+        # what a plain loop writes: torch.optim.AdamW with the same groups and hyper-parameters, and torch's
+        # default implementation for CPU tensors (the per-tensor loop); --hf-optimizer picks another
+        kwargs = {"foreach": hf_optimizer == "foreach", "fused": hf_optimizer == "fused"} if hf_optimizer else {}
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, o), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                           **kwargs)
         self.grad_clip = cfg.optim.grad_clip
         self.tokens_per_step = cfg.data.micro_batch_size * cfg.data.seq_len
 
@@ -183,7 +190,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="timed steps per variant per round")
     ap.add_argument("--compile", action="store_true", help="also time trainer.compile=true")
     ap.add_argument("--compile-only", action="store_true", help="time only the compiled variants (and HF)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra config overrides for every variant (model.* reach the transformers model too), "
+                         "e.g. --set model.vocab_size=32000")
     ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--hf-optimizer", choices=["foreach", "fused"], default=None,
+                    help="AdamW implementation of the transformers loop (default: torch's default for CPU tensors)")
     ap.add_argument("--no-memory", action="store_true")
     args = ap.parse_args()
 
@@ -206,7 +218,7 @@ def main() -> None:
                      Ours("ours+compile jreg=0", args, ["jreg=off", "trainer.compile=true"])]
     cfg = variants[0].cfg
     if not args.no_hf:
-        variants.insert(0, HF("transformers LlamaForCausalLM", cfg))
+        variants.insert(0, HF("transformers LlamaForCausalLM", cfg, args.hf_optimizer))
     m = cfg.model
     print(f"# model {m.name}: dim {m.dim}, layers {m.n_layers}, heads {m.n_heads}/{m.n_kv_heads} kv, ffn {m.ffn_dim}, "
           f"vocab {m.vocab_size}, tied {m.tie_embeddings}; batch {args.batch} x seq {args.seq} = "

@@ -10,7 +10,7 @@ Needs only ``torch`` (CUDA) and this repository (``llama_jreg.model``, ``llama_j
 (skipped if not importable). No hydra / wandb / datasets / accelerate.
 
 One timed step = forward (bf16 autocast, fp32 master weights, as ``trainer.precision=bf16``) + summed
-cross-entropy / target tokens + JREG (``--jreg-weight``, default 0.1, mode jump, statistics with gradient) +
+cross-entropy / target tokens (ours: the trainer's fused chunked LM head + loss, ``--loss-chunk``) + JREG (``--jreg-weight``, default 0.1, mode jump, statistics with gradient) +
 backward + grad-norm clipping at 1.0 + fused AdamW (lr 3e-4, betas 0.9/0.95, wd 0.1 on matrices except the
 embedding) + zero_grad -- the same work as ``Trainer.train_step`` with one micro-batch. Data: random tokens
 (the step's cost does not depend on their values).
@@ -82,8 +82,9 @@ def adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
 class Runner:
     """One model + optimizer; ``step(batch)`` is one optimizer step."""
 
-    def __init__(self, impl: str, size: str, attn: str, compile_: bool, jreg_weight: float, seq: int):
-        self.impl, self.attn, self.jreg_weight = impl, attn, jreg_weight
+    def __init__(self, impl: str, size: str, attn: str, compile_: bool, jreg_weight: float, seq: int,
+                 loss_chunk: int | None = None):
+        self.impl, self.attn, self.jreg_weight, self.loss_chunk = impl, attn, jreg_weight, loss_chunk
         cfg = config_for_size(size, attn_backend=attn if impl == "ours" else "sdpa", max_seq_len=max(seq, 2048))
         self.cfg = cfg
         dev = torch.device(DEVICE)
@@ -113,12 +114,15 @@ class Runner:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         with torch.autocast(DEVICE, dtype=torch.bfloat16):
-            if self.impl == "ours":
-                out = self.model(x, stats="grad") if self.jreg_weight > 0 else self.model(x)
-                logits = out.logits
+            if self.impl == "ours":  # the trainer's path: fused chunked LM head + cross-entropy
+                out = self.model(x, stats="grad" if self.jreg_weight > 0 else False, labels=y,
+                                 loss_chunk_tokens=self.loss_chunk)
+                loss = out.loss
             else:
                 logits = self.model(input_ids=x, use_cache=False).logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        if self.impl != "ours":
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX,
+                                   reduction="sum")
         loss = loss / y.numel()
         if self.impl == "ours" and self.jreg_weight > 0:
             reg = J.regularizer(J.psi(out.cos), J.JregConfig(weight=self.jreg_weight, mode="jump"))
@@ -202,6 +206,8 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=None, help="fixed micro-batch (default: largest that fits)")
     ap.add_argument("--max-batch", type=int, default=256, help="upper bound of the micro-batch search")
     ap.add_argument("--jreg-weight", type=float, default=0.1, help="ours: JREG weight (0 = no statistics)")
+    ap.add_argument("--loss-chunk", type=int, default=None,
+                    help="ours: trainer.loss_chunk_tokens (default auto; 0 = materialised logits)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
@@ -244,7 +250,7 @@ def main() -> None:
                         continue
                     for comp in args.compile:
                         def make(impl=impl, attn=attn, comp=comp, size=size):
-                            return Runner(impl, size, attn, comp == "on", args.jreg_weight, args.seq)
+                            return Runner(impl, size, attn, comp == "on", args.jreg_weight, args.seq, args.loss_chunk)
 
                         torch.manual_seed(0)
                         vocab = config_for_size(size).vocab_size

@@ -47,12 +47,12 @@ def test_jreg_off_is_plain_lm_bit_for_bit(tmp_path, jump_step):
     fb = tr.forward_backward(batches, weight=J.weight_at(tr.cfg.jreg, 0), want_stats=jump_step)
     assert (fb["psi"] is not None) == jump_step  # the jump row still gets Psi, detached
 
-    # plain LM training, written out by hand
+    # plain LM training, written out by hand (the model's LM loss; tests/test_loss.py checks that against
+    # F.cross_entropy over materialised logits)
     n = sum(int((b["labels"] != -100).sum()) for b in batches)
     ce_total = 0.0
     for b in batches:
-        logits = ref(b["input_ids"]).logits
-        ce = F.cross_entropy(logits.float().flatten(0, 1), b["labels"].flatten(), ignore_index=-100, reduction="sum")
+        ce = ref(b["input_ids"], labels=b["labels"]).loss
         (ce / n).backward()
         ce_total += float(ce.detach().double())
     got, want = _grads(tr.llama), _grads(ref)
@@ -70,8 +70,8 @@ def test_jreg_term_is_the_mean_over_micro_batches(tmp_path):
     n = sum(int((b["labels"] != -100).sum()) for b in batches)
     regs, ces = [], []
     for b in batches:
-        out = ref(b["input_ids"], stats="grad")
-        ce = F.cross_entropy(out.logits.float().flatten(0, 1), b["labels"].flatten(), ignore_index=-100, reduction="sum")
+        out = ref(b["input_ids"], stats="grad", labels=b["labels"])
+        ce = out.loss
         reg = J.regularizer(J.psi(out.cos, b["labels"] != -100), tr.cfg.jreg)
         (ce / n + (0.5 / len(batches)) * reg).backward()
         regs.append(float(reg.detach()))

@@ -2,8 +2,9 @@
 
 Weight decay applies to matrices (every parameter with ``ndim >= 2``) except the token embedding; RMSNorm
 weights (1-D) and the embedding (and a head tied to it) are not decayed unless
-``optim.decay_norms_and_embeddings=true``. ``optim.fused=null`` picks the fused AdamW kernel on CUDA and the
-foreach one elsewhere.
+``optim.decay_norms_and_embeddings=true``. ``optim.fused=null`` picks the fused AdamW kernel on CUDA and CPU
+(on the 2-core CPU it steps ``tiny`` in ~7 ms vs ~30 ms for foreach and ~32 ms for torch's CPU default, the
+per-tensor loop) and the foreach one elsewhere.
 
 The schedule is a tiny Stateful object rather than ``torch.optim.lr_scheduler.LambdaLR``: its whole state is
 one integer, it round-trips through JSON (no pickled lambdas), and ``lr_factor(step)`` is a pure function
@@ -41,7 +42,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
     if cfg.name != "adamw":
         raise UserError(f"unknown optim.name={cfg.name!r}; only adamw is implemented")
-    fused = cfg.fused if cfg.fused is not None else device.type == "cuda"
+    fused = cfg.fused if cfg.fused is not None else device.type in ("cuda", "cpu")
     kwargs = {"lr": cfg.lr, "betas": tuple(cfg.betas), "eps": cfg.eps}
     if fused:
         kwargs["fused"] = True

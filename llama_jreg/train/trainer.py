@@ -32,7 +32,6 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from llama_jreg import UserError
 from llama_jreg import jreg as J
@@ -59,11 +58,6 @@ def train(cfg: TrainConfig) -> dict:
         return trainer.fit()
     finally:
         trainer.close()
-
-
-def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed token cross-entropy in fp32, ignoring label -100."""
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 def _resolve_device(cfg: TrainConfig) -> str:
@@ -301,8 +295,8 @@ class Trainer:
             psi = None
             with no_sync(self.model, skip=i < n_micro - 1):
                 with self._autocast():
-                    out = self.model(x, stats=stats)
-                ce = cross_entropy_sum(out.logits, y)
+                    out = self.model(x, stats=stats, labels=y, loss_chunk_tokens=cfg.trainer.loss_chunk_tokens)
+                ce = out.loss
                 loss = ce / tokens_per_rank
                 if use_jreg:
                     psi = J.psi(out.cos, mask)
@@ -408,9 +402,10 @@ class Trainer:
             b = self.val[i if i < n else 0]  # ranks past the end still run a forward (FSDP2 collectives)
             y = b["labels"].to(self.device)
             with self._autocast():
-                logits = self.llama(b["input_ids"].to(self.device)).logits
+                ce = self.llama(b["input_ids"].to(self.device), labels=y,
+                                loss_chunk_tokens=self.cfg.trainer.loss_chunk_tokens).loss
             if i < n:
-                sums[0] += cross_entropy_sum(logits, y).double()
+                sums[0] += ce.double()
                 sums[1] += (y != IGNORE_INDEX).sum().double()
         all_reduce_sum(sums)
         val_loss = float(sums[0] / sums[1].clamp_min(1.0))

@@ -1,0 +1,111 @@
+"""Token cross-entropy of the LM head, fused and chunked: ``sum_t CE(h_t W^T, y_t)`` without ever holding the
+full ``(tokens, vocab)`` logits.
+
+The plain way (``F.cross_entropy(F.linear(h, W), y)``) materialises the logits, a log-softmax copy, a
+zero-filled gradient of the same size and the logit gradient: four ``tokens x vocab`` fp32 tensors (4 x 64 MiB for
+``tiny`` at 2,048 tokens, 4 x 2 GiB for ``large`` at 16k tokens). ``linear_cross_entropy`` walks the tokens in
+chunks; for each chunk it computes the logits, the log-sum-exp and the summed loss, and -- when a gradient is
+wanted -- turns the chunk's logits *in place* into ``softmax - onehot`` and immediately multiplies it into
+``dL/dh`` (chunk rows) and ``dL/dW`` (accumulated). Backward only scales the two stored gradients by the
+incoming scalar. Same FLOPs as the plain way (three head matmuls), one chunk of logits alive at a time, no
+log-softmax kernels: on the 2-core CPU this takes the head + loss of ``tiny`` from ~410 ms to ~280 ms per step
+(docs/benchmarks.md), and it is what keeps the vocab-32k models' loss memory flat on a GPU.
+
+Numerics: the matmuls run in the input dtype (the autocast dtype under autocast, like ``F.linear``), softmax
+and the loss in fp32; label ``-100`` is ignored. ``tests/test_loss.py`` checks loss and gradients against
+``F.cross_entropy`` (fp64 to 1e-12, fp32 to 1e-5, bf16 autocast loosely), and that the chunk size does not
+change the result beyond fp32 rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+# Auto chunk size: fp32 logits per chunk. On CPU a chunk that stays in cache and below glibc's 32 MiB mmap
+# threshold (no page faults from fresh allocations every step); on a GPU a larger chunk keeps the matmuls big.
+_CHUNK_BYTES = {"cpu": 16 * 2**20, "cuda": 512 * 2**20}
+_MIN_CHUNK = 128
+
+
+def auto_chunk_tokens(vocab_size: int, device: torch.device | str) -> int:
+    dev = torch.device(device).type
+    per_token = 4 * vocab_size
+    n = max(_MIN_CHUNK, _CHUNK_BYTES.get(dev, _CHUNK_BYTES["cuda"]) // per_token)
+    return 1 << (n.bit_length() - 1)  # a power of two
+
+
+def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed token cross-entropy in fp32 over materialised logits, ignoring label -100 (the reference)."""
+    return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), ignore_index=IGNORE_INDEX,
+                           reduction="sum")
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int):
+        dev = h.device.type
+        cdtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+        acc = torch.promote_types(cdtype, torch.float32)  # softmax / loss dtype: fp32 (fp64 stays fp64)
+        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        with torch.autocast(dev, enabled=False):
+            w = weight.to(cdtype)
+            grad_h = torch.empty_like(h) if want_h else None
+            wdtype = torch.promote_types(weight.dtype, torch.float32)
+            grad_w = torch.zeros(weight.shape, dtype=wdtype, device=h.device) if want_w else None
+            total = torch.zeros((), dtype=acc, device=h.device)
+            for s in range(0, h.shape[0], chunk):
+                hc = h[s:s + chunk].to(cdtype)
+                yc = labels[s:s + chunk]
+                valid = (yc != IGNORE_INDEX).to(acc)
+                idx = yc.clamp_min(0).unsqueeze(1)
+                z = (hc @ w.t()).to(acc)  # (chunk, V)
+                target = z.gather(1, idx).squeeze(1)
+                zmax = z.amax(1, keepdim=True)
+                z.sub_(zmax).exp_()
+                sumexp = z.sum(1)
+                total += ((zmax.squeeze(1) + sumexp.log() - target) * valid).sum()
+                if want_h or want_w:
+                    z.mul_((valid / sumexp).unsqueeze(1))  # softmax, zero on ignored rows
+                    z.scatter_add_(1, idx, -valid.unsqueeze(1))  # - onehot(target)
+                    zc = z.to(cdtype)
+                    if want_h:
+                        grad_h[s:s + chunk] = zc @ w
+                    if want_w:
+                        if cdtype == wdtype:
+                            grad_w.addmm_(zc.t(), hc)
+                        else:
+                            grad_w += zc.t() @ hc
+        ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(weight.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        return (None if grad_h is None else grad_h * g.to(grad_h.dtype),
+                None if grad_w is None else grad_w * g.to(grad_w.dtype), None, None)
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                         chunk_tokens: int | None = None) -> torch.Tensor:
+    """``cross_entropy_sum(h @ weight.T, labels)`` (fp32 scalar) without the full logits.
+
+    h: (..., D); weight: (V, D); labels: (...) int with -100 = ignore. ``chunk_tokens``: tokens per chunk
+    (None = ``auto_chunk_tokens``; 0 = the plain materialised path, for reference and debugging)."""
+    h2, y = h.reshape(-1, h.shape[-1]), labels.reshape(-1)
+    if chunk_tokens == 0:
+        return cross_entropy_sum(F.linear(h2, weight), y)
+    chunk = chunk_tokens or auto_chunk_tokens(weight.shape[0], h.device)
+    if not torch.is_grad_enabled():  # evaluation: same loop, no gradients built
+        with torch.no_grad():
+            return _LinearCrossEntropy.forward(_NoGradCtx(), h2, weight, y, chunk)
+    return _LinearCrossEntropy.apply(h2, weight, y, chunk)
+
+
+class _NoGradCtx:
+    needs_input_grad = (False, False, False, False)
+
+    def save_for_backward(self, *tensors) -> None:
+        pass

@@ -1,0 +1,155 @@
+"""The fused chunked LM head + cross-entropy (llama_jreg/loss.py) against F.cross_entropy over materialised
+logits: loss and both gradients, every chunking, ignored labels, autocast, no-grad, the model and the trainer."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llama_jreg.config import load_config
+from llama_jreg.loss import auto_chunk_tokens, cross_entropy_sum, linear_cross_entropy
+from llama_jreg.model import Llama, ModelConfig
+from llama_jreg.train.trainer import Trainer
+from tests.test_train_helpers import tiny
+
+
+def _inputs(N=37, D=24, V=53, dtype=torch.float64, n_ignored=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(N, D, generator=g, dtype=dtype).requires_grad_()
+    w = (torch.randn(V, D, generator=g, dtype=dtype) * 0.5).requires_grad_()
+    y = torch.randint(0, V, (N,), generator=g)
+    y[torch.randperm(N, generator=g)[:n_ignored]] = -100
+    return h, w, y
+
+
+def _reference(h, w, y, scale=1.0):
+    h, w = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    loss = F.cross_entropy(F.linear(h, w).float() if h.dtype != torch.float64 else F.linear(h, w), y,
+                           ignore_index=-100, reduction="sum")
+    (loss * scale).backward()
+    return loss.detach(), h.grad, w.grad
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 8, 37, 64])
+def test_loss_and_gradients_match_cross_entropy_fp64(chunk):
+    h, w, y = _inputs()
+    want_loss, want_gh, want_gw = _reference(h, w, y, scale=2.5)
+    loss = linear_cross_entropy(h, w, y, chunk)
+    (loss * 2.5).backward()  # backward scales the stored gradients by the upstream gradient
+    assert loss.dtype == torch.float64
+    torch.testing.assert_close(loss.detach(), want_loss, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h.grad, want_gh, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(w.grad, want_gw, rtol=1e-12, atol=1e-12)
+    assert h.grad[y == -100].abs().max() == 0  # ignored tokens get no gradient
+
+
+def test_fp32_matches_and_chunking_only_changes_rounding():
+    h, w, y = _inputs(N=300, D=64, V=1000, dtype=torch.float32, n_ignored=40)
+    want_loss, want_gh, want_gw = _reference(h, w, y)
+    losses = []
+    for chunk in (16, 128, 300, None):
+        hh, ww = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+        loss = linear_cross_entropy(hh, ww, y, chunk)
+        loss.backward()
+        assert loss.dtype == torch.float32
+        torch.testing.assert_close(loss.detach(), want_loss, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(hh.grad, want_gh, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ww.grad, want_gw, rtol=1e-5, atol=1e-6)
+        losses.append(float(loss.detach()))
+    assert max(losses) - min(losses) < 1e-4 * abs(losses[0])
+
+
+def test_chunk_zero_is_the_materialised_reference_bit_for_bit():
+    h, w, y = _inputs(dtype=torch.float32)
+    want_loss, want_gh, want_gw = _reference(h, w, y)
+    loss = linear_cross_entropy(h, w, y, 0)
+    loss.backward()
+    assert torch.equal(loss.detach(), want_loss) and torch.equal(h.grad, want_gh) and torch.equal(w.grad, want_gw)
+
+
+def test_all_ignored_gives_zero_loss_and_zero_gradients():
+    h, w, y = _inputs(N=10, n_ignored=10)
+    loss = linear_cross_entropy(h, w, y, 4)
+    loss.backward()
+    assert float(loss) == 0.0 and h.grad.abs().max() == 0 and w.grad.abs().max() == 0
+
+
+def test_no_grad_path_returns_the_same_loss_without_a_graph():
+    h, w, y = _inputs(dtype=torch.float32)
+    with_grad = linear_cross_entropy(h, w, y, 8)
+    with torch.no_grad():
+        plain = linear_cross_entropy(h, w, y, 8)
+    assert not plain.requires_grad and plain.grad_fn is None
+    assert torch.equal(plain, with_grad.detach())
+
+
+def test_only_the_inputs_that_need_gradients_get_them():
+    h, w, y = _inputs()
+    frozen_w = w.detach()
+    loss = linear_cross_entropy(h, frozen_w, y, 8)
+    loss.backward()
+    _, want_gh, _ = _reference(h, w, y)
+    torch.testing.assert_close(h.grad, want_gh, rtol=1e-12, atol=1e-12)
+
+
+def test_bf16_autocast_follows_the_autocast_numerics():
+    """Under autocast the matmuls run in bf16 (like F.linear would) and the softmax/loss in fp32."""
+    h, w, y = _inputs(N=200, D=64, V=500, dtype=torch.float32, n_ignored=20)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = F.cross_entropy(F.linear(h, w).float(), y, ignore_index=-100, reduction="sum")
+        got = linear_cross_entropy(h, w, y, 64)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=2e-3, atol=0)
+    got.backward()
+    _, gh, gw = _reference(h, w, y)
+    assert h.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
+    assert (h.grad - gh).norm() / gh.norm() < 2e-2 and (w.grad - gw).norm() / gw.norm() < 2e-2
+
+
+def test_auto_chunk_sizes():
+    assert auto_chunk_tokens(8192, "cpu") == 512  # 16 MiB of fp32 logits
+    assert auto_chunk_tokens(32000, "cpu") == 128
+    assert auto_chunk_tokens(10**7, "cpu") == 128  # never below the minimum
+    assert auto_chunk_tokens(32000, "cuda") == 4096
+    for v in (1000, 8192, 50257):
+        n = auto_chunk_tokens(v, "cpu")
+        assert n & (n - 1) == 0
+
+
+def test_model_labels_path_matches_logits_path_with_a_tied_head():
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="custom", vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64,
+                      max_seq_len=32, tie_embeddings=True)
+    a = Llama(cfg)
+    b = copy.deepcopy(a)
+    x = torch.randint(0, 97, (3, 16))
+    y = torch.randint(0, 97, (3, 16))
+    y[0, :5] = -100
+    out = a(x, labels=y, loss_chunk_tokens=7, stats="grad")
+    assert out.logits is None and out.cos is not None
+    out.loss.backward()
+    ref = cross_entropy_sum(b(x).logits, y)
+    ref.backward()
+    torch.testing.assert_close(out.loss, ref.detach(), rtol=1e-5, atol=1e-5)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_trainer_fused_and_materialised_loss_give_the_same_step(tmp_path):
+    fused = Trainer(load_config(tiny(tmp_path / "a", "trainer.max_steps=2", "jreg=jump", "jreg.weight=0.1")))
+    plain = Trainer(load_config(tiny(tmp_path / "b", "trainer.max_steps=2", "jreg=jump", "jreg.weight=0.1",
+                                     "trainer.loss_chunk_tokens=0")))
+    plain.llama.load_state_dict(fused.llama.state_dict())
+    batches = fused._next_batches()
+    fa = fused.forward_backward(batches, 0.1, True)
+    fb = plain.forward_backward(batches, 0.1, True)
+    assert fa["lm_loss"] == pytest.approx(fb["lm_loss"], rel=1e-5)
+    assert fa["jreg_loss"] == pytest.approx(fb["jreg_loss"], rel=1e-4)
+    for (name, pa), pb in zip(fused.llama.named_parameters(), plain.llama.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert fused.evaluate() == pytest.approx(plain.evaluate(), rel=1e-5)
+    fused.close()
+    plain.close()
