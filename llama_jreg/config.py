@@ -60,8 +60,8 @@ class TrainerConfig:
     keep_last: int = 3
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     compile: bool = False
-    # tokens per chunk of the fused LM head + cross-entropy (llama_jreg/loss.py); null = auto (16 MiB of fp32
-    # logits per chunk on CPU, 512 MiB on CUDA); 0 = materialise the full logits (the plain reference path)
+    # tokens per chunk of the fused LM head + cross-entropy (llama_jreg/loss.py); null = auto (32 MiB of fp32
+    # logits per chunk on CPU, 512 MiB on CUDA, >= 512 tokens); 0 = materialise the full logits (reference path)
     loss_chunk_tokens: int | None = None
     activation_checkpointing: bool = False
     deterministic: bool = False

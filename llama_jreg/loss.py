@@ -8,8 +8,10 @@ chunks; for each chunk it computes the logits, the log-sum-exp and the summed lo
 wanted -- turns the chunk's logits *in place* into ``softmax - onehot`` and immediately multiplies it into
 ``dL/dh`` (chunk rows) and ``dL/dW`` (accumulated). Backward only scales the two stored gradients by the
 incoming scalar. Same FLOPs as the plain way (three head matmuls), one chunk of logits alive at a time, no
-log-softmax kernels: on the 2-core CPU this takes the head + loss of ``tiny`` from ~410 ms to ~280 ms per step
-(docs/benchmarks.md), and it is what keeps the vocab-32k models' loss memory flat on a GPU.
+log-softmax kernels. On the 2-core CPU the head + loss of ``tiny`` (2,048 tokens, vocab 8192, forward +
+backward) takes ~270-280 ms instead of ~370-400 ms, and ~1.0 s instead of ~1.2-1.5 s at vocab 32k
+(microbenchmark on a quiet machine; docs/benchmarks.md). On a GPU the same removes the logit tensors from peak
+memory (not measured here: no GPU was lent to this project yet).
 
 Numerics: the matmuls run in the input dtype (the autocast dtype under autocast, like ``F.linear``), softmax
 and the loss in fp32; label ``-100`` is ignored. ``tests/test_loss.py`` checks loss and gradients against
@@ -24,10 +26,11 @@ import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 
-# Auto chunk size: fp32 logits per chunk. On CPU a chunk that stays in cache and below glibc's 32 MiB mmap
-# threshold (no page faults from fresh allocations every step); on a GPU a larger chunk keeps the matmuls big.
-_CHUNK_BYTES = {"cpu": 16 * 2**20, "cuda": 512 * 2**20}
-_MIN_CHUNK = 128
+# Auto chunk size, in fp32 logits per chunk, and at least _MIN_CHUNK tokens (smaller chunks make the three head
+# matmuls slower: measured on the 2-core CPU, 128-token chunks at vocab 32k cost ~20% more than 512). One buffer
+# of that size is reused by every chunk of a call.
+_CHUNK_BYTES = {"cpu": 32 * 2**20, "cuda": 512 * 2**20}
+_MIN_CHUNK = 512
 
 
 def auto_chunk_tokens(vocab_size: int, device: torch.device | str) -> int:
@@ -56,12 +59,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
             wdtype = torch.promote_types(weight.dtype, torch.float32)
             grad_w = torch.zeros(weight.shape, dtype=wdtype, device=h.device) if want_w else None
             total = torch.zeros((), dtype=acc, device=h.device)
+            # one logits buffer reused by every chunk (no fresh allocation per chunk) when no cast is needed
+            buf = (torch.empty(min(chunk, h.shape[0]), w.shape[0], dtype=acc, device=h.device)
+                   if cdtype == acc else None)
             for s in range(0, h.shape[0], chunk):
                 hc = h[s:s + chunk].to(cdtype)
                 yc = labels[s:s + chunk]
                 valid = (yc != IGNORE_INDEX).to(acc)
                 idx = yc.clamp_min(0).unsqueeze(1)
-                z = (hc @ w.t()).to(acc)  # (chunk, V)
+                # (chunk, V) logits in the softmax dtype
+                z = torch.mm(hc, w.t(), out=buf[:hc.shape[0]]) if buf is not None else (hc @ w.t()).to(acc)
                 target = z.gather(1, idx).squeeze(1)
                 zmax = z.amax(1, keepdim=True)
                 z.sub_(zmax).exp_()
@@ -71,7 +78,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     z.mul_((valid / sumexp).unsqueeze(1))  # softmax, zero on ignored rows
                     z.scatter_add_(1, idx, -valid.unsqueeze(1))  # - onehot(target)
                     zc = z.to(cdtype)
-                    if want_h:
+                    if want_h and grad_h.dtype == cdtype:
+                        torch.mm(zc, w, out=grad_h[s:s + chunk])
+                    elif want_h:
                         grad_h[s:s + chunk] = zc @ w
                     if want_w:
                         if cdtype == wdtype:

@@ -110,9 +110,9 @@ def test_bf16_autocast_follows_the_autocast_numerics():
 
 
 def test_auto_chunk_sizes():
-    assert auto_chunk_tokens(8192, "cpu") == 512  # 16 MiB of fp32 logits
-    assert auto_chunk_tokens(32000, "cpu") == 128
-    assert auto_chunk_tokens(10**7, "cpu") == 128  # never below the minimum
+    assert auto_chunk_tokens(8192, "cpu") == 1024  # 32 MiB of fp32 logits
+    assert auto_chunk_tokens(32000, "cpu") == 512  # never below the minimum
+    assert auto_chunk_tokens(10**7, "cpu") == 512
     assert auto_chunk_tokens(32000, "cuda") == 4096
     for v in (1000, 8192, 50257):
         n = auto_chunk_tokens(v, "cpu")

@@ -114,7 +114,9 @@ def test_param_groups_skip_norms_and_embeddings(tmp_path):
     tr = _trainer(tmp_path)
     groups = param_groups(tr.llama, tr.cfg.optim)
     decay, no_decay = groups
-    ids = lambda g: {id(p) for p in g["params"]}
+    def ids(g):
+        return {id(p) for p in g["params"]}
+
     assert decay["weight_decay"] == tr.cfg.optim.weight_decay and no_decay["weight_decay"] == 0.0
     assert id(tr.llama.tok_embeddings.weight) in ids(no_decay)  # also the tied head
     assert all(p.ndim == 1 or p is tr.llama.tok_embeddings.weight for p in no_decay["params"])
