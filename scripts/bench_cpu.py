@@ -24,7 +24,11 @@ JREG overhead: the same trainer with ``jreg.weight=0.1`` (mode=jump, statistics 
 ``jreg.weight=0`` (no statistics, no term). Memory overhead is measured as the bytes of tensors autograd
 saves for backward during one forward + loss (``torch.autograd.graph.saved_tensors_hooks``; distinct
 storages counted once, parameters and buffers excluded): that is the activation memory a training step
-holds at its peak, and the only memory JREG could add. Measured on the eager model.
+holds at its peak, and the only memory JREG could add. Measured on the eager model. The wall-clock A/B of
+JREG is at the noise limit of a 2-core machine, so the JREG variants are also profiled: the CPU time spent in
+JREG's own ops (token cosines forward/backward, Psi and R) as a share of the step (``jreg_cpu_share``;
+eager only: under ``trainer.compile`` the cosine is traced into each block's compiled graph and cannot be
+separated).
 """
 
 from __future__ import annotations
@@ -171,6 +175,31 @@ def saved_tensor_bytes(variant, batches) -> int:
     return total
 
 
+JREG_EVENTS = ("_TokenCosine", "_TokenCosineBackward", "jreg_term")
+
+
+def jreg_cpu_share(variant: Ours, pool, steps: int) -> tuple[float, float]:
+    """Profile ``steps`` real trainer steps; return (ms per step in JREG's own ops, their share of the step).
+
+    JREG's ops: the per-layer token cosine forward (``_TokenCosine``) and backward (``_TokenCosineBackward``),
+    and Psi + R(Psi) (the trainer's ``jreg_term`` region); each counted inclusively of its child ops. The
+    backward of Psi/R (ops on (L, B, T) vectors) is not attributed and is negligible. Unlike a wall-clock A/B
+    of two variants, this does not depend on how noisy the machine is between rounds."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t = time.perf_counter()
+        for i in range(steps):
+            variant.step(pool[i % len(pool)])
+        wall = time.perf_counter() - t
+    jreg_us = 0.0
+    for e in prof.events():
+        name = e.name.replace("autograd::engine::evaluate_function: ", "")
+        if name in JREG_EVENTS and not (e.cpu_parent and e.cpu_parent.name.endswith(name)):
+            jreg_us += e.cpu_time_total
+    return jreg_us / 1e3 / steps, jreg_us / 1e6 / wall
+
+
 def q(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     k = (len(xs) - 1) * p
@@ -197,6 +226,8 @@ def main() -> None:
     ap.add_argument("--hf-optimizer", choices=["foreach", "fused"], default=None,
                     help="AdamW implementation of the transformers loop (default: torch's default for CPU tensors)")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--no-profile", action="store_true", help="skip the profiled JREG share")
+    ap.add_argument("--profile-steps", type=int, default=3)
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -287,6 +318,16 @@ def main() -> None:
             r4 = statistics.median(cpu[on]) / statistics.median(cpu[off])
             print(f"| {prefix} step time | {100 * (r1 - 1):+.1f}% | {100 * (r2 - 1):+.1f}% | {100 * (r3 - 1):+.1f}% | "
                   f"{100 * (r4 - 1):+.1f}% |")
+
+    if not args.no_profile:
+        print()
+        print("| JREG's own ops, profiled (torch.profiler, CPU time inclusive of child ops) | ms per step | "
+              "share of the step's wall time |")
+        print("|---|---|---|")
+        for v in variants:  # eager only: under compile the cosine is traced into the block's compiled graph
+            if isinstance(v, Ours) and v.cfg.jreg.enabled and not v.cfg.trainer.compile:
+                ms, share = jreg_cpu_share(v, pool, args.profile_steps)
+                print(f"| {v.name} | {ms:.1f} | {100 * share:.2f}% |")
 
     if not args.no_memory:
         print()

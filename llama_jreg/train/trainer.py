@@ -299,9 +299,10 @@ class Trainer:
                 ce = out.loss
                 loss = ce / tokens_per_rank
                 if use_jreg:
-                    psi = J.psi(out.cos, mask)
-                    reg = J.regularizer(psi, cfg.jreg)
-                    loss = loss + (weight / n_micro) * reg
+                    with torch.profiler.record_function("jreg_term"):  # named for scripts/bench_cpu.py
+                        psi = J.psi(out.cos, mask)
+                        reg = J.regularizer(psi, cfg.jreg)
+                        loss = loss + (weight / n_micro) * reg
                     sums[1] += reg.detach().double()
                 if nan:
                     loss = loss * float("nan")
