@@ -1,0 +1,45 @@
+"""The benchmark scripts run end to end and print their tables (tiny shapes; the numbers are not judged here --
+speed is measured by the scripts themselves, never by a timed test)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_train_helpers import REPO, env_for_subprocess
+
+pytestmark = pytest.mark.slow
+
+
+def _run(args: list[str], timeout: int = 600) -> str:
+    env = env_for_subprocess()
+    env.pop("OMP_NUM_THREADS", None)
+    p = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+                       check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p.stdout
+
+
+def test_bench_cpu_prints_every_table():
+    out = _run(["scripts/bench_cpu.py", "--rounds", "1", "--steps", "1", "--warmup", "1", "--batch", "1",
+                "--seq", "32", "--threads", "1", "--profile-steps", "1"])
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| (transformers LlamaForCausalLM|ours[^|]*?) \| (.*)$",
+                                                        out, re.M)}
+    for name in ("transformers LlamaForCausalLM", "ours jreg=0.1 (jump)", "ours jreg=0"):
+        assert name in rows, out
+    # ours vs transformers ratio is printed for our rows
+    assert re.search(r"^\| ours jreg=0 \| [\d.]+ \|.*\| [\d.]+x \| [\d.]+x \| [\d.]+x \|$", out, re.M), out
+    share = re.search(r"^\| ours jreg=0\.1 \(jump\) \| ([\d.]+) \| ([\d.]+)% \|$", out, re.M)
+    assert share and float(share.group(1)) > 0 and 0 < float(share.group(2)) < 100, out
+    mem = re.search(r"JREG activation-memory overhead: \+([\d.]+) MiB", out)
+    # 3 (B, T) fp32 vectors per layer: 3 * 6 * 1 * 32 * 4 bytes
+    assert mem and float(mem.group(1)) == pytest.approx(3 * 6 * 32 * 4 / 2**20, abs=1e-3), out
+
+
+def test_bench_gpu_script_runs_on_cpu_as_a_smoke_test():
+    out = _run(["scripts/bench_gpu.py", "--device", "cpu", "--sizes", "tiny", "--seq", "32", "--micro-batch", "2",
+                "--steps", "1", "--warmup", "1", "--compile", "off", "--attn", "sdpa"])
+    assert re.search(r"tiny.*ours.*sdpa", out) and re.search(r"tiny.*transformers.*sdpa", out), out
