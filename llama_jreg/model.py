@@ -44,6 +44,14 @@ class ModelConfig:
     ffn_dim: int = 688
     max_seq_len: int = 512
     rope_theta: float = 10000.0
+    # RoPE frequency scaling for long context: null (plain RoPE), "linear" (all frequencies / factor) or
+    # "llama3" (Llama 3.1+: low frequencies / factor, high ones kept, a smooth ramp between); the other
+    # rope_* fields are that scaling's parameters (HF rope_scaling / rope_parameters)
+    rope_scaling: str | None = None
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_seq_len: int = 8192
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     init_std: float = 0.02
@@ -66,6 +74,15 @@ class ModelConfig:
             raise UserError(f"head dimension {self.hd} must be even for RoPE")
         if self.vocab_size <= 0 or self.max_seq_len <= 0 or self.ffn_dim <= 0:
             raise UserError("model.vocab_size, model.max_seq_len and model.ffn_dim must be positive")
+        if self.rope_scaling not in (None, "linear", "llama3"):
+            raise UserError(f"unknown model.rope_scaling={self.rope_scaling!r}; choose null, linear or llama3")
+        if self.rope_scaling and self.rope_factor <= 0:
+            raise UserError(f"model.rope_factor={self.rope_factor} must be > 0")
+        if self.rope_scaling == "llama3" and not (0 < self.rope_low_freq_factor < self.rope_high_freq_factor):
+            raise UserError(
+                f"model.rope_low_freq_factor={self.rope_low_freq_factor} and rope_high_freq_factor="
+                f"{self.rope_high_freq_factor} must satisfy 0 < low < high for rope_scaling=llama3"
+            )
         if self.attn_backend not in BACKENDS:
             raise UserError(
                 f"unknown model.attn_backend={self.attn_backend!r}; choose one of {', '.join(BACKENDS)}"
@@ -157,10 +174,28 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
-def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-    t = torch.arange(max_seq_len, dtype=torch.float64)
-    freqs = torch.outer(t, inv_freq)
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """The RoPE angular frequencies (float64, head_dim / 2 of them), with the config's frequency scaling.
+
+    ``llama3``: a frequency whose wavelength 2*pi/f is longer than ``original_max_seq_len / low_freq_factor``
+    is divided by ``factor``; one shorter than ``original_max_seq_len / high_freq_factor`` is kept; in between
+    the result moves linearly (in ``original_max_seq_len / wavelength``) from f / factor to f."""
+    hd = cfg.hd
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    if cfg.rope_scaling == "linear":
+        return inv_freq / cfg.rope_factor
+    if cfg.rope_scaling == "llama3":
+        ctx, lo, hi = cfg.rope_original_max_seq_len, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+        rotations = ctx * inv_freq / (2 * math.pi)  # = ctx / wavelength
+        ramp = ((rotations - lo) / (hi - lo)).clamp(0.0, 1.0)  # 0: long wavelengths, 1: short ones
+        return inv_freq / cfg.rope_factor * (1 - ramp) + inv_freq * ramp
+    return inv_freq
+
+
+def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos / sin tables (max_seq_len, head_dim), fp32, half-split layout."""
+    t = torch.arange(cfg.max_seq_len, dtype=torch.float64)
+    freqs = torch.outer(t, rope_inv_freq(cfg))
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos().float(), emb.sin().float()
 
@@ -266,7 +301,7 @@ class Llama(nn.Module):
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        rope_cos, rope_sin = rope_tables(cfg.hd, cfg.max_seq_len, cfg.rope_theta)
+        rope_cos, rope_sin = rope_tables(cfg)
         self.register_buffer("rope_cos", rope_cos, persistent=False)
         self.register_buffer("rope_sin", rope_sin, persistent=False)
         # activation checkpointing is applied by llama_jreg.train.parallel; the flag lives here so the

@@ -1,6 +1,7 @@
 """HF transformers interop: logits parity both ways on tiny random Llamas, refusals, and real SmolLM2-135M."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Llam
 
 from llama_jreg import UserError
 from llama_jreg.interop.hf import config_from_hf, load_hf_llama, save_hf_llama
-from llama_jreg.model import Llama, config_for_size
+from llama_jreg.model import Llama, config_for_size, rope_tables
 
 
 def _tiny_hf(tie: bool, seed: int = 0) -> LlamaForCausalLM:
@@ -76,10 +77,12 @@ def test_non_llama_directory_is_refused(tmp_path):
 
 def test_refusals(tmp_path):
     base = _tiny_hf(False).config.to_dict()
-    with pytest.raises(UserError, match="rope scaling type 'llama3'"):
-        config_from_hf({**base, "rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}})
-    with pytest.raises(UserError, match="rope scaling type 'linear'"):
-        config_from_hf({**base, "rope_scaling": {"type": "linear", "factor": 2.0}})
+    with pytest.raises(UserError, match="rope scaling type 'yarn'"):
+        config_from_hf({**base, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 8.0}})
+    with pytest.raises(UserError, match="rope scaling type 'dynamic'"):
+        config_from_hf({**base, "rope_scaling": {"type": "dynamic", "factor": 2.0}})
+    with pytest.raises(UserError, match="attention_factor"):
+        config_from_hf({**base, "rope_scaling": {"type": "linear", "factor": 2.0, "attention_factor": 0.5}})
     with pytest.raises(UserError, match="bias"):
         config_from_hf({**base, "attention_bias": True})
     with pytest.raises(UserError, match="no such file"):
@@ -89,6 +92,54 @@ def test_refusals(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(base))
     with pytest.raises(UserError, match="no weights"):
         load_hf_llama(tmp_path)
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32}
+
+
+@pytest.mark.parametrize("scaling", [LLAMA3_ROPE, {"rope_type": "linear", "factor": 4.0}])
+def test_rope_scaling_parity_both_ways(tmp_path, scaling):
+    """Llama 3.1-style and linear RoPE scaling: HF -> ours and ours -> HF give the same logits on positions far
+    past original_max_position_embeddings (where the scaled and unscaled frequencies differ)."""
+    torch.manual_seed(0)
+    hcfg = LlamaConfig(
+        vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, head_dim=16,
+        rope_parameters={**scaling, "rope_theta": 500000.0},
+    )
+    hf = LlamaForCausalLM(hcfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0.0, 0.2)
+    hf.save_pretrained(tmp_path / "hf")
+    ours, cfg = load_hf_llama(tmp_path / "hf")
+    assert cfg.rope_scaling == scaling["rope_type"] and cfg.rope_factor == scaling["factor"]
+    ids = torch.randint(0, 97, (2, 200), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = hf(ids).logits
+        assert (ours(ids).logits - ref).abs().max().item() < 1e-4
+        # the scaling matters here: plain RoPE gives different logits
+        plain, _ = load_hf_llama(tmp_path / "hf")
+        plain.rope_cos, plain.rope_sin = rope_tables(replace(cfg, rope_scaling=None))
+        assert (plain(ids).logits - ref).abs().max().item() > 1e-2
+    save_hf_llama(ours, tmp_path / "back")
+    conf = json.loads((tmp_path / "back" / "config.json").read_text())
+    written = conf.get("rope_parameters") or conf.get("rope_scaling")
+    assert written["rope_type"] == scaling["rope_type"] and written["factor"] == scaling["factor"]
+    hf2 = AutoModelForCausalLM.from_pretrained(tmp_path / "back", local_files_only=True).eval()
+    with torch.no_grad():
+        assert (hf2(ids).logits - ref).abs().max().item() < 1e-4
+
+
+def test_rope_scaling_values_are_validated():
+    with pytest.raises(UserError, match="rope_scaling"):
+        config_for_size("tiny", rope_scaling="ntk")
+    with pytest.raises(UserError, match="0 < low < high"):
+        config_for_size("tiny", rope_scaling="llama3", rope_factor=8.0, rope_low_freq_factor=4.0,
+                        rope_high_freq_factor=1.0)
+    with pytest.raises(UserError, match="rope_factor"):
+        config_for_size("tiny", rope_scaling="linear", rope_factor=0.0)
 
 
 # ------------------------------------------------------------------------------------- real SmolLM2-135M

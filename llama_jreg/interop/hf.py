@@ -8,8 +8,8 @@
   offline with the same logits.
 
 No weight permutation is needed: our RoPE uses HF's half-split ("rotate_half") layout. What our model cannot
-express is refused with a :class:`llama_jreg.UserError` (rope scaling, biases, activations other than SiLU),
-rather than loaded into something that silently computes a different function.
+express is refused with a :class:`llama_jreg.UserError` (rope scalings other than linear / llama3, biases,
+activations other than SiLU), rather than loaded into something that silently computes a different function.
 
 Name mapping (ours <- HF)::
 
@@ -83,11 +83,20 @@ def config_from_hf(hf_config: Any, *, max_seq_len: int | None = None) -> ModelCo
             "(model_type 'llama', e.g. Llama 2/3, SmolLM2, TinyLlama) can be loaded"
         )
     theta, rtype, scaling = _rope(d)
-    if rtype != "default":
+    if rtype not in ("default", "linear", "llama3"):
         raise UserError(
-            f"rope scaling type {rtype!r} ({scaling}) is not supported; only unscaled RoPE "
-            "(rope_scaling: null) models can be loaded"
+            f"rope scaling type {rtype!r} ({scaling}) is not supported; only plain RoPE and the 'linear' and "
+            "'llama3' scalings can be loaded"
         )
+    rope = {}
+    if rtype != "default":
+        if float(scaling.get("attention_factor") or 1.0) != 1.0:
+            raise UserError(f"rope scaling {scaling} with attention_factor != 1 is not supported")
+        rope = {"rope_scaling": rtype, "rope_factor": float(scaling["factor"])}
+        if rtype == "llama3":
+            rope.update(rope_low_freq_factor=float(scaling["low_freq_factor"]),
+                        rope_high_freq_factor=float(scaling["high_freq_factor"]),
+                        rope_original_max_seq_len=int(scaling["original_max_position_embeddings"]))
     if d.get("attention_bias") or d.get("mlp_bias"):
         raise UserError("attention_bias/mlp_bias=true is not supported: our Llama has no bias terms")
     act = d.get("hidden_act", "silu")
@@ -110,10 +119,21 @@ def config_from_hf(hf_config: Any, *, max_seq_len: int | None = None) -> ModelCo
         ffn_dim=int(d["intermediate_size"]),
         max_seq_len=int(max_seq_len or d.get("max_position_embeddings") or 2048),
         rope_theta=theta,
+        **rope,
         norm_eps=float(d.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(d.get("tie_word_embeddings", False)),
         init_std=float(d.get("initializer_range", 0.02)),
     ).validate()
+
+
+def _hf_rope_scaling(cfg: ModelConfig) -> dict | None:
+    if cfg.rope_scaling is None:
+        return None
+    out = {"rope_type": cfg.rope_scaling, "factor": cfg.rope_factor}
+    if cfg.rope_scaling == "llama3":
+        out.update(low_freq_factor=cfg.rope_low_freq_factor, high_freq_factor=cfg.rope_high_freq_factor,
+                   original_max_position_embeddings=cfg.rope_original_max_seq_len)
+    return out
 
 
 def hf_config_from_ours(cfg: ModelConfig, dtype: torch.dtype = torch.float32, **extra):
@@ -134,7 +154,7 @@ def hf_config_from_ours(cfg: ModelConfig, dtype: torch.dtype = torch.float32, **
         "rms_norm_eps": cfg.norm_eps,
         "tie_word_embeddings": cfg.tie_embeddings,
         "rope_theta": cfg.rope_theta,
-        "rope_scaling": None,
+        "rope_scaling": _hf_rope_scaling(cfg),
         "attention_bias": False,
         "attention_dropout": 0.0,
         "mlp_bias": False,
@@ -225,7 +245,7 @@ def build_model(cfg: ModelConfig, sd: dict[str, torch.Tensor], dtype: torch.dtyp
         model = Llama(cfg)
     model.to_empty(device="cpu").to(dtype)
     # non-persistent RoPE tables were left uninitialised by to_empty; the tie was broken by it too
-    model.rope_cos, model.rope_sin = rope_tables(cfg.hd, cfg.max_seq_len, cfg.rope_theta)
+    model.rope_cos, model.rope_sin = rope_tables(cfg)
     if cfg.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
         sd = {k: v for k, v in sd.items() if k != "output.weight"}
