@@ -46,48 +46,54 @@ def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
                            reduction="sum")
 
 
+def _chunked_loss_and_grads(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int,
+                            want_h: bool, want_w: bool):
+    """(summed loss, dL/dh or None, dL/dW or None) in one pass over token chunks."""
+    dev = h.device.type
+    cdtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+    acc = torch.promote_types(cdtype, torch.float32)  # softmax / loss dtype: fp32 (fp64 stays fp64)
+    with torch.autocast(dev, enabled=False):
+        w = weight.to(cdtype)
+        grad_h = torch.empty_like(h) if want_h else None
+        wdtype = torch.promote_types(weight.dtype, torch.float32)
+        grad_w = torch.zeros(weight.shape, dtype=wdtype, device=h.device) if want_w else None
+        total = torch.zeros((), dtype=acc, device=h.device)
+        # one logits buffer reused by every chunk (no fresh allocation per chunk) when no cast is needed
+        buf = (torch.empty(min(chunk, h.shape[0]), w.shape[0], dtype=acc, device=h.device)
+               if cdtype == acc else None)
+        for s in range(0, h.shape[0], chunk):
+            hc = h[s:s + chunk].to(cdtype)
+            yc = labels[s:s + chunk]
+            valid = (yc != IGNORE_INDEX).to(acc)
+            idx = yc.clamp_min(0).unsqueeze(1)
+            # (chunk, V) logits in the softmax dtype
+            z = torch.mm(hc, w.t(), out=buf[:hc.shape[0]]) if buf is not None else (hc @ w.t()).to(acc)
+            target = z.gather(1, idx).squeeze(1)
+            zmax = z.amax(1, keepdim=True)
+            z.sub_(zmax).exp_()
+            sumexp = z.sum(1)
+            total += ((zmax.squeeze(1) + sumexp.log() - target) * valid).sum()
+            if want_h or want_w:
+                z.mul_((valid / sumexp).unsqueeze(1))  # softmax, zero on ignored rows
+                z.scatter_add_(1, idx, -valid.unsqueeze(1))  # - onehot(target)
+                zc = z.to(cdtype)
+                if want_h and grad_h.dtype == cdtype:
+                    torch.mm(zc, w, out=grad_h[s:s + chunk])
+                elif want_h:
+                    grad_h[s:s + chunk] = zc @ w
+                if want_w:
+                    if cdtype == wdtype:
+                        grad_w.addmm_(zc.t(), hc)
+                    else:
+                        grad_w += zc.t() @ hc
+    return total, grad_h, None if grad_w is None else grad_w.to(weight.dtype)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int):
-        dev = h.device.type
-        cdtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
-        acc = torch.promote_types(cdtype, torch.float32)  # softmax / loss dtype: fp32 (fp64 stays fp64)
-        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        with torch.autocast(dev, enabled=False):
-            w = weight.to(cdtype)
-            grad_h = torch.empty_like(h) if want_h else None
-            wdtype = torch.promote_types(weight.dtype, torch.float32)
-            grad_w = torch.zeros(weight.shape, dtype=wdtype, device=h.device) if want_w else None
-            total = torch.zeros((), dtype=acc, device=h.device)
-            # one logits buffer reused by every chunk (no fresh allocation per chunk) when no cast is needed
-            buf = (torch.empty(min(chunk, h.shape[0]), w.shape[0], dtype=acc, device=h.device)
-                   if cdtype == acc else None)
-            for s in range(0, h.shape[0], chunk):
-                hc = h[s:s + chunk].to(cdtype)
-                yc = labels[s:s + chunk]
-                valid = (yc != IGNORE_INDEX).to(acc)
-                idx = yc.clamp_min(0).unsqueeze(1)
-                # (chunk, V) logits in the softmax dtype
-                z = torch.mm(hc, w.t(), out=buf[:hc.shape[0]]) if buf is not None else (hc @ w.t()).to(acc)
-                target = z.gather(1, idx).squeeze(1)
-                zmax = z.amax(1, keepdim=True)
-                z.sub_(zmax).exp_()
-                sumexp = z.sum(1)
-                total += ((zmax.squeeze(1) + sumexp.log() - target) * valid).sum()
-                if want_h or want_w:
-                    z.mul_((valid / sumexp).unsqueeze(1))  # softmax, zero on ignored rows
-                    z.scatter_add_(1, idx, -valid.unsqueeze(1))  # - onehot(target)
-                    zc = z.to(cdtype)
-                    if want_h and grad_h.dtype == cdtype:
-                        torch.mm(zc, w, out=grad_h[s:s + chunk])
-                    elif want_h:
-                        grad_h[s:s + chunk] = zc @ w
-                    if want_w:
-                        if cdtype == wdtype:
-                            grad_w.addmm_(zc.t(), hc)
-                        else:
-                            grad_w += zc.t() @ hc
-        ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(weight.dtype))
+        total, grad_h, grad_w = _chunked_loss_and_grads(h, weight, labels, chunk, *ctx.needs_input_grad[:2])
+        ctx.save_for_backward(grad_h, grad_w)
         return total
 
     @staticmethod
@@ -108,13 +114,5 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Te
         return cross_entropy_sum(F.linear(h2, weight), y)
     chunk = chunk_tokens or auto_chunk_tokens(weight.shape[0], h.device)
     if not torch.is_grad_enabled():  # evaluation: same loop, no gradients built
-        with torch.no_grad():
-            return _LinearCrossEntropy.forward(_NoGradCtx(), h2, weight, y, chunk)
+        return _chunked_loss_and_grads(h2, weight, y, chunk, False, False)[0]
     return _LinearCrossEntropy.apply(h2, weight, y, chunk)
-
-
-class _NoGradCtx:
-    needs_input_grad = (False, False, False, False)
-
-    def save_for_backward(self, *tensors) -> None:
-        pass
