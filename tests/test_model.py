@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from llama_jreg import UserError
 from llama_jreg.attention import HAS_FLASH_ATTN, attention
 from llama_jreg.config import CONFIG_DIR
-from llama_jreg.model import SIZES, Llama, ModelConfig, config_for_size, token_cosine
+from llama_jreg.model import SIZES, Llama, ModelConfig, RMSNorm, config_for_size, token_cosine
 
 
 def tiny(**kw) -> ModelConfig:
@@ -183,3 +183,28 @@ def test_stats_under_torch_compile():
     torch.testing.assert_close(cos, cos_ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(g_ref, g):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm_matches_the_formula_and_its_gradient(dtype):
+    """fp32 takes torch's fused rms_norm, low precision the explicit fp32 path; both are the Llama formula
+    w * x / sqrt(mean(x^2) + eps) (low precision: normalised in fp32, cast, then scaled, as HF does)."""
+    torch.manual_seed(0)
+    norm = RMSNorm(48, 1e-5).to(dtype)
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.3)
+    x = (torch.randn(3, 7, 48) * 3).to(dtype).requires_grad_()
+    xr = x.detach().clone().requires_grad_()
+    wr = norm.weight.detach().clone().requires_grad_()
+    xf = xr.float()
+    ref = wr * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)).to(dtype)
+    out = norm(x)
+    assert out.dtype == dtype
+    tol = {"rtol": 1e-6, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 0, "atol": 0}
+    torch.testing.assert_close(out, ref, **tol)
+    g = torch.randn_like(out)
+    out.backward(g)
+    ref.backward(g)
+    gtol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 0, "atol": 0}
+    torch.testing.assert_close(x.grad, xr.grad, **gtol)
+    torch.testing.assert_close(norm.weight.grad, wr.grad, **gtol)
