@@ -269,9 +269,8 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)  # down
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # gate and up projections in one matmul (weights stay w1 / w3)
-        gate, up = F.linear(x, torch.cat([self.w1.weight, self.w3.weight])).chunk(2, dim=-1)
-        return self.w2(F.silu(gate) * up)
+        # two matmuls: fusing gate/up into one (weights concatenated every step) measured ~3 % slower on CPU
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
 class Block(nn.Module):
