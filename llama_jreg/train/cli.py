@@ -34,7 +34,8 @@ user-facing keys (KEY=VALUE):
   data.files=[a.jsonl,b.txt]  data.text_field  data.seq_len  data.micro_batch_size  data.tokenizer
   seed  trainer.max_steps  trainer.global_batch_size  trainer.log_every  trainer.jump_every
   trainer.eval_every  trainer.ckpt_every  trainer.keep_last  trainer.compile  trainer.precision
-  optim.lr  optim.weight_decay  schedule.warmup_steps  logger.project  logger.group  logger.tags
+  trainer.loss_chunk_tokens (null=auto, 0=full logits)  model.attn_backend  model.rope_scaling (linear|llama3)
+  optim.lr  optim.weight_decay  optim.fused  schedule.warmup_steps  logger.project  logger.group  logger.tags
   run.dir   resume=auto|PATH
   hydra.sweep.dir=DIR (with -m)
 
