@@ -33,7 +33,7 @@ test-all: setup
 	$(TEST_ENV) $(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) scripts/bench_cpu.py
+	$(PY) scripts/bench_cpu.py --compile
 	$(PY) scripts/bench_data.py
 
 lint: setup
