@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-IGNORE_INDEX = -100
+from llama_jreg.loss import IGNORE_INDEX
 
 
 def base_overrides(args, run_dir: str) -> list[str]:

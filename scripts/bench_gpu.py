@@ -51,9 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llama_jreg import jreg as J
 from llama_jreg.attention import HAS_FLASH_ATTN
+from llama_jreg.loss import IGNORE_INDEX
 from llama_jreg.model import Llama, config_for_size
 
-IGNORE_INDEX = -100
 DEVICE = "cuda"  # --device cpu: a smoke test of this script only (sizes tiny, numbers meaningless)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.test_train_helpers import env_for_subprocess
 
 WORDS = ["the", "king", "queen", "lord", "lady", "night", "day", "sword", "crown", "love", "death", "heart",
          "blood", "fair", "foul", "speak", "hear", "see", "thou", "thee", "thy", "hath", "doth", "shall", "will",
@@ -47,17 +47,9 @@ def write_jsonl(path: Path, texts: list[str]) -> Path:
     return path
 
 
-def env() -> dict:
-    e = dict(os.environ)
-    e.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO), WANDB_MODE="offline",
-             HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    e.pop("LLAMA_JREG_DEBUG", None)
-    return e
-
-
 def cli(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llama_jreg", *args], cwd=cwd, check=False, capture_output=True,
-                          env={**env(), "LLAMA_JREG_CACHE": str(cache)}, text=True, timeout=300)
+                          env={**env_for_subprocess(), "LLAMA_JREG_CACHE": str(cache)}, text=True, timeout=300)
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int, str]]:

@@ -11,7 +11,6 @@ import ast
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.test_train_helpers import env_for_subprocess
 
 spec = importlib.util.spec_from_file_location("kill9_trials", REPO / "scripts" / "kill9_trials.py")
 kill9 = importlib.util.module_from_spec(spec)
@@ -29,18 +29,10 @@ spec.loader.exec_module(kill9)
 TINY = kill9.TINY  # induction data, 2-layer 64-wide Llama, global batch 4 = 2 micro-batches of 2
 
 
-def env() -> dict:
-    e = dict(os.environ)
-    e.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO), WANDB_MODE="offline",
-             HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-    e.pop("LLAMA_JREG_DEBUG", None)
-    return e
-
-
 def cli(*args: str, cwd: Path | None = None, torchrun: int = 0, check: bool = True) -> subprocess.CompletedProcess:
     pre = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}",
            "-m", "llama_jreg"] if torchrun else [sys.executable, "-m", "llama_jreg"]
-    p = subprocess.run([*pre, *args], cwd=cwd or REPO, env=env(), capture_output=True, text=True, timeout=600,
+    p = subprocess.run([*pre, *args], cwd=cwd or REPO, env=env_for_subprocess(), capture_output=True, text=True, timeout=600,
                        check=False)
     if check and p.returncode != 0:
         raise AssertionError(f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")

@@ -34,9 +34,13 @@ def run_inprocess(overrides: list[str]) -> dict:
 
 
 def env_for_subprocess() -> dict:
+    """The environment of a CLI subprocess in the tests: one thread, this checkout, offline hubs and wandb,
+    and no LLAMA_JREG_DEBUG (so user errors are one line, not a traceback)."""
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO), WANDB_MODE="offline",
+               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env.pop("LLAMA_JREG_DEBUG", None)
     return env
 
 

@@ -21,7 +21,6 @@ import torch
 from llama_jreg import UserError
 
 LOADER_VERSION = 1
-IGNORE_INDEX = -100
 
 
 class SampleSet(Protocol):

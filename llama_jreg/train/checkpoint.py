@@ -85,7 +85,7 @@ def verify(path: Path) -> str | None:
     except (OSError, ValueError) as e:
         return f"{mf} is unreadable: {e}"
     except (KeyError, TypeError):
-        return f"{mf} is not a checkpoint manifest (no file list)"
+        files = None
     if not isinstance(files, dict):
         return f"{mf} is not a checkpoint manifest (no file list)"
     # every file of the checkpoint must be listed (a file the manifest does not cover would load unchecked)

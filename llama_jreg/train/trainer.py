@@ -36,13 +36,13 @@ import torch
 from llama_jreg import UserError
 from llama_jreg import jreg as J
 from llama_jreg.config import TrainConfig, check_run_dir, to_yaml
+from llama_jreg.loss import IGNORE_INDEX
 from llama_jreg.model import Llama
 from llama_jreg.train import checkpoint as ckpt
 from llama_jreg.train.metrics import MetricsLogger, device_peak_flops, flops_per_token, memory_usage
 from llama_jreg.train.optim import Schedule, build_optimizer
 from llama_jreg.train.parallel import all_reduce_sum, barrier, broadcast_object, no_sync, parallelize, unwrap
 
-IGNORE_INDEX = -100
 # fault injection for tests: comma-separated 1-indexed steps whose loss is made NaN
 INJECT_NONFINITE_ENV = "LLAMA_JREG_INJECT_NONFINITE"
 
