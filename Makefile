@@ -35,6 +35,7 @@ test-all: setup
 bench: setup
 	$(PY) scripts/bench_cpu.py --compile
 	$(PY) scripts/bench_data.py
+	$(PY) scripts/bench_ops.py
 
 lint: setup
 	$(VENV)/bin/ruff check llama_jreg tests scripts

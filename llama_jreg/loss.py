@@ -9,8 +9,8 @@ wanted -- turns the chunk's logits *in place* into ``softmax - onehot`` and imme
 ``dL/dh`` (chunk rows) and ``dL/dW`` (accumulated). Backward only scales the two stored gradients by the
 incoming scalar. Same FLOPs as the plain way (three head matmuls), one chunk of logits alive at a time, no
 log-softmax kernels. On the 2-core CPU the head + loss of ``tiny`` (2,048 tokens, vocab 8192, forward +
-backward) takes ~270-280 ms instead of ~370-400 ms, and ~1.0 s instead of ~1.2-1.5 s at vocab 32k
-(microbenchmark on a quiet machine; docs/benchmarks.md). On a GPU the same removes the logit tensors from peak
+backward) takes ~255 ms instead of ~365 ms, and ~0.94 s instead of ~1.41 s at vocab 32k (medians of
+``scripts/bench_ops.py --only loss`` on a quiet machine; docs/benchmarks.md). On a GPU the same removes the logit tensors from peak
 memory (not measured here: no GPU was lent to this project yet).
 
 Numerics: the matmuls run in the input dtype (the autocast dtype under autocast, like ``F.linear``), softmax
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 # Auto chunk size, in fp32 logits per chunk, and at least _MIN_CHUNK tokens (smaller chunks make the three head
-# matmuls slower: measured on the 2-core CPU, 128-token chunks at vocab 32k cost ~20% more than 512). One buffer
+# matmuls slower: measured on the 2-core CPU, 128-token chunks cost ~20-30% more than 512, bench_ops.py). One buffer
 # of that size is reused by every chunk of a call.
 _CHUNK_BYTES = {"cpu": 32 * 2**20, "cuda": 512 * 2**20}
 _MIN_CHUNK = 512

@@ -169,10 +169,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            # torch's fused kernel: the same fp32 arithmetic (bit-identical here), fewer passes/autograd nodes
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-        # low precision: normalise in fp32, cast back, then scale (HF LlamaRMSNorm's order of operations)
+        # normalise in fp32, cast back, then scale (HF LlamaRMSNorm's order of operations). torch's
+        # F.rms_norm measured no faster on CPU (scripts/bench_ops.py --only rmsnorm)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)

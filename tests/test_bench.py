@@ -43,3 +43,13 @@ def test_bench_gpu_script_runs_on_cpu_as_a_smoke_test():
     out = _run(["scripts/bench_gpu.py", "--device", "cpu", "--sizes", "tiny", "--seq", "32", "--micro-batch", "2",
                 "--steps", "1", "--warmup", "1", "--compile", "off", "--attn", "sdpa"])
     assert re.search(r"tiny.*ours.*sdpa", out) and re.search(r"tiny.*transformers.*sdpa", out), out
+
+
+def test_bench_ops_prints_every_table():
+    out = _run(["scripts/bench_ops.py", "--only", "loss", "adamw", "rmsnorm", "mlp", "--rounds", "1", "--iters",
+                "1", "--tokens", "64", "--threads", "1"])
+    for title in ("LM head + CE fwd+bwd, 64 tokens x 256, vocab 8192", "vocab 32000", "AdamW step",
+                  "RMSNorm fwd+bwd", "SwiGLU MLP fwd+bwd"):
+        assert title in out, out
+    assert re.search(r"^\| fused \(our default\) \| [\d.]+ \| [\d.]+ \|$", out, re.M), out
+    assert re.search(r"^\| materialised logits \(chunk 0\) \| [\d.]+ \| [\d.]+ \|$", out, re.M), out

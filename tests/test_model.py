@@ -187,8 +187,8 @@ def test_stats_under_torch_compile():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rmsnorm_matches_the_formula_and_its_gradient(dtype):
-    """fp32 takes torch's fused rms_norm, low precision the explicit fp32 path; both are the Llama formula
-    w * x / sqrt(mean(x^2) + eps) (low precision: normalised in fp32, cast, then scaled, as HF does)."""
+    """The Llama formula w * x / sqrt(mean(x^2) + eps), values and gradients (low precision: normalised in
+    fp32, cast, then scaled, as HF does)."""
     torch.manual_seed(0)
     norm = RMSNorm(48, 1e-5).to(dtype)
     with torch.no_grad():

@@ -3,8 +3,8 @@
 Weight decay applies to matrices (every parameter with ``ndim >= 2``) except the token embedding; RMSNorm
 weights (1-D) and the embedding (and a head tied to it) are not decayed unless
 ``optim.decay_norms_and_embeddings=true``. ``optim.fused=null`` picks the fused AdamW kernel on CUDA and CPU
-(on the 2-core CPU it steps ``tiny`` in ~7 ms vs ~30 ms for foreach and ~32 ms for torch's CPU default, the
-per-tensor loop) and the foreach one elsewhere.
+(on the 2-core CPU it steps ``tiny`` in ~6 ms vs ~22 ms for foreach or torch's CPU default, the per-tensor
+loop: ``scripts/bench_ops.py --only adamw``) and the foreach one elsewhere.
 
 The schedule is a tiny Stateful object rather than ``torch.optim.lr_scheduler.LambdaLR``: its whole state is
 one integer, it round-trips through JSON (no pickled lambdas), and ``lr_factor(step)`` is a pure function
