@@ -15,10 +15,14 @@ backward + grad-norm clipping at 1.0 + fused AdamW (lr 3e-4, betas 0.9/0.95, wd 
 embedding) + zero_grad -- the same work as ``Trainer.train_step`` with one micro-batch. Data: random tokens
 (the step's cost does not depend on their values).
 
-Per (size, attention backend, compile) we find the largest micro-batch that fits (powers of two up from 1, then
-a bisection between the last fit and the first OOM; each probe runs two full steps so the optimizer state
-exists) unless ``--micro-batch`` is given, then time ``--steps`` steps after ``--warmup`` (CUDA-synchronised
-wall clock; median of per-step times).
+Per (size, attention backend, compile) we find the largest micro-batch that fits unless ``--micro-batch`` is
+given: powers of two up from 1, then a bisection between the last fit and the first OOM, each probe two full steps
+(so the optimizer state exists) on one model that is reused across probes. Then a fresh model times ``--steps``
+steps after ``--warmup`` (CUDA-synchronised wall clock; median of per-step times). For ours with a JREG weight the
+same model also times the step with ``jreg.weight=0`` (no statistics) in interleaved rounds (``--rounds``) at the
+same micro-batch: the JREG overhead in step time and in peak memory, measured in one run.
+``--time-limit`` stops starting new rows after that many seconds (rows are printed, and appended to ``--out``, as
+they finish), so one command can be sized to a machine's per-command limit.
 
 FLOPs per token (training, forward + backward), the same formula as ``llama_jreg/train/metrics.py``:
 
@@ -112,11 +116,11 @@ class Runner:
         self.opt = adamw(model)
         self.fpt = flops_per_token(cfg, n_matmul, seq)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def step(self, x: torch.Tensor, y: torch.Tensor, jreg_weight: float | None = None) -> None:
+        w = self.jreg_weight if jreg_weight is None else jreg_weight
         with torch.autocast(DEVICE, dtype=torch.bfloat16):
             if self.impl == "ours":  # the trainer's path: fused chunked LM head + cross-entropy
-                out = self.model(x, stats="grad" if self.jreg_weight > 0 else False, labels=y,
-                                 loss_chunk_tokens=self.loss_chunk)
+                out = self.model(x, stats="grad" if w > 0 else False, labels=y, loss_chunk_tokens=self.loss_chunk)
                 loss = out.loss
             else:
                 logits = self.model(input_ids=x, use_cache=False).logits
@@ -124,13 +128,28 @@ class Runner:
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX,
                                    reduction="sum")
         loss = loss / y.numel()
-        if self.impl == "ours" and self.jreg_weight > 0:
-            reg = J.regularizer(J.psi(out.cos), J.JregConfig(weight=self.jreg_weight, mode="jump"))
-            loss = loss + self.jreg_weight * reg
+        if self.impl == "ours" and w > 0:
+            loss = loss + w * J.regularizer(J.psi(out.cos), J.JregConfig(weight=w, mode="jump"))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+
+    def fits(self, b: int, seq: int) -> bool:
+        """Two full steps at micro-batch ``b`` run without running out of device memory."""
+        ok = True
+        try:
+            x = torch.randint(0, self.cfg.vocab_size, (b, seq), device=DEVICE)
+            for _ in range(2):
+                self.step(x, x)
+            sync()
+        except torch.OutOfMemoryError:
+            ok = False
+        # after the except clause: the exception and its frames (holding the activations) are gone
+        x = None
+        self.opt.zero_grad(set_to_none=True)
+        free()
+        return ok
 
 
 def free() -> None:
@@ -140,60 +159,65 @@ def free() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def try_batch(make, b: int, seq: int, vocab: int) -> bool:
-    r = None
-    try:
-        r = make()
-        x = torch.randint(0, vocab, (b, seq), device=DEVICE)
-        for _ in range(2):
-            r.step(x, x)
-        sync()
-        return True
-    except torch.OutOfMemoryError:
-        return False
-    finally:
-        del r
-        free()
-
-
-def largest_batch(make, seq: int, vocab: int, cap: int) -> int:
+def largest_fitting(fits, cap: int) -> int:
+    """The largest ``b`` in 1..cap with ``fits(b)`` (assumed monotone: true up to some size, false above), 0 if
+    not even 1 fits: powers of two from 1 up, then bisection between the last fit and the first failure."""
     lo, hi, b = 0, None, 1
     while b <= cap:
-        if try_batch(make, b, seq, vocab):
+        if fits(b):
             lo, b = b, b * 2
         else:
             hi = b
             break
-    if hi is None:
-        return lo
+    if hi is None:  # every power of two up to cap fits: bisect between the last one and cap
+        if lo == 0 or lo == cap:
+            return lo
+        if fits(cap):
+            return cap
+        hi = cap
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if try_batch(make, mid, seq, vocab):
+        if fits(mid):
             lo = mid
         else:
             hi = mid
     return lo
 
 
-def time_steps(r: Runner, b: int, seq: int, warmup: int, steps: int) -> dict:
+def time_steps(r: Runner, b: int, seq: int, warmup: int, steps: int, rounds: int,
+               jreg_weights: list[float]) -> dict[float, dict]:
+    """Time ``steps`` steps per JREG weight, the weights interleaved over ``rounds`` rounds on one model."""
     x = torch.randint(0, r.cfg.vocab_size, (b, seq), device=DEVICE)
     y = torch.randint(0, r.cfg.vocab_size, (b, seq), device=DEVICE)
-    for _ in range(warmup):
-        r.step(x, y)
+    for w in jreg_weights:  # each weight compiles its own graph (statistics on / off)
+        for _ in range(warmup):
+            r.step(x, y, w)
     sync()
-    if DEVICE == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    ts = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        r.step(x, y)
-        sync()
-        ts.append(time.perf_counter() - t)
-    med = statistics.median(ts)
     cuda = DEVICE == "cuda"
-    return {"step_s": med, "step_s_min": min(ts), "step_s_max": max(ts), "tokens_per_s": b * seq / med,
-            "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
-            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else float("nan")}
+    ts: dict[float, list[float]] = {w: [] for w in jreg_weights}
+    peak = {w: 0.0 for w in jreg_weights}
+    reserved = {w: 0.0 for w in jreg_weights}
+    per_round = max(1, steps // max(1, rounds))
+    for k in range(max(1, rounds)):
+        order = jreg_weights[k % len(jreg_weights):] + jreg_weights[:k % len(jreg_weights)]
+        for w in order:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            for _ in range(per_round):
+                t = time.perf_counter()
+                r.step(x, y, w)
+                sync()
+                ts[w].append(time.perf_counter() - t)
+            if cuda:
+                peak[w] = max(peak[w], torch.cuda.max_memory_allocated() / 2**30)
+                reserved[w] = max(reserved[w], torch.cuda.max_memory_reserved() / 2**30)
+    out = {}
+    for w in jreg_weights:
+        med = statistics.median(ts[w])
+        out[w] = {"step_s": med, "step_s_min": min(ts[w]), "step_s_max": max(ts[w]), "steps_timed": len(ts[w]),
+                  "tokens_per_s": b * seq / med,
+                  "peak_alloc_gib": peak[w] if cuda else None, "peak_reserved_gib": reserved[w] if cuda else None}
+    return out
 
 
 def main() -> None:
@@ -209,7 +233,10 @@ def main() -> None:
     ap.add_argument("--loss-chunk", type=int, default=None,
                     help="ours: trainer.loss_chunk_tokens (default auto; 0 = materialised logits)")
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per variant")
+    ap.add_argument("--rounds", type=int, default=4, help="ours: rounds interleaving JREG on / off")
+    ap.add_argument("--time-limit", type=float, default=None, metavar="S",
+                    help="start no new row after S seconds (the rows left are listed as skipped)")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
     ap.add_argument("--out", default=None, help="append one JSON object per row to this file")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
@@ -237,42 +264,73 @@ def main() -> None:
     print(f"# command: python scripts/{Path(__file__).name} {' '.join(sys.argv[1:])}")
     print(f"# load average: {os.getloadavg()}")
     print("| size | impl | attn | compile | micro-batch | tokens/s | step (s) | MFU | peak alloc (GiB) | "
-          "peak reserved (GiB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "peak reserved (GiB) | JREG overhead: step time | JREG overhead: peak alloc |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    t_start = time.perf_counter()
+    skipped = []
     with open(args.out, "a") if args.out else contextlib.nullcontext() as sink:
         for size in args.sizes:
             for impl in args.impl:
                 if impl == "transformers" and hf_version is None:
-                    print(f"| {size} | transformers | - | - | - | not installed | | | | |")
+                    print(f"| {size} | transformers | - | - | - | not installed | | | | | | |")
                     continue
                 for attn in args.attn:
                     if attn == "flash" and not HAS_FLASH_ATTN:
                         continue
                     for comp in args.compile:
-                        def make(impl=impl, attn=attn, comp=comp, size=size):
-                            return Runner(impl, size, attn, comp == "on", args.jreg_weight, args.seq, args.loss_chunk)
-
-                        torch.manual_seed(0)
-                        vocab = config_for_size(size).vocab_size
-                        b = args.micro_batch or largest_batch(make, args.seq, vocab, args.max_batch)
-                        if b == 0:
-                            print(f"| {size} | {impl} | {attn} | {comp} | 0 (OOM at 1) | | | | | |", flush=True)
+                        if args.time_limit is not None and time.perf_counter() - t_start > args.time_limit:
+                            skipped.append(f"{size}/{impl}/{attn}/compile {comp}")
                             continue
-                        r = make()
-                        res = time_steps(r, b, args.seq, args.warmup, args.steps)
-                        fpt = r.fpt
-                        mfu = res["tokens_per_s"] * fpt / (args.peak_tflops * 1e12)
-                        del r
-                        free()
-                        row = {"size": size, "impl": impl, "attn": attn, "compile": comp, "micro_batch": b,
-                               "seq": args.seq, "flops_per_token": fpt, **res,
-                               "mfu": mfu, "jreg_weight": args.jreg_weight if impl == "ours" else None,
-                               "device": device_name}
-                        print(f"| {size} | {impl} | {attn} | {comp} | {b} | {res['tokens_per_s']:,.0f} | "
-                              f"{res['step_s']:.3f} | {100 * mfu:.1f}% | {res['peak_alloc_gib']:.1f} | "
-                              f"{res['peak_reserved_gib']:.1f} |", flush=True)
-                        if args.out:
-                            sink.write(json.dumps(row) + "\n")
+                        run_row(args, size, impl, attn, comp, device_name, sink)
+    if skipped:
+        print(f"# time limit ({args.time_limit:.0f} s) reached; not run: {', '.join(skipped)}")
+    print(f"# total {time.perf_counter() - t_start:.0f} s")
+
+
+def gib(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def run_row(args, size: str, impl: str, attn: str, comp: str, device_name: str, sink) -> None:
+    def make():
+        return Runner(impl, size, attn, comp == "on", args.jreg_weight, args.seq, args.loss_chunk)
+
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    b = args.micro_batch
+    if b is None:
+        probe = make()
+        b = largest_fitting(lambda n: probe.fits(n, args.seq), args.max_batch)
+        del probe
+        free()
+    if b == 0:
+        print(f"| {size} | {impl} | {attn} | {comp} | 0 (OOM at 1) | | | | | | | |", flush=True)
+        return
+    r = make()
+    weights = [args.jreg_weight, 0.0] if impl == "ours" and args.jreg_weight > 0 else [
+        args.jreg_weight if impl == "ours" else 0.0]
+    res = time_steps(r, b, args.seq, args.warmup, args.steps, args.rounds if len(weights) > 1 else 1, weights)
+    fpt = r.fpt
+    del r
+    free()
+    main_res = res[weights[0]]
+    mfu = main_res["tokens_per_s"] * fpt / (args.peak_tflops * 1e12)
+    over_t = over_m = ""
+    if len(weights) > 1:
+        off = res[0.0]
+        over_t = f"{100 * (main_res['step_s'] / off['step_s'] - 1):+.2f}%"
+        if DEVICE == "cuda":
+            over_m = f"{main_res['peak_alloc_gib'] - off['peak_alloc_gib']:+.3f} GiB"
+    row = {"size": size, "impl": impl, "attn": attn, "compile": comp, "micro_batch": b, "seq": args.seq,
+           "flops_per_token": fpt, **main_res, "mfu": mfu, "jreg_weight": weights[0] if impl == "ours" else None,
+           "jreg_off": res.get(0.0) if len(weights) > 1 else None, "row_s": time.perf_counter() - t0,
+           "device": device_name}
+    print(f"| {size} | {impl} | {attn} | {comp} | {b} | {main_res['tokens_per_s']:,.0f} | {main_res['step_s']:.3f} | "
+          f"{100 * mfu:.1f}% | {gib(main_res['peak_alloc_gib'])} | {gib(main_res['peak_reserved_gib'])} | {over_t} | "
+          f"{over_m} |", flush=True)
+    if sink is not None:
+        sink.write(json.dumps(row) + "\n")
+        sink.flush()
 
 
 if __name__ == "__main__":

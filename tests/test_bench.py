@@ -3,6 +3,7 @@ speed is measured by the scripts themselves, never by a timed test)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -39,10 +40,29 @@ def test_bench_cpu_prints_every_table():
     assert mem and float(mem.group(1)) == pytest.approx(3 * 6 * 32 * 4 / 2**20, abs=1e-3), out
 
 
-def test_bench_gpu_script_runs_on_cpu_as_a_smoke_test():
-    out = _run(["scripts/bench_gpu.py", "--device", "cpu", "--sizes", "tiny", "--seq", "32", "--micro-batch", "2",
-                "--steps", "1", "--warmup", "1", "--compile", "off", "--attn", "sdpa"])
-    assert re.search(r"tiny.*ours.*sdpa", out) and re.search(r"tiny.*transformers.*sdpa", out), out
+def test_bench_gpu_script_runs_on_cpu_as_a_smoke_test(tmp_path):
+    """The whole GPU script on CPU: the micro-batch search (every size up to --max-batch fits on CPU), the
+    interleaved JREG on / off timing, the table and the JSON rows."""
+    jsonl = tmp_path / "rows.jsonl"
+    out = _run(["scripts/bench_gpu.py", "--device", "cpu", "--sizes", "tiny", "--seq", "16", "--max-batch", "3",
+                "--steps", "2", "--rounds", "2", "--warmup", "1", "--compile", "off", "--attn", "sdpa",
+                "--out", str(jsonl)])
+    ours = re.search(r"^\| tiny \| ours \| sdpa \| off \| 3 \| [\d,]+ \| [\d.]+ \| [\d.]+% \| - \| - \| "
+                     r"[+-][\d.]+% \|  \|$", out, re.M)
+    assert ours, out
+    assert re.search(r"^\| tiny \| transformers \| sdpa \| off \| 3 \| ", out, re.M), out
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [(r["impl"], r["micro_batch"]) for r in rows] == [("ours", 3), ("transformers", 3)]
+    assert rows[0]["steps_timed"] == 2 and rows[0]["jreg_off"]["steps_timed"] == 2 and rows[1]["jreg_off"] is None
+    assert all(r["tokens_per_s"] > 0 and r["flops_per_token"] > 0 for r in rows)
+
+
+def test_bench_gpu_time_limit_skips_the_rows_left():
+    out = _run(["scripts/bench_gpu.py", "--device", "cpu", "--sizes", "tiny", "--seq", "16", "--micro-batch", "1",
+                "--steps", "1", "--rounds", "1", "--warmup", "1", "--compile", "off", "--attn", "sdpa",
+                "--time-limit", "0"])
+    assert "not run: tiny/ours/sdpa/compile off, tiny/transformers/sdpa/compile off" in out, out
+    assert not re.search(r"^\| tiny \| ours", out, re.M), out
 
 
 def test_bench_ops_prints_every_table():
