@@ -200,6 +200,21 @@ def jreg_cpu_share(variant: Ours, pool, steps: int) -> tuple[float, float]:
     return jreg_us / 1e3 / steps, jreg_us / 1e6 / wall
 
 
+def sgemm_gflops(n: int = 2048, reps: int = 7) -> float:
+    """This machine's fp32 matmul rate (GFLOP/s, median of ``reps``) on one n x n x n product, at the thread
+    count set: the ceiling any training step of this script can reach on its matmuls."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    for _ in range(2):
+        torch.mm(a, b, out=out)
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b, out=out)
+        ts.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(ts) / 1e9
+
+
 def q(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     k = (len(xs) - 1) * p
@@ -318,6 +333,23 @@ def main() -> None:
             r4 = statistics.median(cpu[on]) / statistics.median(cpu[off])
             print(f"| {prefix} step time | {100 * (r1 - 1):+.1f}% | {100 * (r2 - 1):+.1f}% | {100 * (r3 - 1):+.1f}% | "
                   f"{100 * (r4 - 1):+.1f}% |")
+
+    # achieved model FLOP/s against this machine's own matmul rate: how far each step is from the floor
+    from llama_jreg.train.metrics import flops_per_token
+
+    ours0 = next(v for v in variants if isinstance(v, Ours))
+    step_flops = flops_per_token(ours0.trainer.llama, args.seq) * tok  # same shapes for every variant
+    rate = sgemm_gflops()
+    floor = step_flops / (rate * 1e9)
+    print()
+    print(f"# model FLOPs per step (6 N_matmul + 12 L T d_attn per token, metrics.py): {step_flops / 1e9:.1f} GFLOP; "
+          f"this machine's fp32 sgemm (2048^3, {args.threads} threads): {rate:.0f} GFLOP/s -> a step doing only "
+          f"those FLOPs at that rate takes {floor:.3f} s")
+    print("| variant | model GFLOP/s (median step) | share of the sgemm rate | step / matmul floor |")
+    print("|---|---|---|---|")
+    for v in variants:
+        med = statistics.median(times[v.name])
+        print(f"| {v.name} | {step_flops / med / 1e9:.1f} | {100 * floor / med:.0f}% | {med / floor:.2f}x |")
 
     if not args.no_profile:
         print()

@@ -35,6 +35,10 @@ def test_bench_cpu_prints_every_table():
     assert re.search(r"^\| ours jreg=0 \| [\d.]+ \|.*\| [\d.]+x \| [\d.]+x \| [\d.]+x \|$", out, re.M), out
     share = re.search(r"^\| ours jreg=0\.1 \(jump\) \| ([\d.]+) \| ([\d.]+)% \|$", out, re.M)
     assert share and float(share.group(1)) > 0 and 0 < float(share.group(2)) < 100, out
+    flop = re.search(r"-> a step doing only those FLOPs at that rate takes ([\d.]+) s", out)
+    assert flop and float(flop.group(1)) > 0, out
+    for name in ("transformers LlamaForCausalLM", "ours jreg=0"):
+        assert re.search(rf"^\| {re.escape(name)} \| [\d.]+ \| \d+% \| [\d.]+x \|$", out, re.M), out
     mem = re.search(r"JREG activation-memory overhead: \+([\d.]+) MiB", out)
     # 3 (B, T) fp32 vectors per layer: 3 * 6 * 1 * 32 * 4 bytes
     assert mem and float(mem.group(1)) == pytest.approx(3 * 6 * 32 * 4 / 2**20, abs=1e-3), out
