@@ -200,6 +200,40 @@ def jreg_cpu_share(variant: Ours, pool, steps: int) -> tuple[float, float]:
     return jreg_us / 1e3 / steps, jreg_us / 1e6 / wall
 
 
+OP_CATEGORIES = (  # (label, predicate on a profiler key), self CPU time
+    ("matmuls (`mm`, `addmm_`, `bmm`)", lambda k: k in ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm")),
+    ("attention (SDPA CPU flash kernels, fwd + bwd)", lambda k: "scaled_dot_product" in k),
+    ("log-softmax / NLL fwd + bwd (materialised logits)", lambda k: "log_softmax" in k or "nll_loss" in k),
+    ("zero fills (`fill_`, `zero_`)", lambda k: k in ("aten::fill_", "aten::zero_")),
+)
+
+
+def op_profile(variant, pool, steps: int) -> dict[str, float]:
+    """ms per step by kind of op over ``steps`` profiled steps (self CPU time; the optimizer inclusive)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t = time.perf_counter()
+        for i in range(steps):
+            variant.step(pool[i % len(pool)])
+        wall = time.perf_counter() - t
+    rows = {label: 0.0 for label, _ in OP_CATEGORIES}
+    opt = total = 0.0
+    for e in prof.key_averages():
+        total += e.self_cpu_time_total
+        if e.key.startswith("Optimizer.step"):
+            opt += e.cpu_time_total
+        for label, pred in OP_CATEGORIES:
+            if pred(e.key):
+                rows[label] += e.self_cpu_time_total
+                break
+    rows["AdamW step (inclusive)"] = opt
+    rows["everything else (elementwise, norms, RoPE, compiled kernels, autograd)"] = total - sum(rows.values())
+    out = {k: v / 1e3 / steps for k, v in rows.items()}
+    out["profiled step, wall clock"] = wall * 1e3 / steps
+    return out
+
+
 def sgemm_gflops(n: int = 2048, reps: int = 7) -> float:
     """This machine's fp32 matmul rate (GFLOP/s, median of ``reps``) on one n x n x n product, at the thread
     count set: the ceiling any training step of this script can reach on its matmuls."""
@@ -352,6 +386,15 @@ def main() -> None:
         print(f"| {v.name} | {step_flops / med / 1e9:.1f} | {100 * floor / med:.0f}% | {med / floor:.2f}x |")
 
     if not args.no_profile:
+        prof_vs = [v for v in variants if not isinstance(v, Ours) or v.cfg.jreg.enabled]
+        profs = [op_profile(v, pool, args.profile_steps) for v in prof_vs]
+        print()
+        print(f"| where the time goes, ms per step ({args.profile_steps} profiled steps) | "
+              + " | ".join(v.name for v in prof_vs) + " |")
+        print("|---|" + "---:|" * len(prof_vs))
+        for key in profs[0]:
+            print(f"| {key} | " + " | ".join(f"{p[key]:.0f}" for p in profs) + " |")
+
         print()
         print("| JREG's own ops, profiled (torch.profiler, CPU time inclusive of child ops) | ms per step | "
               "share of the step's wall time |")

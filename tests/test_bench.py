@@ -39,6 +39,10 @@ def test_bench_cpu_prints_every_table():
     assert flop and float(flop.group(1)) > 0, out
     for name in ("transformers LlamaForCausalLM", "ours jreg=0"):
         assert re.search(rf"^\| {re.escape(name)} \| [\d.]+ \| \d+% \| [\d.]+x \|$", out, re.M), out
+    # where the time goes: every kind of op for transformers and ours; the fused loss runs no log-softmax
+    for kind in ("matmuls", "attention", "zero fills", "AdamW step", "everything else", "profiled step"):
+        assert re.search(rf"^\| {kind}[^|]* \| \d+ \| \d+ \|$", out, re.M), out
+    assert re.search(r"^\| log-softmax / NLL[^|]* \| \d+ \| 0 \|$", out, re.M), out
     mem = re.search(r"JREG activation-memory overhead: \+([\d.]+) MiB", out)
     # 3 (B, T) fp32 vectors per layer: 3 * 6 * 1 * 32 * 4 bytes
     assert mem and float(mem.group(1)) == pytest.approx(3 * 6 * 32 * 4 / 2**20, abs=1e-3), out
