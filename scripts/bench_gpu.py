@@ -143,13 +143,22 @@ class Runner:
             for _ in range(2):
                 self.step(x, x)
             sync()
-        except torch.OutOfMemoryError:
+        except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
+            if not is_oom(e):
+                raise
             ok = False
         # after the except clause: the exception and its frames (holding the activations) are gone
         x = None
         self.opt.zero_grad(set_to_none=True)
         free()
         return ok
+
+
+def is_oom(e: BaseException) -> bool:
+    """A failed allocation: torch's OutOfMemoryError, or a RuntimeError saying so (cuBLAS workspaces and some
+    compiled kernels report it that way; the CPU allocator says "can't allocate memory")."""
+    msg = str(e).lower()
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in msg or "can't allocate memory" in msg
 
 
 def free() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+import torch
 
 from tests.test_train_helpers import REPO
 
@@ -35,3 +36,12 @@ def test_finds_the_largest_batch_that_fits_within_the_cap(limit, cap):
 
 def test_nothing_fits():
     assert _search(0, 256) == (0, [1])
+
+
+def test_a_failed_allocation_counts_as_out_of_memory_and_nothing_else_does():
+    with pytest.raises(RuntimeError) as alloc:
+        torch.empty(2**62, dtype=torch.uint8)  # a real allocation failure of the CPU allocator
+    assert bench_gpu.is_oom(alloc.value)
+    with pytest.raises(RuntimeError) as shape:
+        torch.ones(2, 3) @ torch.ones(2, 3)  # a real bug must not be mistaken for "does not fit"
+    assert not bench_gpu.is_oom(shape.value)
