@@ -16,8 +16,10 @@ import torch
 from safetensors.torch import load_file
 
 from llama_jreg import UserError
+from llama_jreg.config import load_config
 from llama_jreg.model import Llama
 from llama_jreg.train import checkpoint as ckpt
+from llama_jreg.train.metrics import flops_per_token
 from llama_jreg.train.trainer import INJECT_NONFINITE_ENV, NonFiniteError
 from tests.test_train_helpers import by_step, rows, run_inprocess, tiny
 
@@ -53,12 +55,16 @@ def test_run_writes_everything(straight):
     assert s["plots"] and all(Path(p).is_file() for p in s["plots"])
     train = rows(d, "train")
     assert [r["step"] for r in train] == list(range(1, STEPS + 1))
+    cfg = load_config(tiny(d))
+    fpt = flops_per_token(Llama(cfg.model), cfg.data.seq_len)
     for r in train:
         for key in ("step", "tokens", "loss", "lm_loss", "jreg_loss", "jreg_weight", "lr", "grad_norm",
                     "tokens_per_s", "mfu", "memory", "data_wait_frac"):
             assert key in r, key
         assert r["loss"] == pytest.approx(r["lm_loss"] + r["jreg_weight"] * r["jreg_loss"], rel=1e-12)
         assert 0.0 <= r["data_wait_frac"] <= 1.0 and r["memory"] > 0 and r["mfu"] is None  # CPU: no known peak
+        # achieved model TFLOP/s = tokens/s x training FLOPs per token of this model at this sequence length
+        assert r["tflops"] == pytest.approx(r["tokens_per_s"] * fpt / 1e12, rel=1e-9) and r["tflops"] > 0
     jump = rows(d, "jump")
     assert [r["step"] for r in jump] == [3, 6, 9, 12]
     for r in jump:

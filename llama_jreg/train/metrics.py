@@ -4,7 +4,8 @@ throughput / MFU / memory arithmetic.
 Every row of metrics.jsonl is one JSON object with a ``kind``:
 
 * ``train`` (every ``trainer.log_every`` steps): ``step, tokens, loss, lm_loss, jreg_loss, jreg_weight, lr,
-  grad_norm, tokens_per_s, step_time_s, mfu, memory, memory_kind, data_wait_frac, nonfinite_skipped``;
+  grad_norm, tokens_per_s, step_time_s, tflops, mfu, memory, memory_kind, data_wait_frac, nonfinite_skipped``;
+  ``tflops`` is the achieved model TFLOP/s per device (the FLOPs formula below, any device and precision);
   ``tokens_per_s``/``step_time_s``/``data_wait_frac`` are averages over the steps since the previous row,
   ``data_wait_frac`` the fraction of that time spent waiting for the loader; ``memory`` is in GiB
   (``memory_kind``: ``cuda_max_allocated`` or ``cpu_rss``); ``lr`` is the rate the step's update used; a

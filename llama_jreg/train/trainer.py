@@ -218,6 +218,7 @@ class Trainer:
                            "lm_loss": out["lm_loss"], "jreg_loss": out["jreg_loss"],
                            "jreg_weight": out["jreg_weight"], "lr": out["lr"], "grad_norm": out["grad_norm"],
                            "tokens_per_s": tps, "step_time_s": elapsed * self.tokens_per_step / max(window_tokens, 1),
+                           "tflops": tps * self.flops_per_token / self.world / 1e12,
                            "mfu": tps * self.flops_per_token / (self.world * self.peak_flops) if self.peak_flops else None,
                            "memory": mem, "memory_kind": mem_kind,
                            "data_wait_frac": window_wait / max(elapsed, 1e-9),
