@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from llama_jreg.train import checkpoint as ckpt
 from tests.conftest import REPO
 from tests.test_train_helpers import env_for_subprocess
 
@@ -165,6 +166,47 @@ def test_resume_auto_skips_a_broken_checkpoint_and_path_refuses_it(straight, tmp
     assert json.loads((bad / "loader_rank0.json").read_text())["cursor"] == 6 * 4  # step 6 written anew
     assert json.loads((bad / "manifest.json").read_text())["step"] == 6
     assert not [p for p in (run / "checkpoints").iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+KILL_MID_DELETE = """
+import os, shutil, signal, sys
+from pathlib import Path
+from llama_jreg.train import checkpoint as ckpt
+
+def rmtree_then_die(path, *a, **k):  # the process is killed -9 after removing one file of the checkpoint
+    next(p for p in sorted(Path(path).iterdir()) if p.is_file()).unlink()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+shutil.rmtree = rmtree_then_die
+ckpt.delete_checkpoint(Path(sys.argv[1]))
+"""
+
+
+def test_a_checkpoint_deleted_by_keep_last_is_never_seen_half_deleted(straight, tmp_path):
+    """A process killed -9 in the middle of keep-last deletion (and one killed inside the metrics rewrite):
+    what is left is never taken for a checkpoint, every step_* dir still verifies, and the next start cleans
+    up and resumes as if nothing happened."""
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    oldest = ckpt.list_checkpoints(run)[0]
+    p = subprocess.run([sys.executable, "-c", KILL_MID_DELETE, str(oldest)], cwd=REPO, env=env_for_subprocess(),
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert p.returncode == -9, p.stderr[-2000:]
+    leftovers = [d for d in (run / "checkpoints").iterdir() if ".old-" in d.name]
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(oldest.name)
+    assert not oldest.exists()
+    assert ckpt.verify(leftovers[0]) is not None  # it is half deleted ...
+    listed = ckpt.list_checkpoints(run)  # ... and invisible: only complete checkpoints are listed
+    assert [c.name for c in listed] == ["step_00000006", "step_00000008"]
+    assert all(ckpt.verify(c) is None for c in listed)
+    assert ckpt.find_latest(run) == listed[-1]
+    (run / "metrics.jsonl.tmp-4242").write_text('{"kind": "train", "step": 1')  # a torn metrics rewrite
+    before = (run / "metrics.jsonl").read_text()
+    q = train(run, "trainer.max_steps=8", "trainer.ckpt_every=2", "trainer.keep_last=3", "resume=auto")
+    assert "Traceback" not in q.stderr
+    assert not [d for d in (run / "checkpoints").iterdir() if ".old-" in d.name or ".tmp-" in d.name]
+    assert not list(run.glob("metrics.jsonl.tmp-*"))
+    assert (run / "metrics.jsonl").read_text() == before  # a finished run resumed: nothing lost or added
 
 
 def test_resume_auto_refuses_to_restart_over_only_broken_checkpoints(straight, tmp_path):

@@ -17,7 +17,7 @@ Layout of ``<run.dir>/checkpoints/step_XXXXXXXX/`` (8-digit optimizer step)::
     manifest.json         sha256 and size of every file above; written last
 
 A checkpoint is complete or absent: everything is written to ``step_XXXXXXXX.tmp-<pid>`` and renamed at the
-end. ``resume=auto`` takes the newest directory whose manifest checks out (skipping broken ones with a
+end; keep-last deletion renames to ``.old-<pid>`` before deleting. ``resume=auto`` takes the newest directory whose manifest checks out (skipping broken ones with a
 warning). Only rank 0 writes shared files; every rank writes its own rng/loader files; all ranks agree on
 success or failure (no rank hangs when another fails). The checkpoint directory must be on a file system
 every rank can see (as usual for multi-node training).
@@ -292,9 +292,7 @@ def save_checkpoint(
                                                 for n in files}}
             _write_json(tmp / MANIFEST, manifest)
             if final.exists():  # a stale dir of the same step (e.g. from a run that was restarted): replace it
-                trash = root / f"{final.name}.old-{os.getpid()}"
-                final.rename(trash)
-                shutil.rmtree(trash, ignore_errors=True)
+                delete_checkpoint(final)
             tmp.rename(final)
             fd = os.open(root, os.O_RDONLY)
             try:
@@ -310,18 +308,33 @@ def save_checkpoint(
         raise UserError(f"{err}; earlier checkpoints are intact (check free disk space and permissions of run.dir)")
     if is_main:
         for old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                delete_checkpoint(old)
+            except OSError as e:  # an old checkpoint that cannot be removed costs disk, not the run
+                warnings.warn(f"could not delete old checkpoint {old}: {_describe(e)}", stacklevel=1)
     barrier()
     return final
 
 
+def delete_checkpoint(path: Path) -> None:
+    """Remove a checkpoint dir so that it is never seen half-deleted: first renamed to ``<name>.old-<pid>``
+    (atomic; from then on ``list_checkpoints`` / ``find_latest`` ignore it), then deleted. A process killed in
+    between leaves only the ``.old-`` dir, which ``remove_stale_tmp`` removes at the next start."""
+    trash = path.with_name(f"{path.name}.old-{os.getpid()}")
+    path.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def remove_stale_tmp(run_dir: Path) -> None:
-    """Delete leftovers of checkpoints that were being written when a process died (rank 0, at start)."""
+    """Delete what a process killed mid-write leaves behind (rank 0, at start): checkpoints being written
+    (``.tmp-``) or deleted (``.old-``), and a ``metrics.jsonl.tmp-<pid>`` from an interrupted rewrite."""
     root = checkpoints_dir(run_dir)
     if root.is_dir():
         for p in root.iterdir():
             if p.is_dir() and (".tmp-" in p.name or ".old-" in p.name):
                 shutil.rmtree(p, ignore_errors=True)
+    for p in Path(run_dir).glob("metrics.jsonl.tmp-*"):
+        p.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------- load
