@@ -64,6 +64,10 @@ class TrainerConfig:
     # logits per chunk on CPU, 512 MiB on CUDA, >= 512 tokens); 0 = materialise the full logits (reference path)
     loss_chunk_tokens: int | None = None
     activation_checkpointing: bool = False
+    # torch.profiler over steps profile_from .. profile_from + profile_steps - 1 (null = off); traces and op
+    # tables go to <run.dir>/profile/ (llama_jreg/train/profiling.py)
+    profile_from: int | None = None
+    profile_steps: int = 3
     deterministic: bool = False
     nonfinite: str = "skip"  # skip | halt
     max_nonfinite_in_a_row: int = 5
@@ -149,6 +153,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise UserError(f"trainer.{key}={getattr(t, key)} must be >= 1")
     if t.loss_chunk_tokens is not None and t.loss_chunk_tokens < 0:
         raise UserError(f"trainer.loss_chunk_tokens={t.loss_chunk_tokens} must be >= 0 (null = auto, 0 = unfused)")
+    if t.profile_from is not None and (t.profile_from < 1 or t.profile_steps < 1):
+        raise UserError(f"trainer.profile_from={t.profile_from} and trainer.profile_steps={t.profile_steps} must be "
+                        ">= 1 (profile_from=null turns profiling off)")
+    if t.profile_from is not None and t.profile_from > t.max_steps:
+        raise UserError(f"trainer.profile_from={t.profile_from} is after trainer.max_steps={t.max_steps}: nothing "
+                        "would be profiled; choose a step <= max_steps")
     if t.precision not in ("auto", "fp32", "bf16"):
         raise UserError(f"unknown trainer.precision={t.precision!r}; choose auto, fp32 or bf16")
     if t.nonfinite not in ("skip", "halt"):

@@ -271,3 +271,25 @@ def test_resuming_a_finished_run_does_nothing(straight, tmp_path):
     s = run_inprocess(tiny(tmp_path, f"trainer.max_steps={STEPS}", "resume=auto"))
     assert s["steps"] == STEPS and s["final_loss"] == s0["final_loss"] and s["val_loss"] == s0["val_loss"]
     assert len(rows(tmp_path, "train")) == STEPS and [p.name for p in ckpt.list_checkpoints(tmp_path)][-1] == "step_00000012"
+
+
+def test_profiler_records_the_chosen_steps_and_leaves_training_unchanged(tmp_path):
+    """trainer.profile_from=2 profile_steps=2: a Chrome trace with one range per profiled step (2 and 3, no
+    other) and the real ops of a step, an ops table, paths in the summary -- and the same losses as without."""
+    plain = run_inprocess(tiny(tmp_path / "plain", "trainer.max_steps=4"))
+    s = run_inprocess(tiny(tmp_path / "prof", "trainer.max_steps=4", "trainer.profile_from=2",
+                           "trainer.profile_steps=2"))
+    trace, table = (tmp_path / "prof" / "profile" / f"rank0_steps2-3.{ext}" for ext in ("json", "txt"))
+    assert s["profile"] == [str(trace), str(table)]
+    events = json.loads(trace.read_text())["traceEvents"]
+    names = {e.get("name") for e in events}
+    assert {"train_step 2", "train_step 3"} <= names and not {"train_step 1", "train_step 4"} & names
+    assert {"aten::mm", "Optimizer.step#AdamW.step", "_LinearCrossEntropy"} <= names
+    assert "aten::mm" in table.read_text() and "Self CPU" in table.read_text()
+    assert by_step(tmp_path / "prof", "loss") == by_step(tmp_path / "plain", "loss")  # profiling changes nothing
+    assert plain["final_loss"] == s["final_loss"]
+
+
+def test_a_run_ending_inside_the_profiled_window_still_writes_it(tmp_path):
+    s = run_inprocess(tiny(tmp_path, "trainer.max_steps=3", "trainer.profile_from=3", "trainer.profile_steps=5"))
+    assert [Path(p).name for p in s["profile"]] == ["rank0_steps3-3.json", "rank0_steps3-3.txt"]

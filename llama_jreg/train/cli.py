@@ -35,6 +35,7 @@ user-facing keys (KEY=VALUE):
   seed  trainer.max_steps  trainer.global_batch_size  trainer.log_every  trainer.jump_every
   trainer.eval_every  trainer.ckpt_every  trainer.keep_last  trainer.compile  trainer.precision
   trainer.loss_chunk_tokens (null=auto, 0=full logits)  model.attn_backend  model.rope_scaling (linear|llama3)
+  trainer.profile_from=STEP trainer.profile_steps=N (torch.profiler -> run.dir/profile/)
   optim.lr  optim.weight_decay  optim.fused  schedule.warmup_steps  logger.project  logger.group  logger.tags
   run.dir   resume=auto|PATH
   hydra.sweep.dir=DIR (with -m)
@@ -121,6 +122,8 @@ def _print_summary(summary: dict) -> None:
     lines.append(f"{'metrics':>18}: {summary.get('metrics_path')}")
     for p in summary.get("plots") or []:
         lines.append(f"{'plot':>18}: {p}")
+    for p in summary.get("profile") or []:
+        lines.append(f"{'profile':>18}: {p}")
     print("\n".join(lines), flush=True)
 
 

@@ -42,6 +42,7 @@ from llama_jreg.train import checkpoint as ckpt
 from llama_jreg.train.metrics import MetricsLogger, device_peak_flops, flops_per_token, memory_usage
 from llama_jreg.train.optim import Schedule, build_optimizer
 from llama_jreg.train.parallel import all_reduce_sum, barrier, broadcast_object, no_sync, parallelize, unwrap
+from llama_jreg.train.profiling import StepProfiler
 
 # fault injection for tests: comma-separated 1-indexed steps whose loss is made NaN
 INJECT_NONFINITE_ENV = "LLAMA_JREG_INJECT_NONFINITE"
@@ -143,6 +144,8 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self.last: dict = {}  # the latest logged values, for the summary
         self.metrics = MetricsLogger(self.run_dir, enabled=self.is_main)
+        self.profiler = StepProfiler(self.run_dir, self.rank, self.device, cfg.trainer.profile_from,
+                                     cfg.trainer.profile_steps)
         if self.is_main:
             ckpt.remove_stale_tmp(self.run_dir)
         self.wandb_run_id = None
@@ -197,13 +200,14 @@ class Trainer:
         first_step = self.step
         try:
             while self.step < t.max_steps:
-                step_start = time.perf_counter()
-                batches = self._next_batches()
-                wait = time.perf_counter() - step_start
-                if batches is None:
-                    warnings.warn(f"training data exhausted after {self.step} steps", stacklevel=1)
-                    break
-                out = self.train_step(batches)
+                with self.profiler.step(self.step + 1):
+                    step_start = time.perf_counter()
+                    batches = self._next_batches()
+                    wait = time.perf_counter() - step_start
+                    if batches is None:
+                        warnings.warn(f"training data exhausted after {self.step} steps", stacklevel=1)
+                        break
+                    out = self.train_step(batches)
                 window_tokens += self.tokens_per_step
                 self.last.update(final_loss=out["loss"], final_lm_loss=out["lm_loss"])
                 window_wait += wait
@@ -245,6 +249,7 @@ class Trainer:
             if progress is not None:
                 progress.close()
             self._restore_signal_handlers()
+            self.profiler.stop()  # a run that ends (or fails) inside the profiled window still writes it
         if stopped_by and self.is_main:
             print(f"stopped by {stopped_by} at step {self.step}; checkpoint saved, resume with resume=auto", flush=True)
         return self.summary(stop_reason=stopped_by)
@@ -483,6 +488,7 @@ class Trainer:
             "metrics_path": str(self.metrics.path),
             "last_checkpoint": self.last.get("last_checkpoint"),
             "plots": plots,
+            "profile": [str(p) for p in self.profiler.written] if self.is_main else [],
         }
 
     def close(self) -> None:
