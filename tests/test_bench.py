@@ -65,6 +65,15 @@ def test_bench_gpu_script_runs_on_cpu_as_a_smoke_test(tmp_path):
     assert all(r["tokens_per_s"] > 0 and r["flops_per_token"] > 0 for r in rows)
 
 
+def test_bench_gpu_compiled_rows_on_cpu():
+    """compile on: the probe re-runs the compiled blocks at a new micro-batch, the timing toggles JREG's
+    statistics (a second graph), and the transformers model is compiled whole -- all of it runs."""
+    out = _run(["scripts/bench_gpu.py", "--device", "cpu", "--sizes", "tiny", "--seq", "16", "--max-batch", "2",
+                "--steps", "2", "--rounds", "2", "--warmup", "1", "--compile", "on", "--attn", "sdpa"])
+    assert re.search(r"^\| tiny \| ours \| sdpa \| on \| 2 \| [\d,]+ \| .* [+-][\d.]+% \|  \|$", out, re.M), out
+    assert re.search(r"^\| tiny \| transformers \| sdpa \| on \| 2 \| [\d,]+ \| ", out, re.M), out
+
+
 def test_bench_gpu_time_limit_skips_the_rows_left():
     out = _run(["scripts/bench_gpu.py", "--device", "cpu", "--sizes", "tiny", "--seq", "16", "--micro-batch", "1",
                 "--steps", "1", "--rounds", "1", "--warmup", "1", "--compile", "off", "--attn", "sdpa",
