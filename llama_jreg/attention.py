@@ -90,3 +90,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 
             raise UserError("attn_backend=flash needs CUDA tensors in bf16/fp16; use attn_backend=sdpa here")
         return _flash(q, k, v)
     raise UserError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def attention_over_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention of ``T`` new queries -- the last ``T`` of ``S >= T`` positions -- over ``S`` keys and
+    values (a KV cache followed by the new ones): query ``i`` sees keys ``0 .. S - T + i``. For decoding
+    (``llama_jreg.generate``); PyTorch SDPA."""
+    T, S = q.shape[2], k.shape[2]
+    if T == S:
+        return _sdpa(q, k, v)
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep > 1:
+        k = k.repeat_interleave(n_rep, dim=1)
+        v = v.repeat_interleave(n_rep, dim=1)
+    mask = None if T == 1 else torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("llama_jreg.analysis.plots", "zeta_L over training and Psi curves from a run dir"),
     "eval": ("llama_jreg.analysis.logit_lens", "validation loss, logit lens, early exit, induction accuracy"),
     "ffn-concepts": ("llama_jreg.analysis.ffn_concepts", "top FFN sub-updates and the tokens they promote"),
+    "generate": ("llama_jreg.generate", "sample text from a checkpoint, run dir, HF dir or GGUF (KV cache)"),
     "export-hf": ("llama_jreg.interop.export", "export a checkpoint as an HF Llama directory"),
     "lm-eval": ("llama_jreg.interop.lm_eval", "evaluate a checkpoint with lm-eval-harness tasks"),
 }

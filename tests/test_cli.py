@@ -36,7 +36,8 @@ def rows(run_dir: Path, kind: str) -> list[dict]:
 
 def test_help_lists_commands_and_keys(tmp_path):
     out = cli("--help", cwd=tmp_path).stdout
-    for name in ("train", "prepare-data", "sweep-report", "jump", "plot", "eval", "ffn-concepts", "export-hf"):
+    for name in ("train", "prepare-data", "sweep-report", "jump", "plot", "eval", "ffn-concepts", "export-hf",
+                 "generate", "lm-eval"):
         assert name in out
     out = cli("train", "--help", cwd=tmp_path).stdout
     for key in ("jreg.weight", "trainer.max_steps", "resume=auto|PATH", "hydra.sweep.dir", "data.files"):

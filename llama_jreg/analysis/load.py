@@ -61,6 +61,13 @@ class TextTokenizer:
             return self.sp.EncodeAsIds(text)
         return self.hf(text, add_special_tokens=False)["input_ids"]
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a prompt as the model saw text in training: ours (SentencePiece) preceded by EOS, the
+        separator between documents in the training stream; HF tokenizers with their own special tokens."""
+        if self.sp is not None:
+            return ([self.eos_id] if self.eos_id is not None else []) + self.encode(text)
+        return self.hf(text)["input_ids"]
+
     def decode(self, ids) -> str:
         ids = [int(i) for i in ids]
         if self.sp is not None:
