@@ -12,7 +12,9 @@
   torch's ``F.rms_norm``;
 * ``mlp``: forward + backward of the SwiGLU MLP: gate/up as one matmul over concatenated weights vs two
   matmuls (``llama_jreg.model.SwiGLU``);
-* ``bigram``: building the ``data=induction`` random bigram at vocab 8,192.
+* ``bigram``: building the ``data=induction`` random bigram at vocab 8,192;
+* ``generate``: greedy decoding of ``--gen-tokens`` tokens after a 16-token prompt with ``tiny`` (batch 1):
+  ``llama_jreg.generate`` (KV cache) vs re-running the full forward for every new token.
 
 Every variant of a group runs in the same rounds, in alternating order; the table gives the median and the
 minimum over rounds of the mean time of ``--iters`` calls. Wall-clock numbers: quote them from a quiet machine.
@@ -119,8 +121,31 @@ def bench_bigram(args) -> None:
     print(f"\n| data=induction bigram, vocab 8192 | {time.perf_counter() - t:.1f} s |\n|---|---:|")
 
 
+def bench_generate(args) -> None:
+    from llama_jreg.generate import generate
+
+    torch.manual_seed(0)
+    model = Llama(config_for_size("tiny")).eval()
+    prompt = torch.randint(0, model.cfg.vocab_size, (1, 16))
+    n = args.gen_tokens
+
+    @torch.no_grad()
+    def full_forward():
+        seq = prompt
+        for _ in range(n):
+            seq = torch.cat([seq, model(seq).logits[:, -1].argmax(-1, keepdim=True)], 1)
+        return seq
+
+    assert torch.equal(generate(model, prompt, n, temperature=0), full_forward())  # the same tokens
+    res = interleaved({"KV cache (llama_jreg.generate)": lambda: generate(model, prompt, n, temperature=0),
+                       "full forward per token": full_forward}, args.rounds, 1)
+    report(f"greedy generation of {n} tokens, tiny, batch 1 (ms per call)", res)
+    for name, v in res.items():
+        print(f"# {name}: {n / statistics.median(v) * 1e3:,.0f} tokens/s")
+
+
 BENCHES = {"loss": bench_loss, "adamw": bench_adamw, "rmsnorm": bench_rmsnorm, "mlp": bench_mlp,
-           "bigram": bench_bigram}
+           "bigram": bench_bigram, "generate": bench_generate}
 
 
 def main() -> None:
@@ -131,6 +156,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--iters", type=int, default=8, help="calls per round (loss: a quarter of it)")
+    ap.add_argument("--gen-tokens", type=int, default=256, help="generate: new tokens per call")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
