@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 
 demo: setup
 	WANDB_MODE=offline $(VENV)/bin/llama-jreg train trainer=demo logger=wandb run.dir=runs/demo resume=auto
+	$(VENV)/bin/llama-jreg generate runs/demo --prompt 'ROMEO:' --max-new-tokens 60 --seed 0
 
 test: setup
 	$(TEST_ENV) $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
