@@ -134,3 +134,11 @@ def test_smollm2_greedy_generation_matches_transformers():
     ours, _ = load_hf_llama(path)
     got = generate(ours, ids, 24, temperature=0)
     assert torch.equal(got, ref), (tok.decode(got[0]), tok.decode(ref[0]))
+
+
+def test_generate_refuses_a_checkpoint_without_tokenizer(tmp_path, capsys):
+    run = tmp_path / "run"
+    make_checkpoint(run, 5, tokenizer=False)  # e.g. a data=induction run: token ids only
+    assert cli(["generate", str(run), "--prompt", "a"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(err) == 1 and "has no tokenizer" in err[0], err

@@ -243,7 +243,7 @@ def read_text(path: str | Path) -> str:
 def need_tokenizer(tok: TextTokenizer | None, info: dict) -> TextTokenizer:
     if tok is None:
         raise UserError(
-            f"{info['path']} has no tokenizer (no tokenizer.model / tokenizer.json), so --text cannot be "
-            "tokenised; for synthetic-data checkpoints use data overrides instead"
+            f"{info['path']} has no tokenizer (no tokenizer.model / tokenizer.json), so text cannot be "
+            "tokenised for it; for synthetic-data checkpoints use data overrides instead"
         )
     return tok
