@@ -73,6 +73,9 @@ class TrainerConfig:
     max_nonfinite_in_a_row: int = 5
     progress: bool = True
     device: str = "auto"  # auto | cpu | cuda
+    # on CPU with glibc: keep freed memory in the heap so the step's large temporaries do not page-fault
+    # every step (process-wide mallopt settings; llama_jreg/train/allocator.py)
+    malloc_tuning: bool = True
     plots: bool = True  # write <run.dir>/plots/ at the end of the run (llama_jreg.analysis.plots)
 
 

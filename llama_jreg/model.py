@@ -150,10 +150,11 @@ class _TokenCosine(torch.autograd.Function):
         s = (g / (na * nb)).unsqueeze(-1)
         gc = g * cos
         ga = gb = None
+        # each gradient: one allocation, written by the multiply and updated in place by the addcmul
         if ctx.needs_input_grad[0]:
-            ga = torch.addcmul(bf * s, af, (gc / (na * na)).unsqueeze(-1), value=-1.0).to(a.dtype)
+            ga = torch.mul(bf, s).addcmul_(af, (gc / (na * na)).unsqueeze(-1), value=-1.0).to(a.dtype)
         if ctx.needs_input_grad[1]:
-            gb = torch.addcmul(af * s, bf, (gc / (nb * nb)).unsqueeze(-1), value=-1.0).to(b.dtype)
+            gb = torch.mul(af, s).addcmul_(bf, (gc / (nb * nb)).unsqueeze(-1), value=-1.0).to(b.dtype)
         return ga, gb, None
 
 

@@ -14,6 +14,12 @@ tied head / seq / batch), ``attn_implementation="sdpa"``, ``F.cross_entropy`` su
 the materialised logits, ``torch.optim.AdamW`` with torch's default implementation for CPU tensors
 (``--hf-optimizer foreach|fused`` to give it ours), on the same batches (``data=induction``, no download).
 
+Allocator: our trainer tunes glibc's malloc on CPU (``trainer.malloc_tuning``, on by default): freed memory
+stays in the heap, so the step's large temporaries stop page-faulting. That setting is process-wide, so the
+transformers loop in the same process runs with it too (the speed-up column compares the step code alone);
+``--set trainer.malloc_tuning=false`` runs everything with glibc's defaults. Minor page faults and system CPU
+seconds per step are printed for every variant.
+
 Noise control: every variant gets ``--warmup`` untimed steps, then ``--rounds`` rounds; in each round every
 variant (in a rotated order) runs ``--steps`` timed steps. We report the median step time, the spread
 (min..max and the inter-quartile range), tokens/s at the median, and the speed-up vs transformers both as a
@@ -34,8 +40,11 @@ separated).
 from __future__ import annotations
 
 import argparse
+import functools
+import multiprocessing as mp
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -156,6 +165,42 @@ class HF:
         pass
 
 
+def measured(step, batches) -> tuple[float, float, int, float]:
+    """(wall s, process CPU s, minor page faults, system CPU s) of one ``step(batches)`` in this process."""
+    t, c, ru0 = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
+    step(batches)
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    return wall, cpu, ru1.ru_minflt - ru0.ru_minflt, ru1.ru_stime - ru0.ru_stime
+
+
+def _serve(conn, factory, pool, threads: int) -> None:
+    torch.set_num_threads(threads)
+    variant = factory()
+    while (i := conn.recv()) is not None:
+        conn.send(measured(variant.step, pool[i]))
+
+
+class Isolated:
+    """A variant in its own (spawned) process, with glibc's default allocator settings -- how a plain training
+    script runs. Steps are requested over a pipe and timed inside the child, so the rounds still interleave."""
+
+    def __init__(self, name: str, factory, pool: list, threads: int, tokens_per_step: int):
+        ctx = mp.get_context("spawn")
+        self.name, self.tokens_per_step = name, tokens_per_step
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, factory, pool, threads), daemon=True)
+        self.proc.start()
+
+    def measured_step(self, i: int) -> tuple[float, float, int, float]:
+        self.conn.send(i)
+        return self.conn.recv()
+
+    def close(self):
+        self.conn.send(None)
+        self.proc.join(timeout=60)
+
+
 def saved_tensor_bytes(variant, batches) -> int:
     """Bytes of distinct storages autograd saves during one forward + loss (params/buffers excluded)."""
     exclude = {p.untyped_storage().data_ptr() for p in variant.parameters()}
@@ -256,6 +301,13 @@ def q(xs: list[float], p: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
+HF_NAME = "transformers LlamaForCausalLM"
+
+
+def run_step(v, pool: list, i: int) -> tuple[float, float, int, float]:
+    return v.measured_step(i) if isinstance(v, Isolated) else measured(v.step, pool[i])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny")
@@ -272,6 +324,9 @@ def main() -> None:
                     help="extra config overrides for every variant (model.* reach the transformers model too), "
                          "e.g. --set model.vocab_size=32000")
     ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--same-process", action="store_true",
+                    help="time the transformers loop only in this process (with our malloc tuning, if on), not "
+                         "also in a process of its own")
     ap.add_argument("--hf-optimizer", choices=["foreach", "fused"], default=None,
                     help="AdamW implementation of the transformers loop (default: torch's default for CPU tensors)")
     ap.add_argument("--no-memory", action="store_true")
@@ -297,62 +352,89 @@ def main() -> None:
         variants += [Ours("ours+compile jreg=0.1", args, ["jreg=jump", "jreg.weight=0.1", "trainer.compile=true"]),
                      Ours("ours+compile jreg=0", args, ["jreg=off", "trainer.compile=true"])]
     cfg = variants[0].cfg
-    if not args.no_hf:
-        variants.insert(0, HF("transformers LlamaForCausalLM", cfg, args.hf_optimizer))
     m = cfg.model
     print(f"# model {m.name}: dim {m.dim}, layers {m.n_layers}, heads {m.n_heads}/{m.n_kv_heads} kv, ffn {m.ffn_dim}, "
           f"vocab {m.vocab_size}, tied {m.tie_embeddings}; batch {args.batch} x seq {args.seq} = "
           f"{args.batch * args.seq} tokens/step; fp32; attn {args.attn}; setup {time.perf_counter() - t0:.1f}s")
 
+    tuned = any(v.trainer.malloc_tuned for v in variants if isinstance(v, Ours))
     data_src = next(v for v in variants if isinstance(v, Ours))
     pool = data_src.batches(4)
+    hf_here = None  # the transformers loop in this process: profiled and measured for memory
+    if not args.no_hf:
+        # the reference: a plain transformers script in its own process (glibc's allocator defaults)
+        hf_name = HF_NAME if not args.same_process else f"{HF_NAME} (this process)"
+        hf_here = HF(hf_name if args.same_process or not tuned else f"{HF_NAME}, our malloc tuning", cfg,
+                     args.hf_optimizer)
+        if not args.same_process:
+            variants.insert(0, Isolated(HF_NAME, functools.partial(HF, HF_NAME, cfg, args.hf_optimizer), pool,
+                                        args.threads, data_src.tokens_per_step))
+        if args.same_process or tuned:  # with malloc tuning off the in-process loop would time the same thing
+            variants.insert(1 if not args.same_process else 0, hf_here)
+    ref = variants[0].name if not args.no_hf else None
+    print(f"# glibc malloc tuning (trainer.malloc_tuning, llama_jreg/train/allocator.py): {'on' if tuned else 'off'}"
+          + (" -- process-wide: a transformers loop in this process runs with it too" if tuned else "")
+          + ("; the reference transformers loop runs in its own process" if not args.same_process else ""))
 
     for v in variants:
         t = time.perf_counter()
         n = args.warmup + (2 if "compile" in v.name else 0)
         for i in range(n):
-            v.step(pool[i % len(pool)])
+            run_step(v, pool, i % len(pool))
         print(f"# warm-up {v.name}: {n} steps in {time.perf_counter() - t:.1f}s", flush=True)
 
     times: dict[str, list[float]] = {v.name: [] for v in variants}
     per_round: dict[str, list[float]] = {v.name: [] for v in variants}
     cpu: dict[str, list[float]] = {v.name: [] for v in variants}  # process CPU seconds per step
+    faults: dict[str, list[int]] = {v.name: [] for v in variants}  # minor page faults per step
+    sys_s: dict[str, list[float]] = {v.name: [] for v in variants}  # system (kernel) CPU seconds per step
     k = 0
     for r in range(args.rounds):
         order = variants[r % len(variants):] + variants[: r % len(variants)]
         for v in order:
             ts = []
             for _ in range(args.steps):
-                b = pool[k % len(pool)]
+                wall, c, f, sy = run_step(v, pool, k % len(pool))
                 k += 1
-                t, c = time.perf_counter(), time.process_time()
-                v.step(b)
-                ts.append(time.perf_counter() - t)
-                cpu[v.name].append(time.process_time() - c)
+                ts.append(wall)
+                cpu[v.name].append(c)
+                faults[v.name].append(f)
+                sys_s[v.name].append(sy)
             times[v.name] += ts
             per_round[v.name].append(statistics.median(ts))
         print(f"# round {r + 1}/{args.rounds}: " + ", ".join(f"{n}={per_round[n][-1]:.3f}s" for n in per_round),
               flush=True)
 
     tok = variants[0].tokens_per_step
-    ref = "transformers LlamaForCausalLM" if not args.no_hf else None
     print()
     print("| variant | median step (s) | IQR (s) | min..max (s) | tokens/s (median) | tokens/s (best) | "
           "CPU-s/step (median) | vs transformers: ratio of medians | paired per-round | ratio of bests |")
     print("|---|---|---|---|---|---|---|---|---|---|")
+    def speedups(base: str, name: str) -> str:
+        """ratio of medians | median of per-round paired ratios | ratio of bests, of ``base`` over ``name``"""
+        sp = statistics.median(times[base]) / statistics.median(times[name])
+        paired = statistics.median(a / b for a, b in zip(per_round[base], per_round[name]))
+        return f"{sp:.2f}x | {paired:.2f}x | {min(times[base]) / min(times[name]):.2f}x"
+
     for v in variants:
         ts = times[v.name]
         med = statistics.median(ts)
-        if ref and v.name != ref:
-            sp = statistics.median(times[ref]) / med
-            paired = statistics.median(a / b for a, b in zip(per_round[ref], per_round[v.name]))
-            best = min(times[ref]) / min(ts)
-            sp_s, paired_s, best_s = f"{sp:.2f}x", f"{paired:.2f}x", f"{best:.2f}x"
-        else:
-            sp_s = paired_s = best_s = "-"
         print(f"| {v.name} | {med:.3f} | {q(ts, .25):.3f}..{q(ts, .75):.3f} | {min(ts):.3f}..{max(ts):.3f} | "
-              f"{tok / med:,.0f} | {tok / min(ts):,.0f} | {statistics.median(cpu[v.name]):.2f} | {sp_s} | "
-              f"{paired_s} | {best_s} |")
+              f"{tok / med:,.0f} | {tok / min(ts):,.0f} | {statistics.median(cpu[v.name]):.2f} | "
+              f"{speedups(ref, v.name) if ref and v.name != ref else '- | - | -'} |")
+    if hf_here is not None and hf_here.name in times and hf_here.name != ref:
+        print(f"\n| vs {hf_here.name} (same allocator settings: the step code alone) | ratio of medians | "
+              "paired per-round | ratio of bests |")
+        print("|---|---|---|---|")
+        for v in variants:
+            if isinstance(v, Ours):
+                print(f"| {v.name} | {speedups(hf_here.name, v.name)} |")
+
+    print()
+    print("| variant | minor page faults per step (median) | system CPU-s per step (median) |")
+    print("|---|---|---|")
+    for v in variants:
+        print(f"| {v.name} | {statistics.median(faults[v.name]):,.0f} | {statistics.median(sys_s[v.name]):.3f} |")
 
     print()
     print("| JREG overhead (jreg=0.1 jump vs jreg=0) | ratio of medians | median paired per-round ratio | "
@@ -386,7 +468,7 @@ def main() -> None:
         print(f"| {v.name} | {step_flops / med / 1e9:.1f} | {100 * floor / med:.0f}% | {med / floor:.2f}x |")
 
     if not args.no_profile:
-        prof_vs = [v for v in variants if not isinstance(v, Ours) or v.cfg.jreg.enabled]
+        prof_vs = ([hf_here] if hf_here else []) + [v for v in variants if isinstance(v, Ours) and v.cfg.jreg.enabled]
         profs = [op_profile(v, pool, args.profile_steps) for v in prof_vs]
         print()
         print(f"| where the time goes, ms per step ({args.profile_steps} profiled steps) | "
@@ -408,7 +490,7 @@ def main() -> None:
         print()
         print("| variant (eager) | autograd saved tensors per forward (MiB) |")
         print("|---|---|")
-        for v in variants:
+        for v in ([hf_here] if hf_here else []) + [v for v in variants if isinstance(v, Ours)]:
             if "compile" in v.name:
                 continue
             print(f"| {v.name} | {saved_tensor_bytes(v, pool[0]) / 2**20:.2f} |")
@@ -417,7 +499,7 @@ def main() -> None:
             a, b = (saved_tensor_bytes(v, pool[0]) for v in variants if v.name in names)
             print(f"\nJREG activation-memory overhead: {(a - b) / 2**20:+.3f} MiB ({100 * (a - b) / b:+.2f}%)")
     print(f"\n# load average at end (1/5/15 min): {os.getloadavg()}; total {time.perf_counter() - t0:.0f}s")
-    for v in variants:
+    for v in {id(v): v for v in [*variants, hf_here] if v is not None}.values():
         v.close()
 
 

@@ -43,6 +43,14 @@ def test_bench_cpu_prints_every_table():
     for kind in ("matmuls", "attention", "zero fills", "AdamW step", "everything else", "profiled step"):
         assert re.search(rf"^\| {kind}[^|]* \| \d+ \| \d+ \|$", out, re.M), out
     assert re.search(r"^\| log-softmax / NLL[^|]* \| \d+ \| 0 \|$", out, re.M), out
+    # page faults and system time per step, for every variant; our trainer tuned glibc's malloc (process-wide)
+    for name in ("transformers LlamaForCausalLM", "ours jreg=0"):
+        assert re.search(rf"^\| {re.escape(name)} \| [\d,]+ \| [\d.]+ \|$", out, re.M), out
+    assert re.search(r"^# glibc malloc tuning .*: (on -- process-wide|off)", out, re.M), out
+    if "malloc tuning (trainer.malloc_tuning, llama_jreg/train/allocator.py): on" in out:
+        # the reference loop ran in its own process; the one in this process (our allocator settings) too
+        assert re.search(r"^\| transformers LlamaForCausalLM, our malloc tuning \| [\d.]+ \|", out, re.M), out
+        assert re.search(r"^\| ours jreg=0 \| [\d.]+x \| [\d.]+x \| [\d.]+x \|$", out, re.M), out
     mem = re.search(r"JREG activation-memory overhead: \+([\d.]+) MiB", out)
     # 3 (B, T) fp32 vectors per layer: 3 * 6 * 1 * 32 * 4 bytes
     assert mem and float(mem.group(1)) == pytest.approx(3 * 6 * 32 * 4 / 2**20, abs=1e-3), out

@@ -36,6 +36,7 @@ user-facing keys (KEY=VALUE):
   trainer.eval_every  trainer.ckpt_every  trainer.keep_last  trainer.compile  trainer.precision
   trainer.loss_chunk_tokens (null=auto, 0=full logits)  model.attn_backend  model.rope_scaling (linear|llama3)
   trainer.profile_from=STEP trainer.profile_steps=N (torch.profiler -> run.dir/profile/)
+  trainer.malloc_tuning (CPU: keep freed memory in the heap, default true)
   optim.lr  optim.weight_decay  optim.fused  schedule.warmup_steps  logger.project  logger.group  logger.tags
   run.dir   resume=auto|PATH
   hydra.sweep.dir=DIR (with -m)

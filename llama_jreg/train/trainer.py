@@ -39,6 +39,7 @@ from llama_jreg.config import TrainConfig, check_run_dir, to_yaml
 from llama_jreg.loss import IGNORE_INDEX
 from llama_jreg.model import Llama
 from llama_jreg.train import checkpoint as ckpt
+from llama_jreg.train.allocator import tune_cpu_allocator
 from llama_jreg.train.metrics import MetricsLogger, device_peak_flops, flops_per_token, memory_usage
 from llama_jreg.train.optim import Schedule, build_optimizer
 from llama_jreg.train.parallel import all_reduce_sum, barrier, broadcast_object, no_sync, parallelize, unwrap
@@ -88,6 +89,7 @@ class Trainer:
         self.is_main = self.accelerator.is_main_process
         self.device = self.accelerator.device if device_kind == "cuda" else torch.device("cpu")
         self.precision = t.precision if t.precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
+        self.malloc_tuned = self.device.type == "cpu" and t.malloc_tuning and tune_cpu_allocator()
 
         # -- seeds (the same on every rank: identical model init, FSDP2 shards a common tensor) -------------
         set_seed(cfg.seed)
