@@ -1,11 +1,18 @@
 """The Llama decoder: embeddings, pre-norm blocks (RMSNorm -> GQA attention with RoPE -> RMSNorm -> SwiGLU),
 final RMSNorm, LM head. No distributed code lives here (see ``llama_jreg/train/parallel.py``).
 
-Per-layer statistics for the jump metric and JREG are computed *inside* each block (no hooks), so they work
-under ``torch.compile`` and activation checkpointing: when asked, each block returns the token-wise cosine
-between its input and output residual stream, in fp32. The cosine is an autograd Function that saves only
-references to tensors the graph keeps anyway (block input and output) plus two (B, T) norms, so it adds no
-full-size activation to memory.
+Per-layer statistics for the jump metric and JREG (token-wise cos(h_{l-1}, h_l), fp32) need no hooks, so they
+work under ``torch.compile`` and activation checkpointing. Two equivalent ways, picked by
+``Llama.stats_in_blocks`` (set by ``llama_jreg/train/parallel.py``):
+
+* eager (default): one autograd node over all residual streams h_0..h_L (``stream_cosines``): each stream's
+  norm is computed once, and backward writes one combined gradient per stream (instead of one per cosine it
+  takes part in, which autograd would then add) -- about a third fewer full-size passes;
+* compiled blocks: each block returns the cosine between its input and output (``token_cosine``), so inductor
+  fuses it into the block's own kernels.
+
+Both save only references to tensors the graph keeps anyway (the residual streams) plus (B, T) vectors, so they
+add no full-size activation to memory.
 
 Initialisation (``Llama.reset_parameters``): every Linear and the embedding ~ N(0, init_std); the two residual
 output projections (attention ``wo`` and MLP ``w2``) ~ N(0, init_std / sqrt(2 * n_layers)) (GPT-2 / OLMo
@@ -163,6 +170,60 @@ def token_cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.T
     return _TokenCosine.apply(a, b, eps)
 
 
+def _stream_norms_and_cosines(hs: tuple[torch.Tensor, ...], eps: float):
+    acc = torch.promote_types(hs[0].dtype, torch.float32)
+    hf = [h.to(acc) for h in hs]
+    n = torch.stack([torch.linalg.vector_norm(h, dim=-1) for h in hf]).clamp_min(eps)  # (L+1, ...)
+    dots = torch.stack([torch.linalg.vecdot(a, b) for a, b in zip(hf[:-1], hf[1:])])  # (L, ...)
+    return n, dots / (n[:-1] * n[1:])
+
+
+class _StreamCosines(torch.autograd.Function):
+    """cos(h_{l-1}, h_l) for l = 1..L over the residual streams h_0..h_L, as one node: (L, ...) fp32.
+
+    Backward, with s_l = g_l / (|h_{l-1}| |h_l|) and c_l = g_l cos_l: stream k takes part in cosine k (as b) and
+    cosine k+1 (as a), so its gradient is  s_k h_{k-1} + s_{k+1} h_{k+1} - (c_k + c_{k+1}) / |h_k|^2 h_k  (terms
+    with l outside 1..L dropped): one tensor written per stream by one multiply and two in-place multiply-adds."""
+
+    @staticmethod
+    def forward(ctx, eps: float, *hs: torch.Tensor) -> torch.Tensor:
+        n, cos = _stream_norms_and_cosines(hs, eps)
+        ctx.save_for_backward(n, cos, *hs)
+        return cos
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        n, cos, *hs = ctx.saved_tensors
+        g = g.to(cos.dtype)
+        s = (g / (n[:-1] * n[1:])).unsqueeze(-1)
+        gc = g * cos
+        self_coef = torch.zeros_like(n)
+        self_coef[1:] += gc
+        self_coef[:-1] += gc
+        self_coef = (-self_coef / (n * n)).unsqueeze(-1)
+        grads = []
+        for k, h in enumerate(hs):
+            if not ctx.needs_input_grad[k + 1]:
+                grads.append(None)
+                continue
+            hf = h.to(cos.dtype)
+            gk = torch.mul(hf, self_coef[k])
+            if k > 0:
+                gk.addcmul_(hs[k - 1].to(cos.dtype), s[k - 1])
+            if k < len(hs) - 1:
+                gk.addcmul_(hs[k + 1].to(cos.dtype), s[k])
+            grads.append(gk.to(h.dtype))
+        return (None, *grads)
+
+
+def stream_cosines(hs: list[torch.Tensor], eps: float = 1e-8) -> torch.Tensor:
+    """(L, ...) fp32 token-wise cos(h_{l-1}, h_l) of consecutive residual streams ``hs`` = [h_0, ..., h_L];
+    differentiable (one autograd node) when grad mode is on and a stream requires grad."""
+    if torch.is_grad_enabled() and any(h.requires_grad for h in hs):
+        return _StreamCosines.apply(eps, *hs)
+    return _stream_norms_and_cosines(tuple(hs), eps)[1]
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -309,6 +370,9 @@ class Llama(nn.Module):
         # activation checkpointing is applied by llama_jreg.train.parallel; the flag lives here so the
         # forward stays one readable loop.
         self.checkpoint_blocks = False
+        # per-layer cosines inside each block (set with per-block torch.compile: fused into the block's
+        # kernels) or over all residual streams at once (eager: fewer passes); see the module docstring
+        self.stats_in_blocks = False
         self.reset_parameters()
 
     @torch.no_grad()
@@ -350,20 +414,24 @@ class Llama(nn.Module):
                 "use a shorter data.seq_len or a larger model.max_seq_len"
             )
         mode = 0 if not stats else (2 if stats == "grad" else 1)
+        # cosines with gradient over all residual streams at once (eager), unless the blocks compute them
+        over_streams = mode == 2 and not self.stats_in_blocks
+        block_mode = 0 if over_streams else mode
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         h = self.tok_embeddings(tokens)
-        hidden = [h] if return_hidden else None
+        streams = [h] if return_hidden or over_streams else None
         layer_cos = []
         for layer in self.layers:
             prev = h
             if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
-                h, c = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, mode, use_reentrant=False)
+                h, c = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, block_mode, use_reentrant=False)
             else:
-                h, c = layer(h, cos, sin, mode)
+                h, c = layer(h, cos, sin, block_mode)
             if c is not None:
                 layer_cos.append(c)
-            if return_hidden:
-                hidden.append(h)
+            if streams is not None:
+                streams.append(h)
+        hidden = streams if return_hidden else None
         h_final = self.norm(h)
         if labels is None:
             logits, loss = self.output(h_final), None
@@ -371,6 +439,7 @@ class Llama(nn.Module):
             logits, loss = None, linear_cross_entropy(h_final, self.output.weight, labels, loss_chunk_tokens)
         if mode == 0:
             return ModelOutput(logits, hidden=hidden, loss=loss)
+        layer_cos = stream_cosines(streams) if over_streams else torch.stack(layer_cos)
         with torch.no_grad():  # post-final-norm variant of the last layer: for logging only
             post = token_cosine(prev.detach(), h_final.detach())
-        return ModelOutput(logits, torch.stack(layer_cos), post, hidden, loss)
+        return ModelOutput(logits, layer_cos, post, hidden, loss)

@@ -112,6 +112,26 @@ class Ours:
         self.tmp.cleanup()
 
 
+class JregToggled:
+    """``other``'s trainer with JREG switched off for the steps of this variant: the same model, optimizer state
+    and memory placement as ``other``, so the A/B of the two measures the JREG term alone. (Two trainers built
+    separately differ by themselves: two identical jreg=0 trainers timed 0.75 % apart, paired, on the Intel VM.)"""
+
+    def __init__(self, name: str, other: Ours):
+        self.name, self.other, self.tokens_per_step = name, other, other.tokens_per_step
+
+    def step(self, batches: list[dict]) -> float:
+        jcfg = self.other.trainer.cfg.jreg
+        weight, jcfg.weight = jcfg.weight, 0.0
+        try:
+            return self.other.trainer.train_step(batches)["loss"]
+        finally:
+            jcfg.weight = weight
+
+    def close(self):
+        pass
+
+
 class HF:
     """A plain transformers training loop with the same shapes, loss and optimizer settings."""
 
@@ -220,7 +240,7 @@ def saved_tensor_bytes(variant, batches) -> int:
     return total
 
 
-JREG_EVENTS = ("_TokenCosine", "_TokenCosineBackward", "jreg_term")
+JREG_EVENTS = ("_TokenCosine", "_TokenCosineBackward", "_StreamCosines", "_StreamCosinesBackward", "jreg_term")
 
 
 def jreg_cpu_share(variant: Ours, pool, steps: int) -> tuple[float, float]:
@@ -330,6 +350,9 @@ def main() -> None:
     ap.add_argument("--hf-optimizer", choices=["foreach", "fused"], default=None,
                     help="AdamW implementation of the transformers loop (default: torch's default for CPU tensors)")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--jreg-toggle", action="store_true",
+                    help="also time each JREG trainer with JREG switched off (same model and memory): the JREG A/B "
+                         "without the difference between two separately built trainers")
     ap.add_argument("--no-profile", action="store_true", help="skip the profiled JREG share")
     ap.add_argument("--profile-steps", type=int, default=3)
     args = ap.parse_args()
@@ -351,6 +374,9 @@ def main() -> None:
     if args.compile or args.compile_only:
         variants += [Ours("ours+compile jreg=0.1", args, ["jreg=jump", "jreg.weight=0.1", "trainer.compile=true"]),
                      Ours("ours+compile jreg=0", args, ["jreg=off", "trainer.compile=true"])]
+    if args.jreg_toggle:  # the JREG A/B on one trainer: its jreg=0.1 steps vs its steps with JREG switched off
+        variants += [JregToggled(f"{v.name.replace(' (jump)', '')}, JREG switched off", v) for v in list(variants)
+                     if v.cfg.jreg.enabled]
     cfg = variants[0].cfg
     m = cfg.model
     print(f"# model {m.name}: dim {m.dim}, layers {m.n_layers}, heads {m.n_heads}/{m.n_kv_heads} kv, ffn {m.ffn_dim}, "
@@ -449,6 +475,15 @@ def main() -> None:
             r4 = statistics.median(cpu[on]) / statistics.median(cpu[off])
             print(f"| {prefix} step time | {100 * (r1 - 1):+.1f}% | {100 * (r2 - 1):+.1f}% | {100 * (r3 - 1):+.1f}% | "
                   f"{100 * (r4 - 1):+.1f}% |")
+    for v in variants:
+        if isinstance(v, JregToggled):
+            on, off = v.other.name, v.name
+            r1 = statistics.median(times[on]) / statistics.median(times[off])
+            r2 = statistics.median(a / b for a, b in zip(per_round[on], per_round[off]))
+            r3 = min(times[on]) / min(times[off])
+            r4 = statistics.median(cpu[on]) / statistics.median(cpu[off])
+            print(f"| {on} vs the same trainer with JREG switched off | {100 * (r1 - 1):+.1f}% | "
+                  f"{100 * (r2 - 1):+.1f}% | {100 * (r3 - 1):+.1f}% | {100 * (r4 - 1):+.1f}% |")
 
     # achieved model FLOP/s against this machine's own matmul rate: how far each step is from the floor
     from llama_jreg.train.metrics import flops_per_token

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from llama_jreg import UserError
 from llama_jreg.attention import HAS_FLASH_ATTN, attention
 from llama_jreg.config import CONFIG_DIR
-from llama_jreg.model import SIZES, Llama, ModelConfig, RMSNorm, config_for_size, token_cosine
+from llama_jreg.model import SIZES, Llama, ModelConfig, RMSNorm, config_for_size, stream_cosines, token_cosine
 
 
 def tiny(**kw) -> ModelConfig:
@@ -103,6 +103,36 @@ def test_token_cosine_gradient():
     a = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: token_cosine(a, b, 1e-12), (a, b))
+
+
+def test_stream_cosines_gradient():
+    """The all-layers node (eager JREG): values = per-pair token cosines, gradient by finite differences."""
+    torch.manual_seed(0)
+    hs = [torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True) for _ in range(4)]
+    cos = stream_cosines(hs, 1e-12)
+    for layer in range(3):
+        torch.testing.assert_close(cos[layer], token_cosine(hs[layer], hs[layer + 1], 1e-12))
+    assert torch.autograd.gradcheck(lambda *h: stream_cosines(list(h), 1e-12), tuple(hs))
+    with torch.no_grad():  # no graph without grad mode
+        assert not stream_cosines(hs).requires_grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_stream_and_in_block_cosines_agree(dtype):
+    """Llama.stats_in_blocks=False (eager: one node over all streams) and True (each block's own cosine, what
+    compiled blocks use) give the same cosines and the same parameter gradients of a JREG-like loss."""
+    torch.manual_seed(0)
+    m = Llama(tiny()).to(dtype)
+    x = torch.randint(0, 128, (2, 16))
+    res = {}
+    for in_blocks in (False, True):
+        m.stats_in_blocks = in_blocks
+        res[in_blocks] = _stats_grads(m, x)
+    (cos_s, g_s), (cos_b, g_b) = res[False], res[True]
+    assert torch.equal(cos_s, cos_b)  # the same norms and dot products
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-6)
+    for a, b in zip(g_s, g_b):
+        torch.testing.assert_close(a, b, **tol)
 
 
 def _stats_grads(model, x, forward=None):
