@@ -466,24 +466,21 @@ def main() -> None:
     print("| JREG overhead (jreg=0.1 jump vs jreg=0) | ratio of medians | median paired per-round ratio | "
           "ratio of bests | ratio of median CPU-s |")
     print("|---|---|---|---|---|")
+    def overhead(label: str, on: str, off: str) -> None:
+        r1 = statistics.median(times[on]) / statistics.median(times[off])
+        r2 = statistics.median(a / b for a, b in zip(per_round[on], per_round[off]))
+        r3 = min(times[on]) / min(times[off])
+        r4 = statistics.median(cpu[on]) / statistics.median(cpu[off])
+        print(f"| {label} | {100 * (r1 - 1):+.1f}% | {100 * (r2 - 1):+.1f}% | {100 * (r3 - 1):+.1f}% | "
+              f"{100 * (r4 - 1):+.1f}% |")
+
     for prefix in ("ours", "ours+compile"):
         on, off = f"{prefix} jreg=0.1" + (" (jump)" if prefix == "ours" else ""), f"{prefix} jreg=0"
         if on in times and off in times:
-            r1 = statistics.median(times[on]) / statistics.median(times[off])
-            r2 = statistics.median(a / b for a, b in zip(per_round[on], per_round[off]))
-            r3 = min(times[on]) / min(times[off])
-            r4 = statistics.median(cpu[on]) / statistics.median(cpu[off])
-            print(f"| {prefix} step time | {100 * (r1 - 1):+.1f}% | {100 * (r2 - 1):+.1f}% | {100 * (r3 - 1):+.1f}% | "
-                  f"{100 * (r4 - 1):+.1f}% |")
+            overhead(f"{prefix} step time", on, off)
     for v in variants:
         if isinstance(v, JregToggled):
-            on, off = v.other.name, v.name
-            r1 = statistics.median(times[on]) / statistics.median(times[off])
-            r2 = statistics.median(a / b for a, b in zip(per_round[on], per_round[off]))
-            r3 = min(times[on]) / min(times[off])
-            r4 = statistics.median(cpu[on]) / statistics.median(cpu[off])
-            print(f"| {on} vs the same trainer with JREG switched off | {100 * (r1 - 1):+.1f}% | "
-                  f"{100 * (r2 - 1):+.1f}% | {100 * (r3 - 1):+.1f}% | {100 * (r4 - 1):+.1f}% |")
+            overhead(f"{v.other.name} vs the same trainer with JREG switched off", v.other.name, v.name)
 
     # achieved model FLOP/s against this machine's own matmul rate: how far each step is from the floor
     from llama_jreg.train.metrics import flops_per_token

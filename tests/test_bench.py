@@ -26,7 +26,7 @@ def _run(args: list[str], timeout: int = 600) -> str:
 
 def test_bench_cpu_prints_every_table():
     out = _run(["scripts/bench_cpu.py", "--rounds", "1", "--steps", "1", "--warmup", "1", "--batch", "1",
-                "--seq", "32", "--threads", "1", "--profile-steps", "1"])
+                "--seq", "32", "--threads", "1", "--profile-steps", "1", "--jreg-toggle"])
     rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| (transformers LlamaForCausalLM|ours[^|]*?) \| (.*)$",
                                                         out, re.M)}
     for name in ("transformers LlamaForCausalLM", "ours jreg=0.1 (jump)", "ours jreg=0"):
@@ -51,6 +51,10 @@ def test_bench_cpu_prints_every_table():
         # the reference loop ran in its own process; the one in this process (our allocator settings) too
         assert re.search(r"^\| transformers LlamaForCausalLM, our malloc tuning \| [\d.]+ \|", out, re.M), out
         assert re.search(r"^\| ours jreg=0 \| [\d.]+x \| [\d.]+x \| [\d.]+x \|$", out, re.M), out
+    # the JREG A/B on one trainer (--jreg-toggle) next to the one between two trainers
+    assert re.search(r"^\| ours step time \| [+-][\d.]+% \|", out, re.M), out
+    assert re.search(r"^\| ours jreg=0\.1 \(jump\) vs the same trainer with JREG switched off \| [+-][\d.]+% \|", out,
+                     re.M), out
     mem = re.search(r"JREG activation-memory overhead: \+([\d.]+) MiB", out)
     # 3 (B, T) fp32 vectors per layer: 3 * 6 * 1 * 32 * 4 bytes
     assert mem and float(mem.group(1)) == pytest.approx(3 * 6 * 32 * 4 / 2**20, abs=1e-3), out
