@@ -3,7 +3,7 @@ final RMSNorm, LM head. No distributed code lives here (see ``llama_jreg/train/p
 
 Per-layer statistics for the jump metric and JREG (token-wise cos(h_{l-1}, h_l), fp32) need no hooks, so they
 work under ``torch.compile`` and activation checkpointing. Two equivalent ways, picked by
-``Llama.stats_in_blocks`` (set by ``llama_jreg/train/parallel.py``):
+``Llama.stats_in_blocks`` (set by ``Llama.compile_blocks``):
 
 * eager (default): one autograd node over all residual streams h_0..h_L (``stream_cosines``): each stream's
   norm is computed once, and backward writes one combined gradient per stream (instead of one per cosine it
@@ -370,8 +370,8 @@ class Llama(nn.Module):
         # activation checkpointing is applied by llama_jreg.train.parallel; the flag lives here so the
         # forward stays one readable loop.
         self.checkpoint_blocks = False
-        # per-layer cosines inside each block (set with per-block torch.compile: fused into the block's
-        # kernels) or over all residual streams at once (eager: fewer passes); see the module docstring
+        # per-layer cosines inside each block (``compile_blocks`` sets it: fused into the compiled kernels) or
+        # over all residual streams at once (eager: fewer passes); see the module docstring
         self.stats_in_blocks = False
         self.reset_parameters()
 
@@ -386,6 +386,13 @@ class Llama(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=out_std)
             else:
                 nn.init.normal_(p, mean=0.0, std=std)
+
+    def compile_blocks(self) -> None:
+        """``torch.compile`` each block in place (parameter names unchanged). The per-layer JREG cosines are then
+        computed inside the blocks, so inductor fuses them into each block's kernels."""
+        self.stats_in_blocks = True
+        for block in self.layers:
+            block.compile()
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # a tied head is counted once

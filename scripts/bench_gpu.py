@@ -96,8 +96,7 @@ class Runner:
             model = Llama(cfg).to(dev)
             n_matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
             if compile_:
-                for block in model.layers:  # what trainer.compile=true does (llama_jreg/train/parallel.py)
-                    block.compile()
+                model.compile_blocks()  # what trainer.compile=true does (llama_jreg/train/parallel.py)
         else:
             from transformers import LlamaConfig, LlamaForCausalLM
 

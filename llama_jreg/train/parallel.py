@@ -4,9 +4,9 @@
 
 * Activation checkpointing sets ``model.checkpoint_blocks = True``: the model's forward wraps each block in
   ``torch.utils.checkpoint`` (non-reentrant), so the per-layer JREG statistics keep working.
-* ``torch.compile`` compiles each block in place (``Block.compile()``), so parameter names, and hence
-  checkpoints, stay free of ``_orig_mod`` prefixes; it also sets ``model.stats_in_blocks = True``, so each
-  block computes its own JREG cosine and inductor fuses it into the block's kernels.
+* ``torch.compile`` compiles each block in place (``Llama.compile_blocks``), so parameter names, and hence
+  checkpoints, stay free of ``_orig_mod`` prefixes; each block then computes its own JREG cosine, which
+  inductor fuses into the block's kernels.
 * ``parallel=ddp`` (default): ``DistributedDataParallel``; gradients are averaged over ranks.
 * ``parallel=fsdp``: FSDP2 (``torch.distributed.fsdp.fully_shard``) on each block, then on the root;
   gradients are reduce-scattered and averaged over ranks, parameters are DTensors sharded on dim 0.
@@ -56,9 +56,7 @@ def parallelize(model: Llama, cfg: TrainConfig, device: torch.device) -> nn.Modu
     if cfg.trainer.activation_checkpointing:
         model.checkpoint_blocks = True
     if cfg.trainer.compile:
-        model.stats_in_blocks = True  # the per-layer cosines fuse into each compiled block's kernels
-        for block in model.layers:
-            block.compile()
+        model.compile_blocks()
     if not is_distributed():
         return model
     if cfg.parallel.name == "fsdp":
