@@ -388,15 +388,15 @@ def main() -> None:
     pool = data_src.batches(4)
     hf_here = None  # the transformers loop in this process: profiled and measured for memory
     if not args.no_hf:
-        # the reference: a plain transformers script in its own process (glibc's allocator defaults)
-        hf_name = HF_NAME if not args.same_process else f"{HF_NAME} (this process)"
-        hf_here = HF(hf_name if args.same_process or not tuned else f"{HF_NAME}, our malloc tuning", cfg,
-                     args.hf_optimizer)
+        # the reference (first row): a plain transformers script in its own process (glibc's allocator
+        # defaults), unless --same-process; with our malloc tuning on, the loop in this process is a row too
+        with_tuning = tuned and not args.same_process
+        hf_here = HF(f"{HF_NAME}, our malloc tuning" if with_tuning else HF_NAME, cfg, args.hf_optimizer)
+        if args.same_process or with_tuning:  # (tuning off: the in-process loop would time the same thing)
+            variants.insert(0, hf_here)
         if not args.same_process:
             variants.insert(0, Isolated(HF_NAME, functools.partial(HF, HF_NAME, cfg, args.hf_optimizer), pool,
                                         args.threads, data_src.tokens_per_step))
-        if args.same_process or tuned:  # with malloc tuning off the in-process loop would time the same thing
-            variants.insert(1 if not args.same_process else 0, hf_here)
     ref = variants[0].name if not args.no_hf else None
     print(f"# glibc malloc tuning (trainer.malloc_tuning, llama_jreg/train/allocator.py): {'on' if tuned else 'off'}"
           + (" -- process-wide: a transformers loop in this process runs with it too" if tuned else "")
