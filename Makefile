@@ -9,7 +9,7 @@ TEST_ENV := WANDB_MODE=offline HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORME
             HF_HOME=$(CURDIR)/.cache/hf_home TOKENIZERS_PARALLELISM=false
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-slow test-all bench lint clean
+.PHONY: setup demo test test-slow test-all bench bench-gpu lint clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,11 @@ bench: setup
 	$(PY) scripts/bench_cpu.py --compile
 	$(PY) scripts/bench_data.py
 	$(PY) scripts/bench_ops.py
+
+# one CUDA GPU: small, medium, large in bf16 (sdpa / flash x compile off / on, largest micro-batch, transformers)
+bench-gpu: setup
+	mkdir -p runs
+	$(PY) scripts/bench_gpu.py --seq 2048 --out runs/bench_gpu.jsonl
 
 lint: setup
 	$(VENV)/bin/ruff check llama_jreg tests scripts

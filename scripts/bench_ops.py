@@ -8,8 +8,11 @@
   at several chunk sizes and at the auto size;
 * ``adamw``: one step of torch's AdamW over ``tiny``'s parameters: the default for CPU tensors (per-tensor
   loop), foreach, fused (our default);
-* ``rmsnorm``: forward + backward of one norm: ``llama_jreg.model.RMSNorm`` (the explicit fp32 formula) vs
-  torch's ``F.rms_norm``;
+* ``rmsnorm``: forward + backward of one norm: ``llama_jreg.model.RMSNorm`` (in eager training one autograd
+  node with a hand-written backward) vs autograd of the same fp32 formula vs torch's ``F.rms_norm``;
+* ``rope``: RoPE forward (the rotation) of ``tiny``'s queries, (B, H, T, hd) = (tokens / 256, 8, 256, 32):
+  the model's concatenation-free rotation (``llama_jreg.model._rotate``, also RoPE's backward) vs
+  ``x * cos + rotate_half(x) * sin`` with ``rotate_half`` = ``cat(-x2, x1)`` (HF's formula);
 * ``mlp``: forward + backward of the SwiGLU MLP: gate/up as one matmul over concatenated weights vs two
   matmuls (``llama_jreg.model.SwiGLU``);
 * ``bigram``: building the ``data=induction`` random bigram at vocab 8,192;
@@ -37,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llama_jreg.data.synthetic import BigramModel
 from llama_jreg.loss import auto_chunk_tokens, linear_cross_entropy
-from llama_jreg.model import Llama, RMSNorm, SwiGLU, config_for_size
+from llama_jreg.model import Llama, RMSNorm, SwiGLU, _rotate, _rotate_formula, config_for_size, rope_tables
+from llama_jreg.train.allocator import tune_cpu_allocator
 
 
 def interleaved(variants: dict, rounds: int, iters: int) -> dict[str, list[float]]:
@@ -96,10 +100,26 @@ def bench_rmsnorm(args) -> None:
     x = torch.randn(args.tokens, args.dim, requires_grad=True)
     g = torch.randn(args.tokens, args.dim)
 
+    def formula():
+        xf = x.float()
+        return norm.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + norm.eps)).to(x.dtype)
+
     report(f"RMSNorm fwd+bwd, {args.tokens} x {args.dim}",
-           interleaved({"RMSNorm (explicit fp32 formula)": lambda: norm(x).backward(g),
+           interleaved({"RMSNorm (one autograd node)": lambda: norm(x).backward(g),
+                        "autograd of the fp32 formula": lambda: formula().backward(g),
                         "F.rms_norm": lambda: F.rms_norm(x, (args.dim,), norm.weight, norm.eps).backward(g)},
                        args.rounds, args.iters))
+
+
+def bench_rope(args) -> None:
+    cfg = config_for_size("tiny")
+    cos, sin = rope_tables(cfg)
+    cos, sin = cos[:256], sin[:256]
+    x = torch.randn(max(1, args.tokens // 256), cfg.n_heads, 256, cfg.hd)
+    report(f"RoPE rotation, {tuple(x.shape)}",
+           interleaved({"concatenation-free (llama_jreg.model._rotate)": lambda: _rotate(x, cos, sin),
+                        "x cos + cat(-x2, x1) sin": lambda: _rotate_formula(x, cos, sin)},
+                       args.rounds, args.iters * 4))
 
 
 def bench_mlp(args) -> None:
@@ -144,7 +164,7 @@ def bench_generate(args) -> None:
         print(f"# {name}: {n / statistics.median(v) * 1e3:,.0f} tokens/s")
 
 
-BENCHES = {"loss": bench_loss, "adamw": bench_adamw, "rmsnorm": bench_rmsnorm, "mlp": bench_mlp,
+BENCHES = {"loss": bench_loss, "adamw": bench_adamw, "rmsnorm": bench_rmsnorm, "rope": bench_rope, "mlp": bench_mlp,
            "bigram": bench_bigram, "generate": bench_generate}
 
 
@@ -164,6 +184,8 @@ def main() -> None:
           f"({args.threads} threads), python {platform.python_version()}")
     print(f"# command: python scripts/{Path(__file__).name} {' '.join(sys.argv[1:])}")
     print(f"# load average at start (1/5/15 min): {os.getloadavg()}")
+    # the trainer's CPU allocator setting (trainer.malloc_tuning, on by default), so the pieces run as in a step
+    print(f"# glibc malloc tuning as the trainer sets it: {'on' if tune_cpu_allocator() else 'unavailable'}")
     for name in args.only:
         BENCHES[name](args)
     print(f"\n# load average at end (1/5/15 min): {os.getloadavg()}")

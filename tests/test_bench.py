@@ -95,10 +95,10 @@ def test_bench_gpu_time_limit_skips_the_rows_left():
 
 
 def test_bench_ops_prints_every_table():
-    out = _run(["scripts/bench_ops.py", "--only", "loss", "adamw", "rmsnorm", "mlp", "generate", "--rounds", "1",
-                "--iters", "1", "--tokens", "64", "--threads", "1", "--gen-tokens", "8"])
+    out = _run(["scripts/bench_ops.py", "--only", "loss", "adamw", "rmsnorm", "rope", "mlp", "generate",
+                "--rounds", "1", "--iters", "1", "--tokens", "64", "--threads", "1", "--gen-tokens", "8"])
     for title in ("LM head + CE fwd+bwd, 64 tokens x 256, vocab 8192", "vocab 32000", "AdamW step",
-                  "RMSNorm fwd+bwd", "SwiGLU MLP fwd+bwd", "greedy generation of 8 tokens"):
+                  "RMSNorm fwd+bwd", "RoPE rotation", "SwiGLU MLP fwd+bwd", "greedy generation of 8 tokens"):
         assert title in out, out
     assert re.search(r"^\| fused \(our default\) \| [\d.]+ \| [\d.]+ \|$", out, re.M), out
     assert re.search(r"^\| materialised logits \(chunk 0\) \| [\d.]+ \| [\d.]+ \|$", out, re.M), out
