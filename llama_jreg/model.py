@@ -19,7 +19,9 @@ output projections (attention ``wo`` and MLP ``w2``) ~ N(0, init_std / sqrt(2 * 
 scaled init); RMSNorm weights = 1. A tied LM head shares the embedding matrix.
 
 RoPE uses the half-split ("rotate_half") layout of HF transformers' Llama, so HF weights load without
-permutation (``llama_jreg/interop/hf.py``).
+permutation (``llama_jreg/interop/hf.py``). In eager training RoPE and each RMSNorm are one autograd node each
+(``_Rope``, ``_RMSNorm``: the same values as the formulas, fewer kernels and saved tensors); compiled blocks use
+the formulas, which inductor fuses.
 """
 
 from __future__ import annotations
