@@ -30,8 +30,8 @@ FLOPs per token (training, forward + backward), the same formula as ``llama_jreg
 
 N_matmul = every weight that takes part in a matmul (all Linear layers incl. the LM head; the embedding lookup is
 excluded), L layers, T sequence length; the second term is QK^T and attention*V, forward + backward, with no
-discount for the causal mask. MFU = tokens/s * FLOPs/token / peak, peak = ``--peak-tflops`` (H100 SXM dense bf16:
-989). Peak memory = ``torch.cuda.max_memory_allocated`` over the timed steps (weights + AdamW state +
+discount for the causal mask. MFU = tokens/s * FLOPs/token / peak, peak = ``--peak-tflops`` (default: the trainer's dense
+bf16 table by device name, ``llama_jreg/train/metrics.py``: H100 SXM and H200 989, H100 PCIe 756, ...). Peak memory = ``torch.cuda.max_memory_allocated`` over the timed steps (weights + AdamW state +
 gradients + activations; the allocator's reserved memory is printed too).
 """
 
@@ -57,6 +57,7 @@ from llama_jreg import jreg as J
 from llama_jreg.attention import HAS_FLASH_ATTN
 from llama_jreg.loss import IGNORE_INDEX
 from llama_jreg.model import Llama, config_for_size
+from llama_jreg.train.metrics import device_peak_flops
 
 DEVICE = "cuda"  # --device cpu: a smoke test of this script only (sizes tiny, numbers meaningless)
 
@@ -245,7 +246,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4, help="ours: rounds interleaving JREG on / off")
     ap.add_argument("--time-limit", type=float, default=None, metavar="S",
                     help="start no new row after S seconds (the rows left are listed as skipped)")
-    ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="dense bf16 peak for MFU (default: the trainer's table by device name, "
+                         "llama_jreg/train/metrics.py: H100 SXM / H200 989; else 989)")
     ap.add_argument("--out", default=None, help="append one JSON object per row to this file")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                     help="cpu: smoke-test this script (e.g. --sizes tiny --seq 64 --micro-batch 2); no real numbers")
@@ -267,6 +270,11 @@ def main() -> None:
     except ImportError:
         hf_version = None
     device_name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (smoke test)"
+    if args.peak_tflops is None:
+        peak = device_peak_flops(torch.device("cuda"), "bf16") if DEVICE == "cuda" else None
+        if peak is None:
+            print(f"# {device_name}: not in the trainer's peak table; MFU against 989 TFLOP/s (set --peak-tflops)")
+        args.peak_tflops = 989.0 if peak is None else peak / 1e12
     print(f"# bench_gpu: {device_name}, torch {torch.__version__}, transformers {hf_version}, "
           f"flash-attn {'yes' if HAS_FLASH_ATTN else 'no'}, peak {args.peak_tflops} TFLOP/s")
     print(f"# command: python scripts/{Path(__file__).name} {' '.join(sys.argv[1:])}")
