@@ -270,8 +270,8 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # normalise in fp32, cast back, then scale (HF LlamaRMSNorm's order of operations). In eager training
         # one autograd node (_RMSNorm: -0.7 ms of 2.5 per norm fwd+bwd at 2048 x 256 on CPU, scripts/bench_ops.py
-        # --only rmsnorm; torch's F.rms_norm measured no faster than the formula). Compiled, without grad, or
-        # for double backward, the formula itself (inductor fuses it).
+        # --only rmsnorm; torch's F.rms_norm measured no faster than the formula). Compiled or without grad, the
+        # formula itself (inductor fuses it).
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) \
                 and not torch.compiler.is_compiling():
             return _RMSNorm.apply(x, self.weight, self.eps)

@@ -30,9 +30,10 @@ FLOPs per token (training, forward + backward), the same formula as ``llama_jreg
 
 N_matmul = every weight that takes part in a matmul (all Linear layers incl. the LM head; the embedding lookup is
 excluded), L layers, T sequence length; the second term is QK^T and attention*V, forward + backward, with no
-discount for the causal mask. MFU = tokens/s * FLOPs/token / peak, peak = ``--peak-tflops`` (default: the trainer's dense
-bf16 table by device name, ``llama_jreg/train/metrics.py``: H100 SXM and H200 989, H100 PCIe 756, ...). Peak memory = ``torch.cuda.max_memory_allocated`` over the timed steps (weights + AdamW state +
-gradients + activations; the allocator's reserved memory is printed too).
+discount for the causal mask. MFU = tokens/s * FLOPs/token / peak, peak = ``--peak-tflops`` (default: the
+trainer's dense bf16 table by device name, ``llama_jreg/train/metrics.py``: H100 SXM and H200 989, H100 PCIe 756,
+...). Peak memory = ``torch.cuda.max_memory_allocated`` over the timed steps (weights + AdamW state + gradients +
+activations; the allocator's reserved memory is printed too).
 """
 
 from __future__ import annotations
