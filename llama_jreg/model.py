@@ -244,12 +244,17 @@ class _RMSNorm(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         xh, rstd = _rms_normalise(x, eps)
         ctx.save_for_backward(x, weight, rstd)
+        ctx.eps = eps
         return weight * xh.to(x.dtype)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         x, weight, rstd = ctx.saved_tensors
-        xh = x.to(rstd.dtype).mul(rstd)
+        double = torch.is_grad_enabled()  # create_graph=True: differentiable in x (1/rms recomputed), no in-place
+        if double:
+            xh, rstd = _rms_normalise(x, ctx.eps)
+        else:
+            xh = x.to(rstd.dtype).mul(rstd)
         grad_w = None
         if ctx.needs_input_grad[1]:
             grad_w = (g * xh.to(x.dtype)).reshape(-1, x.shape[-1]).sum(0).to(weight.dtype)
@@ -257,7 +262,10 @@ class _RMSNorm(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gh = (g * weight).to(x.dtype).to(rstd.dtype)
             dot = (gh * xh).mean(-1, keepdim=True)
-            grad_x = gh.addcmul_(xh, dot, value=-1).mul_(rstd).to(x.dtype)
+            if double:
+                grad_x = ((gh - xh * dot) * rstd).to(x.dtype)
+            else:
+                grad_x = gh.addcmul_(xh, dot, value=-1).mul_(rstd).to(x.dtype)
         return grad_x, grad_w, None
 
 
@@ -341,6 +349,8 @@ class _Rope(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         cos, sin = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward (create_graph=True): the differentiable formula
+            return _rotate_formula(g, cos, -sin).to(ctx.dtype), None, None
         return _rotate(g, cos, sin, inverse=True).to(ctx.dtype), None, None
 
 

@@ -247,14 +247,15 @@ def _rmsnorm_reference(x, w, eps):
 
 
 def test_rmsnorm_node_gradcheck_and_mixed_dtypes():
-    """The one-node eager RMSNorm (hand-written backward) against autograd of the formula: gradcheck in fp64,
-    and a bf16 input with an fp32 weight (the bf16-autocast case) value for value."""
+    """The one-node eager RMSNorm (hand-written backward) against autograd of the formula: gradcheck and
+    gradgradcheck in fp64, and a bf16 input with an fp32 weight (the bf16-autocast case) value for value."""
     torch.manual_seed(0)
     norm = RMSNorm(12, 1e-5).double()
     with torch.no_grad():
         norm.weight.normal_(1.0, 0.3)
     x = torch.randn(2, 5, 12, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, w: model_mod._RMSNorm.apply(a, w, 1e-5), (x, norm.weight))
+    assert torch.autograd.gradgradcheck(lambda a, w: model_mod._RMSNorm.apply(a, w, 1e-5), (x, norm.weight))
     assert norm(x).grad_fn.name().startswith("_RMSNorm")  # the node is what eager training runs
 
     w = torch.nn.Parameter(torch.randn(48) * 0.3 + 1)
@@ -273,7 +274,7 @@ def test_rmsnorm_node_gradcheck_and_mixed_dtypes():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_rope_rotation_matches_the_rotate_half_formula(dtype):
     """The concatenation-free rotation equals x cos + rotate_half(x) sin bit for bit (one rounding to x.dtype
-    at the end, as the formula has), its inverse is the rotation by -angle, and RoPE's node passes gradcheck."""
+    at the end, as the formula has), its inverse is the rotation by -angle, and RoPE's node passes gradcheck and gradgradcheck."""
     cfg = config_for_size("tiny", max_seq_len=64)
     cos, sin = model_mod.rope_tables(cfg)
     cos, sin = cos[:20], sin[:20]
@@ -289,3 +290,4 @@ def test_rope_rotation_matches_the_rotate_half_formula(dtype):
         torch.testing.assert_close(back, x, rtol=1e-12, atol=1e-12)
         xg = x.clone().requires_grad_()
         assert torch.autograd.gradcheck(lambda a: model_mod.apply_rope(a, c64, s64), (xg,))
+        assert torch.autograd.gradgradcheck(lambda a: model_mod.apply_rope(a, c64, s64), (xg,))
