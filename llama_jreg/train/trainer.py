@@ -277,6 +277,11 @@ class Trainer:
         ``want_stats``: also measure Psi on this batch (detached when JREG is off). With ``jreg.weight == 0``
         the model is called without gradient-carrying statistics and no JREG term exists, so gradients equal
         plain LM training bit for bit. ``nan``: fault injection for tests. Collective."""
+        return self._step_floats(self._forward_backward(batches, weight, want_stats, nan))
+
+    def _forward_backward(self, batches: list[dict], weight: float, want_stats: bool, nan: bool) -> dict:
+        """``forward_backward`` without reading anything back from the device: the all-reduced sums stay a
+        tensor until ``_step_floats`` (one host-device synchronisation per step, shared with the grad norm)."""
         cfg = self.cfg
         self.model.train()
         use_jreg = cfg.jreg.enabled
@@ -324,16 +329,30 @@ class Trainer:
                     sums[3:3 + L] += psi.double() * n
                     sums[3 + L] += J.psi(out.cos_post_norm[None], mask)[0].double() * n
         all_reduce_sum(sums)
-        lm_loss = float(sums[0] / n_target)
-        jreg_loss = float(sums[1] / (n_micro * self.world)) if use_jreg else 0.0
+        return {"sums": sums, "n_target": n_target, "stop": stop, "n_micro": n_micro, "use_jreg": use_jreg,
+                "want_stats": want_stats, "nan": nan, "weight": weight}
+
+    def _step_floats(self, fb: dict, grad_norm: torch.Tensor | None = None) -> dict:
+        """The step's floats from ``_forward_backward``'s sums (and the grad norm, when given) in one copy to
+        the host."""
+        sums = fb["sums"]
+        if grad_norm is not None:
+            sums = torch.cat([sums, grad_norm.detach().reshape(1).to(sums.dtype)])
+        v = sums.tolist()
+        L = self.cfg.model.n_layers
+        lm_loss = v[0] / fb["n_target"]
+        jreg_loss = v[1] / (fb["n_micro"] * self.world) if fb["use_jreg"] else 0.0
         psi_all = psi_post = None
-        if want_stats:
-            n = max(float(sums[2]), 1.0)
-            psi_all = [float(v) / n for v in sums[3:3 + L]]
-            psi_post = float(sums[3 + L]) / n
-        return {"loss": float("nan") if nan else lm_loss + weight * jreg_loss, "lm_loss": lm_loss,
-                "jreg_loss": jreg_loss, "n_target": n_target, "stop": stop,
-                "psi": psi_all, "psi_post_norm_L": psi_post}
+        if fb["want_stats"]:
+            n = max(v[2], 1.0)
+            psi_all = [x / n for x in v[3:3 + L]]
+            psi_post = v[3 + L] / n
+        out = {"loss": float("nan") if fb["nan"] else lm_loss + fb["weight"] * jreg_loss, "lm_loss": lm_loss,
+               "jreg_loss": jreg_loss, "n_target": fb["n_target"], "stop": fb["stop"],
+               "psi": psi_all, "psi_post_norm_L": psi_post}
+        if grad_norm is not None:
+            out["grad_norm"] = v[-1]
+        return out
 
     def train_step(self, batches: list[dict]) -> dict:
         """One optimizer step over this rank's micro-batches (collective across ranks). Returns floats that
@@ -341,15 +360,17 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.trainer
         weight = J.weight_at(cfg.jreg, self.step)
         jump_step = (self.step + 1) % t.jump_every == 0 or self.step + 1 == t.max_steps
-        fb = self.forward_backward(batches, weight, jump_step, nan=(self.step + 1) in self.inject_nonfinite)
-        total, lm_loss, jreg_loss = fb["loss"], fb["lm_loss"], fb["jreg_loss"]
+        fb = self._forward_backward(batches, weight, jump_step, nan=(self.step + 1) in self.inject_nonfinite)
 
         # clip (also measures the global grad norm; max_norm=inf leaves the gradients untouched)
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         if hasattr(grad_norm, "full_tensor"):  # DTensor under FSDP2
             grad_norm = grad_norm.full_tensor()
-        grad_norm = float(grad_norm)
+        # the only read-back of the step (loss sums, Psi sums, grad norm together): the skip decision below
+        # needs the host to see them, so one synchronisation per step remains
+        fb = self._step_floats(fb, grad_norm)
+        total, lm_loss, jreg_loss, grad_norm = fb["loss"], fb["lm_loss"], fb["jreg_loss"], fb["grad_norm"]
         lr = self.schedule.lr()
 
         if math.isfinite(total) and math.isfinite(grad_norm):
