@@ -367,8 +367,8 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         if hasattr(grad_norm, "full_tensor"):  # DTensor under FSDP2
             grad_norm = grad_norm.full_tensor()
-        # the only read-back of the step (loss sums, Psi sums, grad norm together): the skip decision below
-        # needs the host to see them, so one synchronisation per step remains
+        # one read-back for the loss sums, Psi sums and grad norm together (the skip decision below needs them on
+        # the host); multi-rank runs also read the global target-token count before the forward
         fb = self._step_floats(fb, grad_norm)
         total, lm_loss, jreg_loss, grad_norm = fb["loss"], fb["lm_loss"], fb["jreg_loss"], fb["grad_norm"]
         lr = self.schedule.lr()
