@@ -283,6 +283,10 @@ class RMSNorm(nn.Module):
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) \
                 and not torch.compiler.is_compiling():
             return _RMSNorm.apply(x, self.weight, self.eps)
+        return self.formula(x)
+
+    def formula(self, x: torch.Tensor) -> torch.Tensor:
+        """The norm as plain tensor ops (what autograd and inductor see when the one-node path is not taken)."""
         xh, _ = _rms_normalise(x, self.eps)
         return self.weight * xh.to(x.dtype)
 

@@ -329,8 +329,8 @@ class Trainer:
                     sums[3:3 + L] += psi.double() * n
                     sums[3 + L] += J.psi(out.cos_post_norm[None], mask)[0].double() * n
         all_reduce_sum(sums)
-        return {"sums": sums, "n_target": n_target, "stop": stop, "n_micro": n_micro, "use_jreg": use_jreg,
-                "want_stats": want_stats, "nan": nan, "weight": weight}
+        return {"sums": sums, "n_target": n_target, "stop": stop, "n_micro": n_micro, "want_stats": want_stats,
+                "nan": nan, "weight": weight}
 
     def _step_floats(self, fb: dict, grad_norm: torch.Tensor | None = None) -> dict:
         """The step's floats from ``_forward_backward``'s sums (and the grad norm, when given) in one copy to
@@ -341,7 +341,7 @@ class Trainer:
         v = sums.tolist()
         L = self.cfg.model.n_layers
         lm_loss = v[0] / fb["n_target"]
-        jreg_loss = v[1] / (fb["n_micro"] * self.world) if fb["use_jreg"] else 0.0
+        jreg_loss = v[1] / (fb["n_micro"] * self.world) if self.cfg.jreg.enabled else 0.0
         psi_all = psi_post = None
         if fb["want_stats"]:
             n = max(v[2], 1.0)
