@@ -58,6 +58,10 @@ class TrainerConfig:
     eval_batches: int = 8
     ckpt_every: int = 500
     keep_last: int = 3
+    # sharded: every rank writes its own shards (torch.distributed.checkpoint), loadable at any world size;
+    # full: model.safetensors + optimizer.pt gathered on rank 0; auto: sharded under parallel=fsdp, else full.
+    # Resume reads either format (llama_jreg/train/checkpoint.py)
+    checkpoint_format: str = "auto"
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     compile: bool = False
     # tokens per chunk of the fused LM head + cross-entropy (llama_jreg/loss.py); null = auto (32 MiB of fp32
@@ -162,6 +166,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if t.profile_from is not None and t.profile_from > t.max_steps:
         raise UserError(f"trainer.profile_from={t.profile_from} is after trainer.max_steps={t.max_steps}: nothing "
                         "would be profiled; choose a step <= max_steps")
+    if t.checkpoint_format not in ("auto", "sharded", "full"):
+        raise UserError(f"unknown trainer.checkpoint_format={t.checkpoint_format!r}; choose auto, sharded or full")
     if t.precision not in ("auto", "fp32", "bf16"):
         raise UserError(f"unknown trainer.precision={t.precision!r}; choose auto, fp32 or bf16")
     if t.nonfinite not in ("skip", "halt"):

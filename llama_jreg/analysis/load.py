@@ -4,9 +4,11 @@ or a GGUF file.
 ``load_any(path) -> (Llama, TextTokenizer | None, info)``; ``info`` says what was loaded (``kind``, ``path``,
 ``step``, ``name``, and for our checkpoints the resolved ``train_config``).
 
-Our checkpoint format (written by the trainer): ``<run.dir>/checkpoints/step_XXXXXXXX/`` with
-``model.safetensors`` (the unwrapped ``Llama.state_dict()``; a tied head may be stored once), ``config.yaml``
-(the resolved TrainConfig) and, for text data, ``tokenizer.model`` (SentencePiece).
+Our checkpoint format (written by the trainer, llama_jreg/train/checkpoint.py): ``<run.dir>/checkpoints/
+step_XXXXXXXX/`` with the model either full (``model.safetensors``, the unwrapped ``Llama.state_dict()``; a tied
+head may be stored once) or sharded (``state/``, torch.distributed.checkpoint shards of any number of ranks,
+consolidated in memory by ``checkpoint.read_model_state``), ``config.yaml`` (the resolved TrainConfig) and, for
+text data, ``tokenizer.model`` (SentencePiece).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 from llama_jreg import UserError
 from llama_jreg.model import Llama, ModelConfig
+from llama_jreg.train.checkpoint import checkpoint_format, read_model_state
 
 _STEP_RE = re.compile(r"^step_(\d+)$")
 
@@ -101,14 +104,14 @@ def _latest_checkpoint(run_dir: Path) -> Path:
     found = []
     for p in root.iterdir():
         m = _STEP_RE.match(p.name)
-        if m and p.is_dir() and (p / "model.safetensors").is_file():
+        if m and p.is_dir() and checkpoint_format(p) is not None:
             found.append((int(m.group(1)), p))
     for _, p in sorted(found, reverse=True):
         problem = _manifest_problem(p)
         if problem is None:
             return p
         warnings.warn(f"skipping broken checkpoint: {problem}", stacklevel=2)
-    raise UserError(f"{run_dir} has no complete checkpoint (checkpoints/step_*/model.safetensors)")
+    raise UserError(f"{run_dir} has no complete checkpoint (checkpoints/step_*/ with model.safetensors or state/)")
 
 
 def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -133,28 +136,26 @@ def analysis_model_config(cfg: ModelConfig) -> ModelConfig:
 
 def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Llama, TextTokenizer | None, dict]:
     """One of our checkpoint directories (``.../checkpoints/step_XXXXXXXX``) or a run dir (its latest one)."""
-    from safetensors.torch import load_file
-
     from llama_jreg.config import from_yaml
     from llama_jreg.interop.hf import build_model
 
     path = Path(path).expanduser()
-    if (path / "checkpoints").is_dir() and not (path / "model.safetensors").is_file():
+    if (path / "checkpoints").is_dir() and checkpoint_format(path) is None:
         path = _latest_checkpoint(path)
-    if not (path / "model.safetensors").is_file():
-        raise UserError(f"{path} is not a checkpoint: no model.safetensors")
+    if checkpoint_format(path) is None:
+        raise UserError(f"{path} is not a checkpoint: no model.safetensors and no state/ (sharded)")
     problem = _manifest_problem(path)
     if problem is not None:
         raise UserError(f"refusing a damaged checkpoint: {problem}; use another checkpoint of the run")
     if not (path / "config.yaml").is_file():
-        raise UserError(f"{path} is not a complete checkpoint: no config.yaml next to model.safetensors")
+        raise UserError(f"{path} is not a complete checkpoint: no config.yaml next to its weights")
     train_cfg = from_yaml(path / "config.yaml")
     cfg = analysis_model_config(train_cfg.model)
-    sd = _strip_prefixes(load_file(str(path / "model.safetensors")))
+    sd = _strip_prefixes(read_model_state(path))
     if cfg.tie_embeddings:
         sd["output.weight"] = sd["tok_embeddings.weight"]
     elif "output.weight" not in sd:
-        raise UserError(f"{path}/model.safetensors has no output.weight but the config says tie_embeddings=false")
+        raise UserError(f"{path} has no output.weight but the config says tie_embeddings=false")
     model = build_model(cfg, sd, dtype)
     tok = None
     if (path / "tokenizer.model").is_file():
@@ -203,7 +204,7 @@ def load_any(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Llam
         model, _ = load_hf_llama(p, dtype=dtype)
         return model, _hf_tokenizer(p.parent, p.name), {"kind": "gguf", "path": str(p.resolve()), "name": p.name,
                                                          "step": None}
-    if (p / "model.safetensors").is_file() and (p / "config.yaml").is_file() or (p / "checkpoints").is_dir():
+    if checkpoint_format(p) is not None and (p / "config.yaml").is_file() or (p / "checkpoints").is_dir():
         return load_checkpoint(p, dtype)
     if (p / "config.json").is_file():
         model, _ = load_hf_llama(p, dtype=dtype)
@@ -212,7 +213,7 @@ def load_any(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Llam
     if len(ggufs) == 1:
         return load_any(ggufs[0], dtype)
     raise UserError(
-        f"{path} is not a model: expected a checkpoint dir (model.safetensors + config.yaml), a run dir "
+        f"{path} is not a model: expected a checkpoint dir (model.safetensors or state/ + config.yaml), a run dir "
         "(with checkpoints/), an HF Llama dir (config.json) or a .gguf file"
     )
 

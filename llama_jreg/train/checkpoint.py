@@ -1,11 +1,18 @@
-"""Checkpoints: atomic save, keep-last-k, discovery for ``resume=auto``, verified load.
+"""Checkpoints: atomic save (full or sharded), keep-last-k, discovery for ``resume=auto``, verified load.
 
-Layout of ``<run.dir>/checkpoints/step_XXXXXXXX/`` (8-digit optimizer step)::
+Two formats (``trainer.checkpoint_format``: ``sharded`` | ``full`` | ``auto`` = sharded under ``parallel=fsdp``,
+full otherwise). Resume reads whichever format a checkpoint has, at any world size. Layout of
+``<run.dir>/checkpoints/step_XXXXXXXX/`` (8-digit optimizer step)::
 
-    model.safetensors     unwrapped Llama state_dict, full tensors (gathered under FSDP2); a tied LM head is
-                          stored once (as tok_embeddings.weight) and re-tied on load
-    optimizer.pt          AdamW state, full (unsharded) and keyed by parameter name; torch.save of tensors
-                          and plain containers only, loaded with ``weights_only=True``
+    model.safetensors     full: unwrapped Llama state_dict, full tensors (gathered on rank 0 under FSDP2); a
+                          tied LM head is stored once (as tok_embeddings.weight) and re-tied on load
+    optimizer.pt          full: AdamW state, full (unsharded) and keyed by parameter name; torch.save of
+                          tensors and plain containers only, loaded with ``weights_only=True``
+    state/                sharded: a torch.distributed.checkpoint (DCP) directory holding {"model": Llama
+                          state_dict, "optim": AdamW state keyed by parameter name}; every rank writes its own
+                          shards (``__<rank>_0.distcp``) in parallel, rank 0 the global ``.metadata``. Loading
+                          reshards to the world size of the resumed run; ``read_model_state`` consolidates the
+                          model in one process (analysis commands, export-hf)
     scheduler.json        the schedule's state
     trainer_state.json    step, tokens, non-finite counters, world size, wandb run id, data fingerprint
     rng_rank{r}.pt        python / numpy / torch / cuda RNG state of rank r (weights_only)
@@ -14,13 +21,15 @@ Layout of ``<run.dir>/checkpoints/step_XXXXXXXX/`` (8-digit optimizer step)::
     tokenizer.model       copy of the SentencePiece model (when the data has one)
     wandb_run_id          the wandb run id (a resumed run continues the same wandb run)
     data_fingerprint      the data bundle's fingerprint (a resume with other data fails loudly)
-    manifest.json         sha256 and size of every file above; written last
+    manifest.json         sha256 and size of every file above (paths relative to the checkpoint, so also
+                          ``state/...``); written last. The ranks hash the files in parallel
 
 A checkpoint is complete or absent: everything is written to ``step_XXXXXXXX.tmp-<pid>`` and renamed at the
-end; keep-last deletion renames to ``.old-<pid>`` before deleting. ``resume=auto`` takes the newest directory whose manifest checks out (skipping broken ones with a
-warning). Only rank 0 writes shared files; every rank writes its own rng/loader files; all ranks agree on
-success or failure (no rank hangs when another fails). The checkpoint directory must be on a file system
-every rank can see (as usual for multi-node training).
+end; keep-last deletion renames to ``.old-<pid>`` before deleting. ``resume=auto`` takes the newest directory
+whose manifest checks out (skipping broken ones with a warning). Rank 0 writes the shared files; every rank
+writes its own rng/loader files (and, sharded, its model/optimizer shards); all ranks agree on success or
+failure (no rank hangs when another fails). The checkpoint directory must be on a file system every rank can
+see (as usual for multi-node training).
 """
 
 from __future__ import annotations
@@ -43,6 +52,25 @@ from llama_jreg.train.parallel import barrier, broadcast_object, is_distributed
 
 STEP_RE = re.compile(r"^step_(\d{8})$")
 MANIFEST = "manifest.json"
+SHARDED_DIR = "state"  # the DCP directory of a sharded checkpoint
+FORMATS = ("sharded", "full")
+
+
+def resolve_format(setting: str, parallel: str) -> str:
+    """``trainer.checkpoint_format`` -> ``sharded`` | ``full`` (auto: sharded under FSDP2, full otherwise)."""
+    if setting == "auto":
+        return "sharded" if parallel == "fsdp" else "full"
+    return setting
+
+
+def checkpoint_format(path: Path) -> str | None:
+    """``sharded`` / ``full`` for a checkpoint dir by what it holds, None when it holds neither."""
+    path = Path(path)
+    if (path / SHARDED_DIR / ".metadata").is_file():
+        return "sharded"
+    if (path / "model.safetensors").is_file():
+        return "full"
+    return None
 
 
 def step_dir_name(step: int) -> str:
@@ -73,6 +101,11 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def _files_of(path: Path) -> list[str]:
+    """Every file under a checkpoint dir, as a path relative to it (``state/__0_0.distcp``), sorted."""
+    return sorted(p.relative_to(path).as_posix() for p in Path(path).rglob("*") if p.is_file())
+
+
 def verify(path: Path) -> str | None:
     """None when ``path`` is a complete checkpoint whose files match the manifest, else the reason."""
     path = Path(path)
@@ -89,7 +122,7 @@ def verify(path: Path) -> str | None:
     if not isinstance(files, dict):
         return f"{mf} is not a checkpoint manifest (no file list)"
     # every file of the checkpoint must be listed (a file the manifest does not cover would load unchecked)
-    unlisted = sorted(p.name for p in path.iterdir() if p.is_file() and p.name != MANIFEST and p.name not in files)
+    unlisted = sorted(n for n in _files_of(path) if n != MANIFEST and n not in files)
     if unlisted:
         return f"{path}: {unlisted[0]} is not in the manifest"
     for name, meta in files.items():
@@ -220,6 +253,90 @@ def _describe(e: BaseException) -> str:
     return str(e)
 
 
+def _local_nonfinite(sd: dict) -> list[str]:
+    """Names of floating tensors with a non-finite value in this rank's part of ``sd`` (its shard of a DTensor)."""
+    bad = []
+    for k, v in sd.items():
+        local = v.to_local() if hasattr(v, "to_local") else v
+        if isinstance(local, torch.Tensor) and local.is_floating_point() and not torch.isfinite(local).all():
+            bad.append(k)
+    return bad
+
+
+def _write_full_state(tmp: Path, step: int, model_sd: dict, optim_sd: dict, tied: bool) -> None:
+    """Rank 0: model.safetensors + optimizer.pt from full state dicts."""
+    from safetensors.torch import save_file
+
+    bad = _local_nonfinite(model_sd)
+    if bad:
+        raise ValueError(f"refusing to save non-finite weights ({', '.join(bad[:3])}...)")
+    if tied:
+        model_sd.pop("output.weight", None)  # tied: stored once as tok_embeddings.weight
+    save_file({k: v.contiguous() for k, v in model_sd.items()}, str(tmp / "model.safetensors"),
+              metadata={"format": "pt", "step": str(step)})
+    os.chmod(tmp / "model.safetensors", 0o666 & ~_umask())  # safetensors creates it 0600
+    _fsync_file(tmp / "model.safetensors")
+    torch.save(optim_sd, tmp / "optimizer.pt")
+    _fsync_file(tmp / "optimizer.pt")
+
+
+def _write_sharded_state(tmp: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> str | None:
+    """Every rank writes its shards of model + optimizer into ``tmp/state`` (DCP). Collective; returns the error
+    (the same on every rank) or None."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    bad = _local_nonfinite(model_sd)
+    err = _agree(f"refusing to save non-finite weights ({', '.join(bad[:3])}...)" if bad else None)
+    if err:
+        return err
+    try:
+        writer = dcp.FileSystemWriter(str(tmp / SHARDED_DIR), sync_files=True)
+        dcp.save({"model": model_sd, "optim": optim_sd}, storage_writer=writer)
+        if not is_distributed() or dist.get_rank() == 0:
+            _fsync_file(tmp / SHARDED_DIR / ".metadata")
+    except Exception as e:  # noqa: BLE001 - DCP raises CheckpointException (on every rank) for any write failure
+        err = _describe(e).splitlines()[0][:300] if str(e) else type(e).__name__
+    return _agree(err)
+
+
+def _write_shared_files(tmp: Path, *, schedule, trainer_state: dict, config_yaml: str, wandb_run_id: str,
+                        fingerprint: str) -> None:
+    """Rank 0: the small files every checkpoint has, whatever its format."""
+    _write_json(tmp / "scheduler.json", schedule.state_dict())
+    _write_json(tmp / "trainer_state.json", trainer_state)
+    _write_bytes_atomic_free(tmp / "config.yaml", config_yaml.encode())
+    _write_bytes_atomic_free(tmp / "wandb_run_id", (wandb_run_id + "\n").encode())
+    _write_bytes_atomic_free(tmp / "data_fingerprint", (fingerprint + "\n").encode())
+
+
+def _copy_tokenizer(tmp: Path, tokenizer_path: str | None) -> None:
+    """Rank 0: the tokenizer next to the weights (analysis commands and export-hf read it from there)."""
+    if tokenizer_path:
+        shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
+
+
+def _write_rank_files(tmp: Path, rank: int, loader) -> None:
+    """Every rank: its RNG state and data-loader state."""
+    torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+    _write_json(tmp / f"loader_rank{rank}.json", loader.state_dict())
+
+
+def _hash_files(tmp: Path) -> dict:
+    """{relative path: {sha256, bytes}} of every file under ``tmp``, hashed in parallel (file i by rank
+    i mod world, largest first). Collective."""
+    names = broadcast_object(sorted(_files_of(tmp), key=lambda n: -(tmp / n).stat().st_size)
+                             if not is_distributed() or dist.get_rank() == 0 else None)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+    mine = {n: {"sha256": sha256_file(tmp / n), "bytes": (tmp / n).stat().st_size} for n in names[rank::world]}
+    if world == 1:
+        return mine
+    parts: list = [None] * world
+    dist.all_gather_object(parts, mine)
+    return {k: v for part in parts for k, v in part.items()}
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -234,63 +351,63 @@ def save_checkpoint(
     wandb_run_id: str,
     fingerprint: str,
     keep_last: int,
+    fmt: str = "full",
 ) -> Path:
-    """Write ``checkpoints/step_XXXXXXXX`` atomically, then delete all but the newest ``keep_last``.
-    Collective: every rank calls it. Raises UserError (on every rank) when anything cannot be written or a
-    weight is non-finite; earlier checkpoints are never touched in that case."""
+    """Write ``checkpoints/step_XXXXXXXX`` atomically in format ``fmt`` (``full`` | ``sharded``), then delete
+    all but the newest ``keep_last``. Collective: every rank calls it. Raises UserError (on every rank) when
+    anything cannot be written or a weight is non-finite; earlier checkpoints are never touched in that case."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown checkpoint format {fmt!r}")
     rank = dist.get_rank() if is_distributed() else 0
     is_main = rank == 0
     root = checkpoints_dir(run_dir)
     final = root / step_dir_name(step)
     tmp = Path(broadcast_object(str(root / f"{final.name}.tmp-{os.getpid()}")))
+    tied = getattr(model, "cfg", None) is not None and model.cfg.tie_embeddings
 
-    model_sd = _full_model_state(model)
-    optim_sd = _full_optim_state(model, optimizer)
+    def attempt(fn, *args, **kw) -> str | None:
+        try:
+            fn(*args, **kw)
+            return None
+        except Exception as e:  # noqa: BLE001 - any failure to write (OSError, SafetensorError, ...)
+            return _describe(e)
 
     err = None
     if is_main:
-        try:
-            bad = [k for k, v in model_sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-            if bad:
-                raise ValueError(f"refusing to save non-finite weights ({', '.join(bad[:3])}...)")
-            if getattr(model, "cfg", None) is not None and model.cfg.tie_embeddings:
-                model_sd.pop("output.weight", None)  # tied: stored once as tok_embeddings.weight
+        def make_tmp():
             root.mkdir(parents=True, exist_ok=True)
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir()
-            from safetensors.torch import save_file
-
-            save_file({k: v.contiguous() for k, v in model_sd.items()}, str(tmp / "model.safetensors"),
-                      metadata={"format": "pt", "step": str(step)})
-            os.chmod(tmp / "model.safetensors", 0o666 & ~_umask())  # safetensors creates it 0600
-            _fsync_file(tmp / "model.safetensors")
-            torch.save(optim_sd, tmp / "optimizer.pt")
-            _fsync_file(tmp / "optimizer.pt")
-            _write_json(tmp / "scheduler.json", schedule.state_dict())
-            _write_json(tmp / "trainer_state.json", trainer_state)
-            _write_bytes_atomic_free(tmp / "config.yaml", config_yaml.encode())
-            _write_bytes_atomic_free(tmp / "wandb_run_id", (wandb_run_id + "\n").encode())
-            _write_bytes_atomic_free(tmp / "data_fingerprint", (fingerprint + "\n").encode())
-            if tokenizer_path:
-                shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
-        except Exception as e:  # noqa: BLE001 - any failure to write (OSError, SafetensorError, ...)
-            err = f"could not write checkpoint {final}: {_describe(e)}"
-    del model_sd, optim_sd
+        err = attempt(make_tmp)
     err = broadcast_object(err)
     if not err:
+        if fmt == "full":
+            model_sd = _full_model_state(model)
+            optim_sd = _full_optim_state(model, optimizer)
+            if is_main:
+                err = attempt(_write_full_state, tmp, step, model_sd, optim_sd, tied)
+            del model_sd, optim_sd
+            err = broadcast_object(err)
+        else:
+            err = _write_sharded_state(tmp, model, optimizer)
+    if not err and is_main:
+        err = attempt(_write_shared_files, tmp, schedule=schedule, trainer_state=trainer_state,
+                      config_yaml=config_yaml, wandb_run_id=wandb_run_id, fingerprint=fingerprint)
+        err = err or attempt(_copy_tokenizer, tmp, tokenizer_path)
+    err = broadcast_object(err)
+    if not err:
+        err = _agree(attempt(_write_rank_files, tmp, rank, loader))
+    files: dict = {}
+    if not err:
         try:
-            torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
-            _write_json(tmp / f"loader_rank{rank}.json", loader.state_dict())
-        except Exception as e:  # noqa: BLE001 - any failure to write (OSError, SafetensorError, ...)
-            err = f"could not write checkpoint {final}: {_describe(e)}"
+            files = _hash_files(tmp)
+        except Exception as e:  # noqa: BLE001
+            err = _describe(e)
         err = _agree(err)
     if not err and is_main:
         try:
-            files = sorted(p.name for p in tmp.iterdir() if p.is_file())
-            manifest = {"step": step, "files": {n: {"sha256": sha256_file(tmp / n), "bytes": (tmp / n).stat().st_size}
-                                                for n in files}}
-            _write_json(tmp / MANIFEST, manifest)
+            _write_json(tmp / MANIFEST, {"step": step, "format": fmt, "files": files})
             if final.exists():  # a stale dir of the same step (e.g. from a run that was restarted): replace it
                 delete_checkpoint(final)
             tmp.rename(final)
@@ -300,12 +417,13 @@ def save_checkpoint(
             finally:
                 os.close(fd)
         except Exception as e:  # noqa: BLE001
-            err = f"could not write checkpoint {final}: {_describe(e)}"
+            err = _describe(e)
     err = broadcast_object(err)
     if err:
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"{err}; earlier checkpoints are intact (check free disk space and permissions of run.dir)")
+        raise UserError(f"could not write checkpoint {final}: {err}; earlier checkpoints are intact (check free "
+                        "disk space and permissions of run.dir)")
     if is_main:
         for old in list_checkpoints(run_dir)[:-keep_last]:
             try:
@@ -356,6 +474,103 @@ def _load_plain(f: Path):
         raise UserError(f"refusing to load {f}: not a plain tensor file written by llama-jreg ({detail})") from None
 
 
+def _model_fits(path: Path, model: torch.nn.Module, got: dict[str, tuple]) -> str | None:
+    """A clear error when the checkpoint's model shapes ``got`` differ from ``model``'s (global shapes)."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}  # global shapes, also for DTensors
+    if want == got:
+        return None
+    diff = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
+    return (f"resume={path}: the checkpoint's weights do not fit model={getattr(model.cfg, 'name', '?')} "
+            f"as configured (first difference: {diff[0]}: checkpoint {got.get(diff[0])}, model "
+            f"{want.get(diff[0])}); resume with the model settings of its config.yaml")
+
+
+def _sharded_model_shapes(path: Path) -> dict[str, tuple]:
+    """{parameter name: global shape} of the model in a sharded checkpoint (from its DCP metadata)."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    md = FileSystemReader(str(path / SHARDED_DIR)).read_metadata()
+    return {k[len("model."):]: tuple(m.size) for k, m in md.state_dict_metadata.items()
+            if k.startswith("model.") and isinstance(m, TensorStorageMetadata)}
+
+
+def _load_full_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> None:
+    """model.safetensors + optimizer.pt: rank 0 reads the files, the state_dict API broadcasts / shards them."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    bcast = is_distributed()
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=bcast)
+    model_sd: dict = {}
+    optim_sd: dict = {}
+    if rank == 0 or not bcast:
+        model_sd = load_file(str(path / "model.safetensors"))
+        if "output.weight" not in model_sd and getattr(model, "cfg", None) is not None and model.cfg.tie_embeddings:
+            model_sd["output.weight"] = model_sd["tok_embeddings.weight"]
+        optim_sd = _load_plain(path / "optimizer.pt")
+    # a clear error (on every rank) rather than a size-mismatch traceback or a hang
+    err = broadcast_object(_model_fits(path, model, {k: tuple(v.shape) for k, v in model_sd.items()})
+                           if rank == 0 else None)
+    if err:
+        raise UserError(err)
+    set_model_state_dict(model, model_sd, options=options)
+    set_optimizer_state_dict(model, optimizer, optim_sd, options=options)
+
+
+def _load_sharded_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> None:
+    """``state/`` (DCP): every rank reads the parts of every shard that its own (new) sharding needs, so a
+    checkpoint of any world size loads at any other."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    err = None
+    if rank == 0:
+        try:
+            err = _model_fits(path, model, _sharded_model_shapes(path))
+        except Exception as e:  # noqa: BLE001 - unreadable metadata
+            err = f"resume={path}: unreadable sharded checkpoint ({_describe(e)})"
+    err = broadcast_object(err)
+    if err:
+        raise UserError(err)
+    model_sd, optim_sd = get_state_dict(model, optimizer)  # the target layout (initialises the AdamW state)
+    state = {"model": model_sd, "optim": optim_sd}
+    with warnings.catch_warnings():  # one process: DCP warns that it loads without a process group, as meant
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, storage_reader=dcp.FileSystemReader(str(path / SHARDED_DIR)), no_dist=not is_distributed())
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def read_model_state(path: Path) -> dict[str, torch.Tensor]:
+    """The full model state_dict (CPU tensors, names as in ``Llama.state_dict()``) of one checkpoint dir, in
+    either format, in this process alone (no process group needed; a sharded checkpoint of any world size is
+    consolidated in memory, nothing written). A tied head stored once is not re-added here. Raises UserError
+    when ``path`` holds no model."""
+    path = Path(path)
+    fmt = checkpoint_format(path)
+    if fmt == "full":
+        from safetensors.torch import load_file
+
+        return load_file(str(path / "model.safetensors"))
+    if fmt is None:
+        raise UserError(f"{path} is not a checkpoint: no model.safetensors and no {SHARDED_DIR}/.metadata")
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = dcp.FileSystemReader(str(path / SHARDED_DIR))
+    md = reader.read_metadata()
+    sd = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in md.state_dict_metadata.items()
+          if k.startswith("model.") and isinstance(m, TensorStorageMetadata)}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(sd, storage_reader=reader, no_dist=True)
+    return {k[len("model."):]: v for k, v in sd.items()}
+
+
 def load_checkpoint(
     path: Path,
     *,
@@ -365,15 +580,8 @@ def load_checkpoint(
     loader,
     fingerprint: str,
 ) -> dict:
-    """Restore model, optimizer, schedule, this rank's loader and RNG from ``path``; return the trainer state.
-    Collective. A checkpoint written for different data raises UserError."""
-    from safetensors.torch import load_file
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
-
+    """Restore model, optimizer, schedule, this rank's loader and RNG from ``path`` (either format, any world
+    size); return the trainer state. Collective. A checkpoint written for different data raises UserError."""
     path = Path(path)
     rank = dist.get_rank() if is_distributed() else 0
     world = dist.get_world_size() if is_distributed() else 1
@@ -385,30 +593,10 @@ def load_checkpoint(
         )
     state = json.loads((path / "trainer_state.json").read_text())
 
-    # model + optimizer: rank 0 reads the files, the state_dict API broadcasts / shards them
-    bcast = is_distributed()
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=bcast)
-    model_sd: dict = {}
-    optim_sd: dict = {}
-    if rank == 0 or not bcast:
-        model_sd = load_file(str(path / "model.safetensors"))
-        if "output.weight" not in model_sd and getattr(model, "cfg", None) is not None and model.cfg.tie_embeddings:
-            model_sd["output.weight"] = model_sd["tok_embeddings.weight"]
-        optim_sd = _load_plain(path / "optimizer.pt")
-    err = None
-    if rank == 0:  # a clear error (on every rank) rather than a size-mismatch traceback or a hang
-        want = {k: tuple(v.shape) for k, v in model.state_dict().items()}  # global shapes, also for DTensors
-        got = {k: tuple(v.shape) for k, v in model_sd.items()}
-        if want != got:
-            diff = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
-            err = (f"resume={path}: the checkpoint's weights do not fit model={getattr(model.cfg, 'name', '?')} "
-                   f"as configured (first difference: {diff[0]}: checkpoint {got.get(diff[0])}, model "
-                   f"{want.get(diff[0])}); resume with the model settings of its config.yaml")
-    err = broadcast_object(err)
-    if err:
-        raise UserError(err)
-    set_model_state_dict(model, model_sd, options=options)
-    set_optimizer_state_dict(model, optimizer, optim_sd, options=options)
+    if checkpoint_format(path) == "sharded":
+        _load_sharded_state(path, model, optimizer, rank)
+    else:
+        _load_full_state(path, model, optimizer, rank)
     schedule.load_state_dict(json.loads((path / "scheduler.json").read_text()))
 
     saved_world = int(state.get("world_size", 1))

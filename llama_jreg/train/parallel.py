@@ -10,7 +10,11 @@
 * ``parallel=ddp`` (default): ``DistributedDataParallel``; gradients are averaged over ranks.
 * ``parallel=fsdp``: FSDP2 (``torch.distributed.fsdp.fully_shard``) on each block, then on the root;
   gradients are reduce-scattered and averaged over ranks, parameters are DTensors sharded on dim 0.
-  (Mixed precision is the loop's autocast, the same under DDP and FSDP2, so the two give the same numbers.)
+* Mixed precision (``trainer.precision=bf16``): under DDP (and one process) the loop's autocast; under FSDP2
+  a ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``: the sharded parameters and the optimizer
+  state stay fp32 (master weights), each block's parameters are all-gathered in bf16 and the forward /
+  backward run in bf16, gradients are reduce-scattered in fp32. The JREG cosines and the loss are fp32
+  either way (``model.py`` / ``loss.py`` accumulate in fp32 whatever the input dtype).
 
 With one process neither wrapper is applied. The model file itself contains no distributed code.
 
@@ -51,8 +55,9 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def parallelize(model: Llama, cfg: TrainConfig, device: torch.device) -> nn.Module:
-    """Apply AC -> compile -> DDP/FSDP2. Returns the module to call in the loop (``unwrap`` gets the Llama)."""
+def parallelize(model: Llama, cfg: TrainConfig, device: torch.device, precision: str = "fp32") -> nn.Module:
+    """Apply AC -> compile -> DDP/FSDP2. Returns the module to call in the loop (``unwrap`` gets the Llama).
+    ``precision`` (``fp32`` | ``bf16``, resolved): bf16 under FSDP2 gives it a MixedPrecisionPolicy."""
     if cfg.trainer.activation_checkpointing:
         model.checkpoint_blocks = True
     if cfg.trainer.compile:
@@ -60,11 +65,14 @@ def parallelize(model: Llama, cfg: TrainConfig, device: torch.device) -> nn.Modu
     if not is_distributed():
         return model
     if cfg.parallel.name == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        kw = {}
+        if precision == "bf16":
+            kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         for block in model.layers:
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, **kw)
+        fully_shard(model, **kw)
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 

@@ -134,7 +134,10 @@ class Trainer:
         model = Llama(cfg.model).to(self.device)
         self.flops_per_token = flops_per_token(model, T)
         self.peak_flops = device_peak_flops(self.device, self.precision)
-        self.model = parallelize(model, cfg, self.device)
+        self.model = parallelize(model, cfg, self.device, self.precision)
+        # FSDP2 with bf16: its MixedPrecisionPolicy casts the parameters (fp32 masters), no autocast
+        self.fsdp_mixed_precision = cfg.parallel.name == "fsdp" and self.world > 1 and self.precision == "bf16"
+        self.checkpoint_format = ckpt.resolve_format(t.checkpoint_format, cfg.parallel.name)
         self.llama = unwrap(self.model)
         self.optimizer = build_optimizer(self.llama, cfg.optim, self.device)
         self.schedule = Schedule(self.optimizer, cfg.schedule, cfg.optim.lr, t.max_steps)
@@ -266,7 +269,9 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- one step
 
     def _autocast(self):
-        if self.precision == "bf16":
+        """bf16 autocast, or nothing: in fp32, and under FSDP2 whose MixedPrecisionPolicy already runs the
+        forward in bf16 (``parallel.parallelize``)."""
+        if self.precision == "bf16" and not self.fsdp_mixed_precision:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -455,7 +460,7 @@ class Trainer:
             self.run_dir, self.step, model=self.llama, optimizer=self.optimizer, schedule=self.schedule,
             loader=self.train_iter, trainer_state=state, config_yaml=self.config_yaml,
             tokenizer_path=str(tok) if tok else None, wandb_run_id=self.wandb_run_id,
-            fingerprint=self.data.fingerprint, keep_last=self.cfg.trainer.keep_last,
+            fingerprint=self.data.fingerprint, keep_last=self.cfg.trainer.keep_last, fmt=self.checkpoint_format,
         )
         self.last_saved_step = self.step
         self.last["last_checkpoint"] = str(path)

@@ -1,0 +1,169 @@
+"""Sharded checkpoints (torch.distributed.checkpoint): real torchrun runs on CPU (gloo).
+
+A sharded checkpoint written by N processes resumes on M (4 -> 2, 2 -> 1, 1 -> 2) with the losses of an
+uninterrupted run; full and sharded checkpoints resume from each other; analysis loading consolidates a
+sharded checkpoint in one process; ``verify`` covers the shards; keep-last removes old sharded checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from llama_jreg.train import checkpoint as ckpt
+from tests.test_train_helpers import by_step, run_inprocess, run_torchrun, tiny
+
+STEPS = 8
+GLOBAL = ["trainer.global_batch_size=8", f"trainer.max_steps={STEPS}", "trainer.ckpt_every=4",
+          "trainer.keep_last=5"]
+SHARDED = "trainer.checkpoint_format=sharded"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted 1-process run (global batch 8 = 4 micro-batches of 2)."""
+    d = tmp_path_factory.mktemp("ref")
+    run_inprocess(tiny(d, *GLOBAL))
+    return d
+
+
+def _max_loss_diff(a, b) -> float:
+    x, y = by_step(a, "loss"), by_step(b, "loss")
+    assert sorted(x) == sorted(y) == list(range(1, STEPS + 1))
+    return max(abs(x[k] - y[k]) for k in x)
+
+
+def _inprocess_quiet(overrides):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the "resuming a N-process checkpoint" warning
+        return run_inprocess(overrides)
+
+
+def _half_way(run):
+    return run / "checkpoints" / "step_00000004"
+
+
+def test_resolve_format():
+    assert ckpt.resolve_format("auto", "fsdp") == "sharded"
+    assert ckpt.resolve_format("auto", "ddp") == "full"
+    assert ckpt.resolve_format("full", "fsdp") == "full"
+    assert ckpt.resolve_format("sharded", "ddp") == "sharded"
+
+
+def test_unknown_checkpoint_format_is_a_user_error():
+    from llama_jreg import UserError
+    from llama_jreg.config import load_config
+
+    with pytest.raises(UserError, match="trainer.checkpoint_format='zip'; choose auto, sharded or full"):
+        load_config(["trainer.checkpoint_format=zip"])
+
+
+@pytest.mark.slow
+def test_four_ranks_reshard_to_two(reference, tmp_path):
+    """FSDP2 on 4 processes writes 4 shards (format auto = sharded); 2 processes resume from them."""
+    run_torchrun(4, tiny(tmp_path, *GLOBAL, "parallel=fsdp", "trainer.steps_per_run=4"))
+    ck = _half_way(tmp_path)
+    assert ckpt.checkpoint_format(ck) == "sharded" and not (ck / "model.safetensors").exists()
+    assert sorted(p.name for p in (ck / "state").glob("*.distcp")) == [f"__{r}_0.distcp" for r in range(4)]
+    manifest = json.loads((ck / "manifest.json").read_text())
+    assert manifest["format"] == "sharded" and "state/__3_0.distcp" in manifest["files"]
+    assert ckpt.verify(ck) is None
+    proc = run_torchrun(2, tiny(tmp_path, *GLOBAL, "parallel=fsdp", "resume=auto"))
+    assert "step_00000004" in proc.stdout + proc.stderr or by_step(tmp_path, "loss")
+    assert _max_loss_diff(reference, tmp_path) < 1e-5
+    assert ckpt.checkpoint_format(tmp_path / "checkpoints" / "step_00000008") == "sharded"
+
+
+@pytest.mark.slow
+def test_two_ranks_sharded_resume_on_one_process_writing_full(reference, tmp_path):
+    """2 -> 1, and sharded -> full: the 1-process continuation (parallel=ddp: format auto = full) reads the
+    sharded checkpoint; its own checkpoint is a full one."""
+    run_torchrun(2, tiny(tmp_path, *GLOBAL, "parallel=fsdp", "trainer.steps_per_run=4"))
+    assert ckpt.checkpoint_format(_half_way(tmp_path)) == "sharded"
+    s = _inprocess_quiet(tiny(tmp_path, *GLOBAL, "resume=auto"))
+    assert s["resumed_from"].endswith("step_00000004") and s["steps"] == STEPS
+    assert _max_loss_diff(reference, tmp_path) < 1e-5
+    assert ckpt.checkpoint_format(tmp_path / "checkpoints" / "step_00000008") == "full"
+
+
+@pytest.mark.slow
+def test_one_process_sharded_resumes_on_two_ranks(reference, tmp_path):
+    """1 -> 2: a sharded checkpoint of one process (plain tensors) is sharded over 2 FSDP2 ranks on load."""
+    _inprocess_quiet(tiny(tmp_path, *GLOBAL, SHARDED, "trainer.steps_per_run=4"))
+    ck = _half_way(tmp_path)
+    assert ckpt.checkpoint_format(ck) == "sharded" and ckpt.verify(ck) is None
+    run_torchrun(2, tiny(tmp_path, *GLOBAL, "parallel=fsdp", "resume=auto"))
+    assert _max_loss_diff(reference, tmp_path) < 1e-5
+
+
+@pytest.mark.slow
+def test_full_checkpoint_resumes_into_sharded_and_keep_last(reference, tmp_path):
+    """full -> sharded: a DDP (full) checkpoint continues under FSDP2, which writes sharded ones; keep_last=1
+    deletes the older (full) one."""
+    run_torchrun(2, tiny(tmp_path, *GLOBAL, "parallel=ddp", "trainer.steps_per_run=4"))
+    assert ckpt.checkpoint_format(_half_way(tmp_path)) == "full"
+    run_torchrun(2, tiny(tmp_path, *GLOBAL, "parallel=fsdp", "resume=auto", "trainer.keep_last=1"))
+    assert _max_loss_diff(reference, tmp_path) < 1e-5
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000008"]
+    assert ckpt.checkpoint_format(tmp_path / "checkpoints" / "step_00000008") == "sharded"
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory):
+    """The same 4-step 2-rank FSDP2 run twice: once saving full checkpoints, once sharded ones."""
+    out = {}
+    for fmt in ("full", "sharded"):
+        d = tmp_path_factory.mktemp(fmt)
+        run_torchrun(2, tiny(d, "trainer.global_batch_size=8", "trainer.max_steps=4", "trainer.ckpt_every=4",
+                             "parallel=fsdp", f"trainer.checkpoint_format={fmt}"))
+        out[fmt] = d / "checkpoints" / "step_00000004"
+    return out
+
+
+@pytest.mark.slow
+def test_read_model_state_consolidates_shards_in_one_process(twin):
+    full, sharded = ckpt.read_model_state(twin["full"]), ckpt.read_model_state(twin["sharded"])
+    assert ckpt.checkpoint_format(twin["sharded"]) == "sharded"
+    full.setdefault("output.weight", full["tok_embeddings.weight"])  # tied: the full format stores it once
+    assert full.keys() == sharded.keys()
+    for k in full:
+        assert sharded[k].dtype == torch.float32 and torch.equal(full[k], sharded[k]), k
+
+
+@pytest.mark.slow
+def test_analysis_commands_load_a_sharded_checkpoint(twin, tmp_path):
+    from llama_jreg.analysis.load import load_any
+    from llama_jreg.interop.export import export_hf
+
+    a, _, info_a = load_any(twin["full"])
+    b, _, info_b = load_any(twin["sharded"].parent.parent)  # the run dir: its newest checkpoint
+    assert info_b["step"] == 4 and info_b["path"].endswith("step_00000004")
+    x = torch.randint(0, 128, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(a(x).logits, b(x).logits)
+    out = tmp_path / "hf"
+    export_hf(twin["sharded"], out)
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_verify_covers_every_shard(twin, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(twin["sharded"].parent.parent, run)
+    ck = run / "checkpoints" / "step_00000004"
+    shard = ck / "state" / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert ckpt.verify(ck) == f"{ck}: state/__1_0.distcp does not match its sha256 in the manifest"
+    shard.write_bytes(bytes(data[:-1]))
+    assert "state/__1_0.distcp does not match" in ckpt.verify(ck)
+    (ck / "state" / "extra.distcp").write_bytes(b"x")
+    assert ckpt.verify(ck) == f"{ck}: state/extra.distcp is not in the manifest"
+    with pytest.warns(UserWarning, match="skipping broken checkpoint"):
+        assert ckpt.find_latest(run) is None
