@@ -3,6 +3,7 @@ with ``resume=auto`` until it finishes, and check the result against one uninter
 
     python scripts/kill9_trials.py --trials 20 --seed 0            # a table + a PASS/FAIL summary
     python scripts/kill9_trials.py --trials 3 --seed 1 --steps 12  # quicker
+    python scripts/kill9_trials.py --trials 5 --format sharded     # sharded checkpoints (state/, DCP)
 
 Every launch is the real CLI entry (``llama_jreg.cli.main(["train", ...])``, as ``python -m llama_jreg train``
 runs it) in a fresh process, started by this script in ``--child`` mode, which adds two things and nothing
@@ -109,15 +110,18 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-REQUIRED = ("model.safetensors", "optimizer.pt", "scheduler.json", "trainer_state.json", "rng_rank0.pt",
-            "loader_rank0.json", "config.yaml", "data_fingerprint")
+REQUIRED = ("scheduler.json", "trainer_state.json", "rng_rank0.pt", "loader_rank0.json", "config.yaml",
+            "data_fingerprint")
+REQUIRED_MODEL = {"full": ("model.safetensors", "optimizer.pt"),
+                  "sharded": ("state/.metadata", "state/__0_0.distcp")}  # one process: one shard file
+FORMAT = "full"  # trainer.checkpoint_format of every launch (run_trials sets it)
 
 
 def complete(ckpt: Path) -> bool:
     """Our own check (not the package's): a manifest listing the required files, each matching its sha256."""
     try:
         files = json.loads((ckpt / "manifest.json").read_text())["files"]
-        if not set(REQUIRED) <= set(files):
+        if not set(REQUIRED) | set(REQUIRED_MODEL[FORMAT]) <= set(files):
             return False
         return all((ckpt / n).is_file() and (ckpt / n).stat().st_size == m["bytes"] and sha256(ckpt / n) == m["sha256"]
                    for n, m in files.items())
@@ -167,10 +171,29 @@ def count_train_rows(run: Path) -> int:
         return 0
 
 
-def weights_digest(ckpt: Path) -> str:
-    from safetensors.torch import load_file
+def _read_model(ckpt: Path) -> dict:
+    """The model tensors of a checkpoint, read with safetensors / torch.distributed.checkpoint directly."""
+    if not (ckpt / "state").is_dir():
+        from safetensors.torch import load_file
 
-    sd = load_file(str(ckpt / "model.safetensors"))
+        return load_file(str(ckpt / "model.safetensors"))
+    import warnings
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    reader = dcp.FileSystemReader(str(ckpt / "state"))
+    sd = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in reader.read_metadata().state_dict_metadata.items()
+          if k.startswith("model.") and hasattr(m, "size")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.load(sd, storage_reader=reader, no_dist=True)
+    sd.pop("model.output.weight", None)  # tied to tok_embeddings (the full format stores it once)
+    return {k[len("model."):]: v for k, v in sd.items()}
+
+
+def weights_digest(ckpt: Path) -> str:
+    sd = _read_model(ckpt)
     h = hashlib.sha256()
     for k in sorted(sd):
         h.update(k.encode())
@@ -198,7 +221,7 @@ def snapshot(run: Path) -> dict:
 
 def overrides(run: Path, steps: int, ckpt_every: int, keep_last: int) -> list[str]:
     return [*TINY, f"run.dir={run}", f"trainer.max_steps={steps}", f"trainer.ckpt_every={ckpt_every}",
-            f"trainer.keep_last={keep_last}", "resume=auto"]
+            f"trainer.keep_last={keep_last}", f"trainer.checkpoint_format={FORMAT}", "resume=auto"]
 
 
 CODE = REPO  # where the launched processes import llama_jreg from (run_trials points it at a frozen copy)
@@ -448,12 +471,14 @@ def summary(trials: list[Trial]) -> str:
 
 def run_trials(trials: int, seed: int, steps: int = 24, ckpt_every: int = 3, keep_last: int = 2,
                fsync_delay: float = 0.02, max_kills: int = 2, workdir: Path | None = None,
-               keep: bool = False, log=print, kinds: tuple[str, ...] = ("random", "in-save", "early")) -> list[Trial]:
+               keep: bool = False, log=print, kinds: tuple[str, ...] = ("random", "in-save", "early"),
+               fmt: str = "full") -> list[Trial]:
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="kill9_"))
     work.mkdir(parents=True, exist_ok=True)
-    global CODE
+    global CODE, FORMAT
     CODE = snapshot_code(work)
-    log(f"work dir {work}; code {code_version()} (frozen copy in {CODE}); {trials} trials, seed {seed}, "
+    FORMAT = fmt
+    log(f"work dir {work}; code {code_version()} (frozen copy in {CODE}); {fmt} checkpoints; {trials} trials, seed {seed}, "
         f"{steps} steps, ckpt_every {ckpt_every}, keep_last {keep_last}, fsync delay {fsync_delay * 1000:.0f} ms")
     ref, ref_s = run_reference(work, steps, ckpt_every, keep_last, fsync_delay)
     startup = measure_startup(work, steps, ckpt_every, keep_last, fsync_delay) if "early" in kinds else 0.0
@@ -486,10 +511,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-kills", type=int, default=2, help="kills per trial: 1..N, at random")
     p.add_argument("--workdir", help="default: a fresh temporary dir (deleted when every trial passed)")
     p.add_argument("--keep", action="store_true", help="keep every run dir")
+    p.add_argument("--format", choices=("full", "sharded"), default="full", help="trainer.checkpoint_format")
     a = p.parse_args(argv)
     t0 = time.time()
     trials = run_trials(a.trials, a.seed, a.steps, a.ckpt_every, a.keep_last, a.fsync_delay, a.max_kills,
-                        Path(a.workdir) if a.workdir else None, a.keep)
+                        Path(a.workdir) if a.workdir else None, a.keep, fmt=a.format)
     print()
     print(table(trials))
     print()

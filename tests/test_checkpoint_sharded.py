@@ -168,3 +168,19 @@ def test_verify_covers_every_shard(twin, tmp_path):
     assert ckpt.verify(ck) == f"{ck}: state/extra.distcp is not in the manifest"
     with pytest.warns(UserWarning, match="skipping broken checkpoint"):
         assert ckpt.find_latest(run) is None
+
+
+@pytest.mark.slow
+def test_kill9_inside_a_sharded_save_then_resume_auto(tmp_path):
+    """One trial of scripts/kill9_trials.py with sharded checkpoints, the kill aimed inside a save: the
+    leftover ``.tmp-`` dir is cleaned, the run resumes from the newest complete checkpoint and ends
+    bit-identical to an uninterrupted run (losses, loader cursors, final weights)."""
+    from tests.test_reliability import kill9  # scripts/kill9_trials.py, loaded once
+
+    trials = kill9.run_trials(1, seed=4, steps=6, ckpt_every=2, keep_last=2, max_kills=1, kinds=("in-save",),
+                              workdir=tmp_path, keep=True, log=lambda _m: None, fmt="sharded")
+    t = trials[0]
+    assert t.ok, t.problems
+    assert t.kills[0].in_save and t.resumes[-1][0] == t.resumes[-1][1]
+    final = tmp_path / "trial_000" / "checkpoints" / "step_00000006"
+    assert ckpt.checkpoint_format(final) == "sharded" and ckpt.verify(final) is None
