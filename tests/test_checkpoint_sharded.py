@@ -184,3 +184,26 @@ def test_kill9_inside_a_sharded_save_then_resume_auto(tmp_path):
     assert t.kills[0].in_save and t.resumes[-1][0] == t.resumes[-1][1]
     final = tmp_path / "trial_000" / "checkpoints" / "step_00000006"
     assert ckpt.checkpoint_format(final) == "sharded" and ckpt.verify(final) is None
+
+
+@pytest.mark.slow
+def test_bench_ckpt_script_runs(tmp_path):
+    """scripts/bench_ckpt.py at a tiny size on 2 ranks: one row per format and rank, timings and peaks > 0."""
+    import subprocess
+    import sys
+
+    from tests.test_train_helpers import REPO, env_for_subprocess
+
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "scripts" / "bench_ckpt.py"), "--model", "tiny", "--set", "n_layers=2", "--set", "dim=64",
+           "--set", "n_heads=4", "--set", "n_kv_heads=2", "--set", "ffn_dim=128", "--set", "vocab_size=128",
+           "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env_for_subprocess(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["world"] == 2 and sorted((r["format"], r["rank"]) for r in res["rows"]) == [
+        ("full", 0), ("full", 1), ("sharded", 0), ("sharded", 1)]
+    for r in res["rows"]:
+        assert r["save"]["s"] > 0 and r["load"]["s"] > 0 and r["save"]["peak_gib"] > 0 and r["bytes"] > 0
+    assert "sharded  rank 1: save" in proc.stdout
