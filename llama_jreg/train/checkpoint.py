@@ -548,8 +548,9 @@ def _load_sharded_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
 def read_model_state(path: Path) -> dict[str, torch.Tensor]:
     """The full model state_dict (CPU tensors, names as in ``Llama.state_dict()``) of one checkpoint dir, in
     either format, in this process alone (no process group needed; a sharded checkpoint of any world size is
-    consolidated in memory, nothing written). A tied head stored once is not re-added here. Raises UserError
-    when ``path`` holds no model."""
+    consolidated in memory, nothing written). With tied embeddings ``output.weight`` may be absent (the full
+    format stores the tied head once; re-tie it from ``tok_embeddings.weight``). Raises UserError when ``path``
+    holds no model."""
     path = Path(path)
     fmt = checkpoint_format(path)
     if fmt == "full":
