@@ -103,15 +103,47 @@ def test_tokenizer_round_trip_and_llama_ids(corpus, tmp_path):
 def test_prepare_manifest_and_tokens_decode_back(prepared, corpus):
     _cfg, out, m = prepared
     assert m["tokenizer"]["sha256"] == Tokenizer(out / "tokenizer.model").sha256
-    assert m["dtype"] == "uint16"
-    train, val = m["splits"]["train"], m["splits"]["validation"]
-    assert train["documents"] + val["documents"] == len(corpus["docs"])
-    assert val["documents"] == 4  # every 10th document, starting with the first
+    assert m["dtype"] == "uint16" and m["stream"]["documents"] == len(corpus["docs"])
     tok = Tokenizer(out / "tokenizer.model")
-    stream = np.fromfile(out / val["shards"][0]["file"], dtype=np.uint16)
-    assert stream.size == val["tokens"]
+    stream = np.concatenate([np.fromfile(out / s["file"], dtype=np.uint16) for s in m["stream"]["shards"]])
+    assert stream.size == m["stream"]["tokens"]
     docs = np.split(stream, np.flatnonzero(stream == tok.eos_id) + 1)[:-1]
-    assert [tok.decode(d[:-1].tolist()) for d in docs] == corpus["docs"][0::10]
+    assert [tok.decode(d[:-1].tolist()) for d in docs] == corpus["docs"]  # every document, in source order
+
+
+def windows(samples) -> list[tuple[int, ...]]:
+    return [tuple(samples.window(i).tolist()) for i in range(len(samples))]
+
+
+def test_validation_is_the_head_of_the_stream_and_disjoint_from_train(prepared):
+    cfg, out, m = prepared
+    stream = np.concatenate([np.fromfile(out / s["file"], dtype=np.uint16) for s in m["stream"]["shards"]])
+    n = stream.size
+    for seq_len, val_sequences in ((32, 6), (16, 40), (64, 3)):
+        c = DataConfig(**{**cfg.__dict__, "seq_len": seq_len, "val_sequences": val_sequences})
+        assert n >= 2 * (val_sequences * seq_len + 1)  # the corpus is big enough for the guarantee
+        b = build_data(c, seed=0, model_vocab=512)
+        assert b.prepared_dir == out  # another seq_len reuses the same preparation
+        val, train = b.validation, b.train.samples
+        assert len(val) >= val_sequences
+        assert len(b.val_batches(1 + val_sequences // c.micro_batch_size)) >= 1
+        nval = val.num_tokens
+        assert nval >= max(cfg.val_fraction * n, val_sequences * seq_len + 1) and nval + train.num_tokens == n
+        assert windows(val) == [tuple(stream[i * seq_len:i * seq_len + seq_len + 1].tolist()) for i in range(len(val))]
+        assert train.window(0).tolist() == stream[nval:nval + seq_len + 1].tolist()
+        last = (len(val) - 1) * seq_len + seq_len + 1  # tokens used by validation (inputs and labels)
+        assert last <= nval  # so no validation token is ever a training input or label
+
+    # a corpus with fewer tokens than 2 * (val_sequences * seq_len + 1): validation is its first half
+    c = DataConfig(**{**cfg.__dict__, "val_sequences": n // 32})
+    b = build_data(c, seed=0, model_vocab=512)
+    assert b.validation.num_tokens == n // 2 and 1 <= len(b.validation) < c.val_sequences
+    assert len(b.train.samples) >= len(b.validation)
+    # too short for one training and one validation sequence: one line saying how much text is missing
+    c = DataConfig(**{**cfg.__dict__, "seq_len": n // 2})
+    with pytest.raises(UserError, match=rf"has {n:,} tokens, fewer than the {2 * (n // 2 + 1):,} of one training "
+                                        rf"and one validation sequence.*add at least {2 * (n // 2 + 1) - n} tokens"):
+        build_data(c, seed=0, model_vocab=512)
 
 
 def test_prepare_is_idempotent_and_refuses_other_data_without_force(prepared, corpus, tmp_path):
@@ -137,7 +169,7 @@ def test_prepare_is_idempotent_and_refuses_other_data_without_force(prepared, co
         prepare_main(argv)
     assert prepare_main(argv + ["--force"]) == 0
     m3 = read_manifest(forced)
-    assert m3["fingerprint"] != m["fingerprint"] and m3["splits"]["train"]["documents"] == 2
+    assert m3["fingerprint"] != m["fingerprint"] and m3["stream"]["documents"] == 3
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".forced")]  # temp dirs cleaned up
     assert prepare_main(argv) == 0  # idempotent re-run without --force
 
@@ -169,7 +201,7 @@ def test_txt_jsonl_parquet_give_the_same_tokens(corpus, tmp_path, prepared):
     for name, c in variants.items():
         d, man = prepare(c, log=quiet)
         assert man["tokenizer"]["sha256"] == m["tokenizer"]["sha256"]
-        streams[name] = np.fromfile(d / man["splits"]["train"]["shards"][0]["file"], dtype=np.uint16)
+        streams[name] = np.fromfile(d / man["stream"]["shards"][0]["file"], dtype=np.uint16)
     assert all(np.array_equal(s, streams["jsonl"]) for s in streams.values())
 
 
@@ -182,9 +214,9 @@ def test_batches_shapes_and_shifted_labels(prepared):
     batch = next(b.train)
     assert batch["input_ids"].shape == (4, 32) and batch["input_ids"].dtype == torch.long
     assert torch.equal(batch["input_ids"][:, 1:], batch["labels"][:, :-1])
-    stream = np.concatenate([np.fromfile(out / s["file"], dtype=np.uint16) for s in m["splits"]["train"]["shards"]])
+    stream = np.concatenate([np.fromfile(out / s["file"], dtype=np.uint16) for s in m["stream"]["shards"]])
     row = batch["input_ids"][0].numpy()
-    starts = [i for i in range(0, stream.size - 32, 32) if np.array_equal(stream[i:i + 32], row)]
+    starts = [i for i in range(stream.size - 32) if np.array_equal(stream[i:i + 32], row)]
     assert starts and stream[starts[0] + 32] == batch["labels"][0, -1].item()
     assert b.fingerprint and b.manifest["fingerprint"] == m["fingerprint"]
     vb = b.val_batches(3)
@@ -346,11 +378,13 @@ def test_corpus_too_small_for_one_sequence(corpus, tmp_path, prepared):
     tiny = [str(tmp_path / f"t{i}.txt") for i in range(3)]
     for i, p in enumerate(tiny):
         Path(p).write_text(f"a short document {i}\n")
-    cfg = local_cfg(tiny, tmp_path, tokenizer=str(out / "tokenizer.model"), val_fraction=0.5)
-    with pytest.raises(UserError, match="fewer than one sequence"):
-        build_data(cfg, seed=0, model_vocab=512)
-    with pytest.raises(UserError, match="only 1 document"):
-        prepare(local_cfg(tiny[:1], tmp_path, tokenizer=str(out / "tokenizer.model")), log=quiet)
+    cache = tmp_path / "cache"
+    for files in (tiny, tiny[:1]):
+        cfg = local_cfg(files, cache, tokenizer=str(out / "tokenizer.model"))
+        with pytest.raises(UserError, match=r"has \d+ tokens, fewer than the 66 of one training and one validation "
+                                            r"sequence of data.seq_len\+1=33; add at least \d+ tokens"):
+            build_data(cfg, seed=0, model_vocab=512)
+    assert not list((cache / "prepared").iterdir())  # nothing prepared, no temporary directory left
 
 
 def test_jsonl_without_the_text_field(corpus, tmp_path, prepared):

@@ -19,7 +19,14 @@ from llama_jreg.data.loader import (
     SampleSet,
     fixed_batches,
 )
-from llama_jreg.data.prepare import TOKENIZER_FILE, check_complete, prepare, read_manifest, tokenizer_spec
+from llama_jreg.data.prepare import (
+    TOKENIZER_FILE,
+    check_complete,
+    prepare,
+    read_manifest,
+    tokenizer_spec,
+    validation_tokens,
+)
 from llama_jreg.data.sources import cache_root, make_source
 from llama_jreg.data.tokenizer import Tokenizer, train_tokenizer
 
@@ -84,14 +91,11 @@ def _build_prepared(cfg: DataConfig, seed: int, rank: int, world_size: int, mode
         raise UserError(f"prepared data {directory} was tokenized with tokenizer sha256 {tok.sha256[:12]}, not "
                         f"data.tokenizer={cfg.tokenizer}; re-prepare with that tokenizer or drop data.tokenizer")
     tok.check_fits(model_vocab)
-    train = PackedSequences.from_prepared(directory, manifest, "train", cfg.seq_len)
-    val = PackedSequences.from_prepared(directory, manifest, "validation", cfg.seq_len)
-    for name, split in (("train", train), ("validation", val)):
-        if len(split) < 1:
-            raise UserError(f"the {name} split of {directory} has {split.num_tokens} tokens, fewer than one sequence "
-                            f"of data.seq_len+1={cfg.seq_len + 1}; add text, lower data.seq_len"
-                            + (" or raise data.val_fraction" if name == "validation" else ""))
-    fingerprint = _hash({"data": manifest["fingerprint"], "seq_len": cfg.seq_len, "loader": LOADER_VERSION})
+    nval = validation_tokens(manifest["stream"]["tokens"], cfg, f"prepared data {directory}")
+    val = PackedSequences.from_prepared(directory, manifest, cfg.seq_len, 0, nval)
+    train = PackedSequences.from_prepared(directory, manifest, cfg.seq_len, nval)
+    fingerprint = _hash({"data": manifest["fingerprint"], "seq_len": cfg.seq_len, "validation_tokens": nval,
+                         "loader": LOADER_VERSION})
     loader = GlobalOrderLoader(train, batch_size=cfg.micro_batch_size, seed=seed, rank=rank,
                                world_size=world_size, fingerprint=fingerprint)
     return DataBundle(tok, loader, fingerprint, manifest, val, cfg.micro_batch_size, cfg.val_sequences, directory)
