@@ -392,3 +392,61 @@ def test_jsonl_without_the_text_field(corpus, tmp_path, prepared):
     p = write_jsonl(tmp_path / "x.jsonl", corpus["docs"][:4], field="content")
     with pytest.raises(UserError, match="text_field"):
         build_data(local_cfg([p], tmp_path, tokenizer=str(out / "tokenizer.model")), seed=0, model_vocab=512)
+
+
+# ---------------------------------------------------------------- one file / many files with the default data keys
+
+SMALL_MODEL = ["model=tiny", "model.n_layers=2", "model.dim=64", "model.n_heads=4", "model.n_kv_heads=2",
+               "model.ffn_dim=128", "model.vocab_size=512", "model.max_seq_len=256", "trainer.max_steps=2",
+               "trainer.eval_every=2", "trainer.eval_batches=1", "trainer.ckpt_every=2", "trainer.jump_every=2",
+               "trainer.log_every=1", "trainer.progress=false", "trainer.plots=false", "schedule.warmup_steps=1"]
+
+
+@pytest.mark.slow
+def test_one_txt_file_trains_with_the_default_data_keys(tmp_path):
+    """One plain .txt file (one document) is prepared and trained on through the CLI with no data.* key but
+    the file; its validation holds data.val_sequences sequences of data.seq_len."""
+    import subprocess
+    import sys
+
+    from llama_jreg.config import load_config
+    from llama_jreg.data.sources import cache_root, fetch_shakespeare
+    from tests.test_train_helpers import REPO, env_for_subprocess
+
+    works = [f for f in fetch_shakespeare(cache_root(DataConfig())) if Path(f).name.startswith(("hamlet", "macbeth"))]
+    one = tmp_path / "one.txt"
+    one.write_text("".join(Path(f).read_text(encoding="utf-8") for f in works), encoding="utf-8")
+    args = ["data=local", f"data.files=[{one}]", *SMALL_MODEL]
+    env = {**env_for_subprocess(), "LLAMA_JREG_CACHE": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-m", "llama_jreg", "train", *args, f"run.dir={tmp_path / 'run'}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    # the preparation's log says what went where
+    assert "1 documents" in run.stdout and "validation = the first 16,385 tokens (64 sequences)" in run.stdout
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in metrics if r["kind"] == "train"] == [1, 2]
+    assert any(r["kind"] == "eval" and np.isfinite(r["val_loss"]) for r in metrics)
+
+    cfg = load_config([*args, f"data.cache_dir={tmp_path / 'cache'}"]).data
+    b = build_data(cfg, seed=0, model_vocab=512)  # the run's preparation, reused
+    assert cfg.seq_len == 256 and cfg.val_sequences == 64 and cfg.text_sample_by == "document"
+    assert len(b.validation) == 64 and len(b.train.samples) > 64
+
+
+@pytest.mark.slow
+def test_a_folder_of_many_small_files_trains(tmp_path):
+    from llama_jreg.config import load_config
+    from llama_jreg.train.trainer import train
+
+    folder = tmp_path / "notes"
+    write_txt(folder, make_docs(n=300, words=36, seed=5))  # 300 files of a few lines each
+    args = ["data=local", f"data.files=[{folder}/*.txt]", f"data.cache_dir={tmp_path / 'cache'}", *SMALL_MODEL,
+            f"run.dir={tmp_path / 'run'}"]
+    cfg = load_config(args)
+    b = build_data(cfg.data, seed=0, model_vocab=512)
+    assert b.manifest["stream"]["documents"] == 300
+    n = b.manifest["stream"]["tokens"]
+    assert len(b.validation) == min(64, (n // 2 - 1) // 256) >= 1
+    assert b.validation.num_tokens + b.train.samples.num_tokens == n
+    summary = train(cfg)
+    assert summary["steps"] == 2 and np.isfinite(summary["val_loss"])
