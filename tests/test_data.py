@@ -313,17 +313,37 @@ def test_streaming_resume_twice_matches_uninterrupted(corpus, tmp_path, prepared
     assert any(tuple(stream[i:i + 32]) == first for i in range(len(stream) - 32))
 
 
-def test_streaming_ranks_are_disjoint_and_world_size_is_checked(corpus, tmp_path, prepared):
+def test_streaming_ranks_share_one_order_and_resume_with_another_world_size(corpus, tmp_path, prepared):
+    """2 ranks see the windows 1 rank sees (in turns of B), and a state resumes at 1, 2 or 3 ranks exactly."""
     _, out, _ = prepared
     cfg = local_cfg(corpus["txt"], tmp_path, streaming=True, tokenizer=str(out / "tokenizer.model"),
                     val_sequences=3)
-    r0 = build_data(cfg, seed=0, rank=0, world_size=2, model_vocab=512)
-    r1 = build_data(cfg, seed=0, rank=1, world_size=2, model_vocab=512)
-    a, b = rows(take(r0.train, 5)), rows(take(r1.train, 5))
-    assert not set(a) & set(b)
-    solo = build_data(cfg, seed=0, model_vocab=512)
-    with pytest.raises(UserError, match="same number of processes"):
-        solo.train.load_state_dict(r0.train.state_dict())
+    B = cfg.micro_batch_size
+    ref = rows(take(build_data(cfg, seed=0, model_vocab=512).train, 24))
+
+    def ranks(w: int, state=None):
+        loaders = [build_data(cfg, seed=0, rank=r, world_size=w, model_vocab=512).train for r in range(w)]
+        if state is not None:
+            for lo in loaders:
+                lo.load_state_dict(json.loads(json.dumps(state)))
+        return loaders
+
+    def step(loaders):  # one micro-batch on every rank, in rank order
+        return [row for lo in loaders for row in rows([next(lo)])]
+
+    two = ranks(2)
+    got = step(two) + step(two)
+    assert got == ref[:4 * B]
+    r0, r1 = two
+    assert not set(got[:B]) & set(got[B:2 * B])  # the ranks' batches differ
+    assert r0.state_dict() == r1.state_dict()  # every rank stands at the same place of the stream
+    one = ranks(1, r0.state_dict())  # 2 -> 1
+    got += step(one) + step(one)
+    three = ranks(3, one[0].state_dict())  # 1 -> 3
+    got += step(three) + step(three)
+    two = ranks(2, three[2].state_dict())  # 3 -> 2
+    got += step(two)
+    assert got == ref[:(4 + 2 + 6 + 2) * B]  # no window repeated or skipped
 
 
 # ---------------------------------------------------------------- bad input

@@ -133,9 +133,7 @@ def streaming_tokenizer(cfg: DataConfig, source) -> Tokenizer:
 
 
 def _build_streaming(cfg: DataConfig, seed: int, rank: int, world_size: int, model_vocab: int) -> DataBundle:
-    from datasets.distributed import split_dataset_by_node
-
-    from llama_jreg.data.streaming import StreamingLoader, holdout_validation
+    from llama_jreg.data.streaming import STREAMING_VERSION, StreamingLoader, holdout_validation
 
     source = make_source(cfg)
     tok = streaming_tokenizer(cfg, source)
@@ -146,11 +144,11 @@ def _build_streaming(cfg: DataConfig, seed: int, rank: int, world_size: int, mod
         raise UserError(f"{source.describe()} has {val_tokens.size} tokens, fewer than one sequence of "
                         f"data.seq_len+1={cfg.seq_len + 1}; add text or lower data.seq_len")
 
-    def make_dataset():
-        return split_dataset_by_node(source.dataset().skip(held_docs), rank=rank, world_size=world_size)
+    def make_dataset():  # every rank reads the whole training stream (the loader deals out the windows)
+        return source.dataset().skip(held_docs)
 
     fingerprint = _hash({"streaming": source.identity(), "tokenizer": tok.sha256, "seq_len": cfg.seq_len,
-                         "val_sequences": cfg.val_sequences, "loader": LOADER_VERSION})
+                         "val_sequences": cfg.val_sequences, "loader": LOADER_VERSION, "order": STREAMING_VERSION})
     loader = StreamingLoader(make_dataset, tok, seq_len=cfg.seq_len, batch_size=cfg.micro_batch_size, rank=rank,
                              world_size=world_size, fingerprint=fingerprint, read_error=source.read_error)
     return DataBundle(tok, loader, fingerprint, {}, val, cfg.micro_batch_size, cfg.val_sequences, None)
