@@ -349,6 +349,17 @@ def test_streaming_ranks_share_one_order_and_resume_with_another_world_size(corp
 # ---------------------------------------------------------------- bad input
 
 
+def test_streaming_one_document_is_all_validation(tmp_path, prepared):
+    _, out, _ = prepared
+    one = tmp_path / "one.txt"
+    one.write_text(" ".join(make_docs(n=3)))
+    cfg = local_cfg([str(one)], tmp_path, streaming=True, tokenizer=str(out / "tokenizer.model"))
+    with pytest.raises(UserError, match="no training document after the ones held out.*data.streaming=false"):
+        next(build_data(cfg, seed=0, model_vocab=512).train)
+    b = build_data(DataConfig(**{**cfg.__dict__, "streaming": False}), seed=0, model_vocab=512)
+    assert len(b.validation) == cfg.val_sequences and next(b.train)["input_ids"].shape == (4, 32)
+
+
 def test_missing_files(tmp_path):
     with pytest.raises(UserError, match="matches no file"):
         build_data(local_cfg([str(tmp_path / "nope.jsonl")], tmp_path), seed=0, model_vocab=512)

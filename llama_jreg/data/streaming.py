@@ -84,8 +84,8 @@ class StreamingLoader:
             row = next(self._iter)
         except StopIteration:
             if self._pulled == 0 and self._start_state is None:
-                raise UserError("the stream holds no training documents after the ones held out for validation; "
-                                "add text or lower data.val_sequences") from None
+                raise UserError("the stream holds no training document after the ones held out for validation; add "
+                                "text, split files with data.text_sample_by=paragraph or use data.streaming=false") from None
             self.epoch += 1
             self._restart(None)
             return self._next_doc()
