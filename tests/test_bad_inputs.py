@@ -189,7 +189,7 @@ CASES = [
                                        f"data.files=[{','.join(str(w['root'] / f'small{i}.txt') for i in range(3))}]",
                                        f"data.tokenizer={w['prepared'] / 'tokenizer.model'}",
                                        f"data.prepared_dir={t / 'p'}", f"run.dir={t / 'r'}"],
-     "XXXNOPE", "the cache"),
+     "of one training and one validation sequence of data.seq_len+1=33; add at least", "the cache"),
     ("prepare-into-other-preparation", lambda w, t: ["prepare-data", *TRAIN, "data=local", f"data.files=[{w['other']}]",
                                                      f"--out={w['prepared']}"],
      "already holds a different preparation", "the existing preparation"),

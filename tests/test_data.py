@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,8 @@ import torch
 from llama_jreg import UserError
 from llama_jreg.data import build_data
 from llama_jreg.data.config import DataConfig
+from llama_jreg.data.prepare import FORMAT_VERSION, prepare, read_manifest
 from llama_jreg.data.prepare import main as prepare_main
-from llama_jreg.data.prepare import prepare, read_manifest
 from llama_jreg.data.tokenizer import Tokenizer, train_tokenizer
 
 WORDS = ["the", "king", "queen", "lord", "lady", "night", "day", "sword", "crown", "love", "death", "heart", "blood", "fair", "foul", "speak", "hear", "see", "thou", "thee", "thy", "hath", "doth", "shall", "will", "come", "go", "stay", "1599", "42", "Ænon", "café", "naïve", "—", "“quoted”", "’tis"]
@@ -392,6 +393,16 @@ def test_tokenizer_larger_than_model_vocab(prepared):
     cfg, _, _ = prepared
     with pytest.raises(UserError, match="model.vocab_size=256"):
         build_data(cfg, seed=0, model_vocab=256)
+
+
+def test_preparation_of_an_older_format_is_refused(prepared, tmp_path):
+    cfg, out, m = prepared
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    (old / "manifest.json").write_text(json.dumps({**m, "format_version": FORMAT_VERSION - 1}))
+    with pytest.raises(UserError, match=f"has format {FORMAT_VERSION - 1}, this llama-jreg reads format "
+                                        f"{FORMAT_VERSION}; re-run .*--force"):
+        build_data(DataConfig(**{**cfg.__dict__, "prepared_dir": str(old)}), seed=0, model_vocab=512)
 
 
 def test_manifest_with_other_tokenizer_hash(prepared, corpus, tmp_path):

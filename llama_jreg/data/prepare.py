@@ -235,6 +235,9 @@ def read_manifest(directory: str | Path) -> dict[str, Any] | None:
 
 def check_complete(directory: Path, manifest: dict[str, Any]) -> None:
     """Every shard the manifest lists exists with the right size (a cheap integrity check)."""
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"prepared data {directory} has format {manifest.get('format_version')}, this llama-jreg reads "
+                        f"format {FORMAT_VERSION}; re-run `llama-jreg prepare-data ... --force` on it")
     itemsize = np.dtype(manifest["dtype"]).itemsize
     for shard in manifest["stream"]["shards"]:
         f = directory / shard["file"]
