@@ -13,7 +13,7 @@ when the data is loaded (:func:`validation_tokens`). Validation is the first ``V
     V = min(max(ceil(data.val_fraction * N), data.val_sequences * data.seq_len + 1), N // 2)
 
 for a stream of ``N`` tokens. So validation always holds ``data.val_sequences`` full sequences of
-``data.seq_len + 1`` tokens when the corpus has at least twice that many tokens, whatever the number of
+``data.seq_len + 1`` tokens when ``N >= 2 * (data.val_sequences * data.seq_len + 1)``, whatever the number of
 documents (one ``.txt`` file is one document) and of processes; a smaller corpus is cut in half, and one
 with fewer than ``2 * (data.seq_len + 1)`` tokens (one training and one validation sequence) is refused.
 The two token ranges are disjoint: no token of a validation sequence (input or label) is ever trained on.
