@@ -19,7 +19,14 @@ from llama_jreg.data.loader import (
     SampleSet,
     fixed_batches,
 )
-from llama_jreg.data.prepare import TOKENIZER_FILE, check_complete, prepare, read_manifest, tokenizer_spec
+from llama_jreg.data.prepare import (
+    TOKENIZER_FILE,
+    check_complete,
+    prepare,
+    read_manifest,
+    tokenizer_spec,
+    validation_tokens,
+)
 from llama_jreg.data.sources import cache_root, make_source
 from llama_jreg.data.tokenizer import Tokenizer, train_tokenizer
 
@@ -84,14 +91,11 @@ def _build_prepared(cfg: DataConfig, seed: int, rank: int, world_size: int, mode
         raise UserError(f"prepared data {directory} was tokenized with tokenizer sha256 {tok.sha256[:12]}, not "
                         f"data.tokenizer={cfg.tokenizer}; re-prepare with that tokenizer or drop data.tokenizer")
     tok.check_fits(model_vocab)
-    train = PackedSequences.from_prepared(directory, manifest, "train", cfg.seq_len)
-    val = PackedSequences.from_prepared(directory, manifest, "validation", cfg.seq_len)
-    for name, split in (("train", train), ("validation", val)):
-        if len(split) < 1:
-            raise UserError(f"the {name} split of {directory} has {split.num_tokens} tokens, fewer than one sequence "
-                            f"of data.seq_len+1={cfg.seq_len + 1}; add text, lower data.seq_len"
-                            + (" or raise data.val_fraction" if name == "validation" else ""))
-    fingerprint = _hash({"data": manifest["fingerprint"], "seq_len": cfg.seq_len, "loader": LOADER_VERSION})
+    nval = validation_tokens(manifest["stream"]["tokens"], cfg, f"prepared data {directory}")
+    val = PackedSequences.from_prepared(directory, manifest, cfg.seq_len, 0, nval)
+    train = PackedSequences.from_prepared(directory, manifest, cfg.seq_len, nval)
+    fingerprint = _hash({"data": manifest["fingerprint"], "seq_len": cfg.seq_len, "validation_tokens": nval,
+                         "loader": LOADER_VERSION})
     loader = GlobalOrderLoader(train, batch_size=cfg.micro_batch_size, seed=seed, rank=rank,
                                world_size=world_size, fingerprint=fingerprint)
     return DataBundle(tok, loader, fingerprint, manifest, val, cfg.micro_batch_size, cfg.val_sequences, directory)
@@ -129,9 +133,7 @@ def streaming_tokenizer(cfg: DataConfig, source) -> Tokenizer:
 
 
 def _build_streaming(cfg: DataConfig, seed: int, rank: int, world_size: int, model_vocab: int) -> DataBundle:
-    from datasets.distributed import split_dataset_by_node
-
-    from llama_jreg.data.streaming import StreamingLoader, holdout_validation
+    from llama_jreg.data.streaming import STREAMING_VERSION, StreamingLoader, holdout_validation
 
     source = make_source(cfg)
     tok = streaming_tokenizer(cfg, source)
@@ -142,11 +144,11 @@ def _build_streaming(cfg: DataConfig, seed: int, rank: int, world_size: int, mod
         raise UserError(f"{source.describe()} has {val_tokens.size} tokens, fewer than one sequence of "
                         f"data.seq_len+1={cfg.seq_len + 1}; add text or lower data.seq_len")
 
-    def make_dataset():
-        return split_dataset_by_node(source.dataset().skip(held_docs), rank=rank, world_size=world_size)
+    def make_dataset():  # every rank reads the whole training stream (the loader deals out the windows)
+        return source.dataset().skip(held_docs)
 
     fingerprint = _hash({"streaming": source.identity(), "tokenizer": tok.sha256, "seq_len": cfg.seq_len,
-                         "val_sequences": cfg.val_sequences, "loader": LOADER_VERSION})
+                         "val_sequences": cfg.val_sequences, "loader": LOADER_VERSION, "order": STREAMING_VERSION})
     loader = StreamingLoader(make_dataset, tok, seq_len=cfg.seq_len, batch_size=cfg.micro_batch_size, rank=rank,
                              world_size=world_size, fingerprint=fingerprint, read_error=source.read_error)
     return DataBundle(tok, loader, fingerprint, {}, val, cfg.micro_batch_size, cfg.val_sequences, None)
