@@ -44,3 +44,21 @@ def make_tiny_hf_llama(directory: Path, vocab_size: int = 320, n_layers: int = 2
                       tie_word_embeddings=True, eos_token_id=0, bos_token_id=1)
     LlamaForCausalLM(cfg).save_pretrained(str(directory))
     return directory
+
+
+def make_tiny_gguf(path: Path, arch: str = "llama", dtype=None) -> Path:
+    """A minimal GGUF file (one tensor) written with the ``gguf`` package: ``arch`` names the architecture,
+    ``dtype`` the numpy dtype of the tensor (float64 gives a tensor type GGUF readers cannot de-quantise)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(1)
+    writer.add_context_length(64)
+    writer.add_embedding_length(8)
+    writer.add_tensor("token_embd.weight", np.zeros((16, 8), dtype=dtype or np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -222,6 +222,10 @@ def apply_init_from(cfg, overrides: list[str]):
             raise UserError(f"init_from={cfg.init_from} has no tokenizer (tokenizer.json / tokenizer.model); set "
                             "data.tokenizer to the one the model was trained with")
         cfg.data.tokenizer = tok
+    if cfg.data.tokenizer and cfg.data.source != "induction":
+        from llama_jreg.data.tokenizer import load_tokenizer
+
+        load_tokenizer(cfg.data.tokenizer).check_fits(cfg.model.vocab_size)  # before anything is written
     return cfg
 
 
