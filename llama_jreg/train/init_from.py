@@ -225,7 +225,11 @@ def apply_init_from(cfg, overrides: list[str]):
     if cfg.data.tokenizer and cfg.data.source != "induction":
         from llama_jreg.data.tokenizer import load_tokenizer
 
-        load_tokenizer(cfg.data.tokenizer).check_fits(cfg.model.vocab_size)  # before anything is written
+        tok = load_tokenizer(cfg.data.tokenizer)  # checked here, before anything is written
+        if tok.vocab_size > cfg.model.vocab_size:
+            raise UserError(f"tokenizer {cfg.data.tokenizer} has {tok.vocab_size} tokens but init_from={cfg.init_from} "
+                            f"embeds {cfg.model.vocab_size}; use a tokenizer with <= {cfg.model.vocab_size} tokens "
+                            "(without data.tokenizer the source's own is used)")
     return cfg
 
 
