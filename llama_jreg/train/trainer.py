@@ -205,6 +205,7 @@ class Trainer:
         first_step = self.step
         if self.step == 0 and self.cfg.init_from is not None:
             self.log_start()
+            window_start = time.perf_counter()  # the first step's time excludes the step-0 evaluation
         try:
             while self.step < t.max_steps:
                 with self.profiler.step(self.step + 1):
