@@ -163,6 +163,7 @@ def test_export_hf_of_a_continued_run_keeps_the_source_tokenizer(tmp_path):
         assert ours(text)["input_ids"] == theirs(text)["input_ids"]
     hf = AutoModelForCausalLM.from_pretrained(str(out))
     assert hf.config.num_hidden_layers == 2 and hf.config.vocab_size == 320
+    assert (hf.config.bos_token_id, hf.config.eos_token_id) == (theirs.bos_token_id, theirs.eos_token_id) == (1, 0)
 
 
 @pytest.mark.slow
