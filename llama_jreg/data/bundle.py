@@ -20,15 +20,15 @@ from llama_jreg.data.loader import (
     fixed_batches,
 )
 from llama_jreg.data.prepare import (
-    TOKENIZER_FILE,
     check_complete,
     prepare,
     read_manifest,
+    tokenizer_file,
     tokenizer_spec,
     validation_tokens,
 )
 from llama_jreg.data.sources import cache_root, make_source
-from llama_jreg.data.tokenizer import Tokenizer, train_tokenizer
+from llama_jreg.data.tokenizer import HFTokenizer, Tokenizer, load_tokenizer, train_tokenizer
 
 
 @dataclass
@@ -40,7 +40,7 @@ class DataBundle:
     ``manifest`` is the prepared directory's manifest (``{}`` for induction and streaming).
     """
 
-    tokenizer: Tokenizer | None
+    tokenizer: Tokenizer | HFTokenizer | None
     train: Any
     fingerprint: str
     manifest: dict[str, Any] = field(default_factory=dict)
@@ -83,9 +83,9 @@ def _build_prepared(cfg: DataConfig, seed: int, rank: int, world_size: int, mode
     if manifest is None:  # not prepared yet (or prepared_dir unset): prepare, a no-op when cached
         directory, manifest = prepare(cfg)
     check_complete(directory, manifest)
-    tok = Tokenizer(directory / TOKENIZER_FILE)
+    tok = load_tokenizer(directory / tokenizer_file(manifest))
     if tok.sha256 != manifest["tokenizer"]["sha256"]:
-        raise UserError(f"{directory}/{TOKENIZER_FILE} does not match the manifest's tokenizer hash; "
+        raise UserError(f"{directory}/{tokenizer_file(manifest)} does not match the manifest's tokenizer hash; "
                         "re-run prepare-data with --force")
     if cfg.tokenizer and tokenizer_spec(cfg)["file_sha256"] != tok.sha256:
         raise UserError(f"prepared data {directory} was tokenized with tokenizer sha256 {tok.sha256[:12]}, not "
@@ -119,10 +119,10 @@ def _build_induction(cfg: DataConfig, seed: int, rank: int, world_size: int, mod
     return DataBundle(None, loader, fingerprint, {}, val, cfg.micro_batch_size, None, None)
 
 
-def streaming_tokenizer(cfg: DataConfig, source) -> Tokenizer:
+def streaming_tokenizer(cfg: DataConfig, source) -> Tokenizer | HFTokenizer:
     """``data.tokenizer``, or one trained on the stream's first characters, cached under ``<cache>/tokenizers``."""
     if cfg.tokenizer:
-        return Tokenizer(cfg.tokenizer)
+        return load_tokenizer(cfg.tokenizer)
     if cfg.vocab_size is None:
         raise UserError("data.vocab_size is not set; set data.vocab_size (or model.vocab_size) to train a tokenizer")
     key = _hash({"source": source.identity(), "tokenizer": tokenizer_spec(cfg)})

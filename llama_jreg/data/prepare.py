@@ -3,9 +3,11 @@
 Layout of a prepared directory::
 
     manifest.json            what is here (written last: a directory with a manifest is complete)
-    tokenizer.model          the SentencePiece model the tokens were made with (sha256 in the manifest)
+    tokenizer.model          the SentencePiece model the tokens were made with (sha256 in the manifest), or
+    tokenizer.json (+ tokenizer_config.json) for a Hugging Face tokenizer (manifest ``tokenizer.file`` says which)
     tokens_00000.bin ...     the whole corpus as one flat token stream in source order, each document followed
-                             by EOS; np.uint16 (vocab <= 65535) or np.uint32, np.memmap-able
+                             by EOS (and preceded by BOS when the tokenizer adds one, ``tokenizer.add_bos``);
+                             np.uint16 (vocab <= 65535) or np.uint32, np.memmap-able
 
 The shards do not depend on ``data.seq_len``: the train/validation split is a cut of that token stream, made
 when the data is loaded (:func:`validation_tokens`). Validation is the first ``V`` tokens, train the rest::
@@ -44,11 +46,11 @@ import numpy as np
 from llama_jreg import UserError, __version__
 from llama_jreg.data.config import DataConfig
 from llama_jreg.data.sources import TextSource, cache_root, make_source
-from llama_jreg.data.tokenizer import TRAINER_VERSION, Tokenizer, file_sha256, train_tokenizer
+from llama_jreg.data.tokenizer import TRAINER_VERSION, Tokenizer, load_tokenizer, train_tokenizer
 
 FORMAT_VERSION = 2  # 2: one token stream, split into train/validation when loading
 MANIFEST = "manifest.json"
-TOKENIZER_FILE = "tokenizer.model"
+TOKENIZER_FILE = "tokenizer.model"  # SentencePiece; an HF tokenizer is stored as tokenizer.json
 SHARD_TOKENS = 1 << 28  # tokens per shard file (512 MiB as uint16)
 BATCH_CHARS = 8 << 20  # characters handed to the tokenizer at once
 
@@ -61,9 +63,10 @@ def tokenizer_spec(cfg: DataConfig) -> dict[str, Any]:
     """How the tokenizer is obtained: a given file (by sha256) or a training recipe."""
     if cfg.tokenizer:
         path = Path(cfg.tokenizer).expanduser()
-        if not path.is_file():
-            raise UserError(f"data.tokenizer={cfg.tokenizer} not found; point it at a SentencePiece .model or set null")
-        return {"file_sha256": file_sha256(path)}
+        if not path.exists():
+            raise UserError(f"data.tokenizer={cfg.tokenizer} not found; point it at a SentencePiece .model, a "
+                            "tokenizer.json (or its directory) or set null")
+        return {"file_sha256": load_tokenizer(path).sha256}  # SentencePiece: the file's sha256
     return {"train": {"vocab_size": cfg.vocab_size, "chars": cfg.tokenizer_train_chars, "version": TRAINER_VERSION}}
 
 
@@ -115,17 +118,16 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 65535 else np.uint32)
 
 
-def obtain_tokenizer(cfg: DataConfig, source: TextSource, dest: Path) -> Tokenizer:
-    """Copy ``data.tokenizer`` to ``dest``, or train one there from the source's first characters."""
+def obtain_tokenizer(cfg: DataConfig, source: TextSource, directory: Path) -> Tokenizer:
+    """Copy ``data.tokenizer`` into ``directory`` (``tokenizer.model`` or ``tokenizer.json``), or train a
+    SentencePiece model there (``tokenizer.model``) from the source's first characters. ``directory`` is the
+    preparation's private temporary directory."""
     if cfg.tokenizer:
-        Tokenizer(Path(cfg.tokenizer).expanduser())  # a bad file is named by the user's path, not the copy's
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}")
-        shutil.copyfile(Path(cfg.tokenizer).expanduser(), tmp)
-        os.replace(tmp, dest)
-        return Tokenizer(dest)
+        given = load_tokenizer(cfg.tokenizer)  # a bad file is named by the user's path, not the copy's
+        return load_tokenizer(given.save_to(directory))
     if cfg.vocab_size is None:
         raise UserError("data.vocab_size is not set; set data.vocab_size (or model.vocab_size) to train a tokenizer")
-    return train_tokenizer(source.documents(), dest, cfg.vocab_size, cfg.tokenizer_train_chars)
+    return train_tokenizer(source.documents(), directory / TOKENIZER_FILE, cfg.vocab_size, cfg.tokenizer_train_chars)
 
 
 class ShardWriter:
@@ -178,15 +180,17 @@ _WORKER_TOKENIZER: Tokenizer | None = None
 
 def _worker_init(path: str) -> None:
     global _WORKER_TOKENIZER
-    _WORKER_TOKENIZER = Tokenizer(path)
+    _WORKER_TOKENIZER = load_tokenizer(path)
 
 
 def _encode(batch: list[str]) -> list[np.ndarray]:
-    """Worker: each document -> its token ids + EOS, as a compact array (cheap to send back)."""
+    """Worker: each document -> [BOS if the tokenizer adds one] + its token ids + EOS, as a compact array
+    (cheap to send back)."""
     tok = _WORKER_TOKENIZER
     assert tok is not None
     dtype = token_dtype(tok.vocab_size)
-    return [np.array(ids + [tok.eos_id], dtype=dtype) for ids in tok.encode_batch(batch, num_threads=1)]
+    bos = [tok.bos_id] if tok.add_bos else []
+    return [np.array(bos + ids + [tok.eos_id], dtype=dtype) for ids in tok.encode_batch(batch, num_threads=1)]
 
 
 def _encoded_documents(source: TextSource, tok: Tokenizer, processes: int) -> Iterator[np.ndarray]:
@@ -244,8 +248,14 @@ def check_complete(directory: Path, manifest: dict[str, Any]) -> None:
         if not f.is_file() or f.stat().st_size != shard["tokens"] * itemsize:
             raise UserError(f"prepared data {directory} is damaged ({shard['file']} missing or truncated); "
                             "re-run `llama-jreg prepare-data ... --force`")
-    if not (directory / TOKENIZER_FILE).is_file():
-        raise UserError(f"prepared data {directory} lacks {TOKENIZER_FILE}; re-run prepare-data with --force")
+    name = tokenizer_file(manifest)
+    if not (directory / name).is_file():
+        raise UserError(f"prepared data {directory} lacks {name}; re-run prepare-data with --force")
+
+
+def tokenizer_file(manifest: dict[str, Any]) -> str:
+    """The tokenizer file of a prepared directory (``tokenizer.model`` or ``tokenizer.json``)."""
+    return manifest.get("tokenizer", {}).get("file") or TOKENIZER_FILE
 
 
 def default_out(cfg: DataConfig, fingerprint: str) -> Path:
@@ -281,7 +291,7 @@ def prepare(cfg: DataConfig, out: str | Path | None = None, force: bool = False,
     try:
         t0 = time.perf_counter()
         log(f"preparing {source.describe()} -> {out}")
-        tok = obtain_tokenizer(cfg, source, tmp / TOKENIZER_FILE)
+        tok = obtain_tokenizer(cfg, source, tmp)
         log(f"  tokenizer: {tok.vocab_size} tokens, sha256 {tok.sha256[:12]} ({time.perf_counter() - t0:.1f}s)")
         t1 = time.perf_counter()
         stream = _tokenize_into(tmp, source, tok, cfg, log)
@@ -293,8 +303,8 @@ def prepare(cfg: DataConfig, out: str | Path | None = None, force: bool = False,
             "fingerprint": fingerprint,
             "source": source.identity(),
             "description": source.describe(),
-            "tokenizer": {"file": TOKENIZER_FILE, "sha256": tok.sha256, "vocab_size": tok.vocab_size,
-                          "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id,
+            "tokenizer": {"file": tok.file_name, "sha256": tok.sha256, "vocab_size": tok.vocab_size,
+                          "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "add_bos": tok.add_bos,
                           "spec": tokenizer_spec(cfg)},
             "dtype": token_dtype(tok.vocab_size).name,
             "eos_between_documents": True,
@@ -338,7 +348,7 @@ def _install(tmp: Path, out: Path, fingerprint: str, force: bool) -> None:
 
 def _different_preparation(out: Path, existing: dict[str, Any], cfg: DataConfig) -> str:
     if cfg.tokenizer:
-        want = file_sha256(Path(cfg.tokenizer).expanduser())
+        want = load_tokenizer(cfg.tokenizer).sha256
         have = existing.get("tokenizer", {}).get("sha256")
         if have != want:
             return (f"{out} was tokenized with a different tokenizer (sha256 {str(have)[:12]}, data.tokenizer has "

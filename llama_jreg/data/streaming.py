@@ -44,7 +44,7 @@ def holdout_validation(source: TextSource, tok: Tokenizer, seq_len: int, sequenc
     tokens: list[int] = []
     docs = 0
     for text in source.documents():
-        tokens += tok.encode(text, eos=True)
+        tokens += tok.encode_document(text)
         docs += 1
         if len(tokens) >= need:
             break
@@ -95,7 +95,7 @@ class StreamingLoader:
             raise self.read_error(e) from None
         self._pulled += 1
         self._doc_state = before
-        self._doc = self.tok.encode(row["text"] or "", eos=True)
+        self._doc = self.tok.encode_document(row["text"] or "")
         self._pos = 0
 
     def _next_window(self, keep: bool = True) -> list[int]:

@@ -11,7 +11,8 @@ Layout of ``<run.dir>/checkpoints/step_XXXXXXXX/`` (8-digit optimizer step)::
     rng_rank{r}.pt        python / numpy / torch / cuda RNG state of rank r (weights_only)
     loader_rank{r}.json   the data loader state of rank r
     config.yaml           the resolved config of the run that wrote it
-    tokenizer.model       copy of the SentencePiece model (when the data has one)
+    tokenizer.model       copy of the SentencePiece model (when the data has one), or tokenizer.json +
+                          tokenizer_config.json for a Hugging Face tokenizer
     wandb_run_id          the wandb run id (a resumed run continues the same wandb run)
     data_fingerprint      the data bundle's fingerprint (a resume with other data fails loudly)
     manifest.json         sha256 and size of every file above; written last
@@ -273,7 +274,9 @@ def save_checkpoint(
             _write_bytes_atomic_free(tmp / "wandb_run_id", (wandb_run_id + "\n").encode())
             _write_bytes_atomic_free(tmp / "data_fingerprint", (fingerprint + "\n").encode())
             if tokenizer_path:
-                shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
+                from llama_jreg.data.tokenizer import load_tokenizer
+
+                load_tokenizer(tokenizer_path).save_to(tmp)
         except Exception as e:  # noqa: BLE001 - any failure to write (OSError, SafetensorError, ...)
             err = f"could not write checkpoint {final}: {_describe(e)}"
     del model_sd, optim_sd
