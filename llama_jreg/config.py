@@ -118,6 +118,9 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     seed: int = 1234
     resume: str | None = None  # None | auto | PATH
+    # continued pre-training: the weights (only) of a checkpoint / run dir / HF Llama dir / .gguf; the model
+    # architecture and (without data.tokenizer) the tokenizer come from it (llama_jreg/train/init_from.py)
+    init_from: str | None = None
 
 
 def _register() -> None:
@@ -253,6 +256,8 @@ def to_train_config(raw: Any) -> TrainConfig:
     assert isinstance(obj, TrainConfig)
     if obj.resume in ("none", "null", ""):
         obj.resume = None
+    if obj.init_from in ("none", "null", ""):
+        obj.init_from = None
     if obj.data.vocab_size is None:
         obj.data.vocab_size = obj.model.vocab_size
     if obj.data.induction.vocab_size is None:
@@ -261,8 +266,16 @@ def to_train_config(raw: Any) -> TrainConfig:
 
 
 def load_config(overrides: list[str] | None = None) -> TrainConfig:
-    """Compose + type-check + validate. The one entry point used by the CLI, tests and scripts."""
-    return validate(to_train_config(compose(overrides)))
+    """Compose + type-check + validate. The one entry point used by the CLI, tests and scripts.
+
+    With ``init_from`` the model architecture (and, without ``data.tokenizer``, the tokenizer) is the
+    source's; the overrides say which ``model.*`` keys the user set (those must agree with the source)."""
+    cfg = to_train_config(compose(overrides))
+    if cfg.init_from is not None:
+        from llama_jreg.train.init_from import apply_init_from
+
+        cfg = apply_init_from(cfg, list(overrides or []))
+    return validate(cfg)
 
 
 def to_yaml(cfg: TrainConfig) -> str:

@@ -51,7 +51,7 @@ def main() -> None:
         t0, c0 = time.perf_counter(), cpu_seconds()
         _out, m = prepare(cfg, log=lambda s: None)
         wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-        ntok = m["splits"]["train"]["tokens"] + m["splits"]["validation"]["tokens"]
+        ntok = m["stream"]["tokens"]
         print(f"cores: {os.cpu_count()}  corpus: {corpus.stat().st_size / 2**20:.1f} MiB, "
               f"{len(texts) * args.copies} documents, {ntok:,} tokens, vocab {tok.vocab_size}")
         print(f"prepare-data tokenisation: {m['tokens_per_second']:,.0f} tokens/s "

@@ -90,8 +90,25 @@ def world(tmp_path_factory):
     (hf / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
                                                 "n_layer": 1, "n_embd": 32, "n_head": 2, "vocab_size": 50}))
     (w / "a_file").write_text("a file, not a directory\n")
+    _init_from_sources(w)
     return {"root": w, "cache": cache, "corpus": corpus, "other": other, "prepared": prepared, "run": run,
             "ckpt": run / "checkpoints" / "step_00000002", "data": data}
+
+
+def _init_from_sources(w: Path) -> None:
+    """What init_from cases start from: a real GPT-2 dir, GGUFs of another architecture / an unreadable tensor
+    type, a tiny HF Llama (vocab 320) and one whose tokenizer (258 tokens) exceeds its vocab (64)."""
+    import numpy as np
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tests.hf_assets import make_tiny_gguf, make_tiny_hf_llama
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50, n_positions=64)).save_pretrained(
+        str(w / "gpt2_hf"))
+    make_tiny_gguf(w / "gpt2.gguf", arch="gpt2")
+    make_tiny_gguf(w / "f64.gguf", arch="llama", dtype=np.float64)
+    make_tiny_hf_llama(w / "hf_llama", vocab_size=320)
+    make_tiny_hf_llama(w / "hf_llama_small_vocab", vocab_size=64)
 
 
 def _copy_ckpt(w, tmp: Path, edit=None) -> Path:
@@ -185,11 +202,11 @@ CASES = [
     ("tokenizer-not-sentencepiece", lambda w, t: ["prepare-data", *TRAIN, "data=local", f"data.files=[{w['corpus']}]",
                                                   f"data.tokenizer={w['corpus']}", f"--out={t / 'p'}"],
      "corpus.jsonl is not a SentencePiece model", "the cache"),
-    ("corpus-too-small", lambda w, t: ["train", *TRAIN, "data=local", "data.val_fraction=0.5",
+    ("corpus-too-small", lambda w, t: ["train", *TRAIN, "data=local",
                                        f"data.files=[{','.join(str(w['root'] / f'small{i}.txt') for i in range(3))}]",
                                        f"data.tokenizer={w['prepared'] / 'tokenizer.model'}",
                                        f"data.prepared_dir={t / 'p'}", f"run.dir={t / 'r'}"],
-     "fewer than one sequence", "the cache"),
+     "of one training and one validation sequence of data.seq_len+1=33; add at least", "the cache"),
     ("prepare-into-other-preparation", lambda w, t: ["prepare-data", *TRAIN, "data=local", f"data.files=[{w['other']}]",
                                                      f"--out={w['prepared']}"],
      "already holds a different preparation", "the existing preparation"),
@@ -221,6 +238,25 @@ CASES = [
      "already holds checkpoints", "the run dir: config.yaml, metrics.jsonl, checkpoints"),
     ("unwritable-run-dir", lambda w, t: ["train", *TRAIN, *w["data"], f"run.dir={w['root'] / 'a_file' / 'run'}"],
      "cannot write to run.dir", "the file in the way"),
+    # ---- init_from (continued pre-training)
+    ("init-from-missing-path", lambda w, t: ["train", *TRAIN, *w["data"], f"init_from={t / 'nope'}",
+                                             f"run.dir={t / 'r'}"], "no such file or directory", "no run dir"),
+    ("init-from-non-llama", lambda w, t: ["train", *TRAIN, *w["data"], f"init_from={w['root'] / 'gpt2_hf'}",
+                                          f"run.dir={t / 'r'}"], "not a Llama model: model_type='gpt2'", "no run dir"),
+    ("init-from-gguf-other-architecture", lambda w, t: ["train", *TRAIN, *w["data"],
+                                                        f"init_from={w['root'] / 'gpt2.gguf'}", f"run.dir={t / 'r'}"],
+     "GGUF architecture 'gpt2' is not supported", "no run dir"),
+    ("init-from-gguf-unsupported-quantisation", lambda w, t: ["train", *TRAIN, *w["data"],
+                                                              f"init_from={w['root'] / 'f64.gguf'}", f"run.dir={t / 'r'}"],
+     "GGUF quantisation F64 cannot be de-quantised", "no run dir"),
+    ("init-from-tokenizer-bigger-than-vocab", lambda w, t: ["train", "data=local", f"data.files=[{w['corpus']}]",
+                                                            f"init_from={w['root'] / 'hf_llama_small_vocab'}",
+                                                            "data.seq_len=32", f"run.dir={t / 'r'}"],
+     "has 258 tokens but init_from=", "no run dir"),
+    ("init-from-contradicting-override", lambda w, t: ["train", "data=local", f"data.files=[{w['corpus']}]",
+                                                       f"init_from={w['root'] / 'hf_llama'}", "model.n_layers=3",
+                                                       "data.seq_len=32", f"run.dir={t / 'r'}"],
+     "model.n_layers=3 contradicts init_from=", "no run dir"),
     # ---- analysis / export commands
     ("jump-missing-path", lambda w, t: ["jump", str(t / "nope"), "--text", str(w["corpus"])],
      "no such file or directory", "-"),
@@ -251,7 +287,7 @@ FAST = {"negative-jreg-weight", "unknown-size", "unknown-jreg-mode", "unknown-ke
         "seq-longer-than-context", "heads-not-dividing-width", "flash-without-flash-attn", "sweep-list-without-m",
         "run-dir-escapes-root", "missing-data-file", "tokenizer-hash-mismatch", "prepare-into-other-preparation",
         "resume-truncated-checkpoint", "resume-auto-with-other-data", "export-hf-into-non-empty-dir",
-        "jump-non-llama-hf-dir", "unknown-command", "unknown-option", "missing-argument", "sweep-report-missing-dir"}
+        "jump-non-llama-hf-dir", "init-from-non-llama", "init-from-contradicting-override", "unknown-command", "unknown-option", "missing-argument", "sweep-report-missing-dir"}
 PARAMS = [pytest.param(*c, id=c[0], marks=() if c[0] in FAST else pytest.mark.slow) for c in CASES]
 
 

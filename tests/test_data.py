@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,8 @@ import torch
 from llama_jreg import UserError
 from llama_jreg.data import build_data
 from llama_jreg.data.config import DataConfig
+from llama_jreg.data.prepare import FORMAT_VERSION, prepare, read_manifest
 from llama_jreg.data.prepare import main as prepare_main
-from llama_jreg.data.prepare import prepare, read_manifest
 from llama_jreg.data.tokenizer import Tokenizer, train_tokenizer
 
 WORDS = ["the", "king", "queen", "lord", "lady", "night", "day", "sword", "crown", "love", "death", "heart", "blood", "fair", "foul", "speak", "hear", "see", "thou", "thee", "thy", "hath", "doth", "shall", "will", "come", "go", "stay", "1599", "42", "Ænon", "café", "naïve", "—", "“quoted”", "’tis"]
@@ -103,15 +104,47 @@ def test_tokenizer_round_trip_and_llama_ids(corpus, tmp_path):
 def test_prepare_manifest_and_tokens_decode_back(prepared, corpus):
     _cfg, out, m = prepared
     assert m["tokenizer"]["sha256"] == Tokenizer(out / "tokenizer.model").sha256
-    assert m["dtype"] == "uint16"
-    train, val = m["splits"]["train"], m["splits"]["validation"]
-    assert train["documents"] + val["documents"] == len(corpus["docs"])
-    assert val["documents"] == 4  # every 10th document, starting with the first
+    assert m["dtype"] == "uint16" and m["stream"]["documents"] == len(corpus["docs"])
     tok = Tokenizer(out / "tokenizer.model")
-    stream = np.fromfile(out / val["shards"][0]["file"], dtype=np.uint16)
-    assert stream.size == val["tokens"]
+    stream = np.concatenate([np.fromfile(out / s["file"], dtype=np.uint16) for s in m["stream"]["shards"]])
+    assert stream.size == m["stream"]["tokens"]
     docs = np.split(stream, np.flatnonzero(stream == tok.eos_id) + 1)[:-1]
-    assert [tok.decode(d[:-1].tolist()) for d in docs] == corpus["docs"][0::10]
+    assert [tok.decode(d[:-1].tolist()) for d in docs] == corpus["docs"]  # every document, in source order
+
+
+def windows(samples) -> list[tuple[int, ...]]:
+    return [tuple(samples.window(i).tolist()) for i in range(len(samples))]
+
+
+def test_validation_is_the_head_of_the_stream_and_disjoint_from_train(prepared):
+    cfg, out, m = prepared
+    stream = np.concatenate([np.fromfile(out / s["file"], dtype=np.uint16) for s in m["stream"]["shards"]])
+    n = stream.size
+    for seq_len, val_sequences in ((32, 6), (16, 40), (64, 3)):
+        c = DataConfig(**{**cfg.__dict__, "seq_len": seq_len, "val_sequences": val_sequences})
+        assert n >= 2 * (val_sequences * seq_len + 1)  # the corpus is big enough for the guarantee
+        b = build_data(c, seed=0, model_vocab=512)
+        assert b.prepared_dir == out  # another seq_len reuses the same preparation
+        val, train = b.validation, b.train.samples
+        assert len(val) >= val_sequences
+        assert len(b.val_batches(1 + val_sequences // c.micro_batch_size)) >= 1
+        nval = val.num_tokens
+        assert nval >= max(cfg.val_fraction * n, val_sequences * seq_len + 1) and nval + train.num_tokens == n
+        assert windows(val) == [tuple(stream[i * seq_len:i * seq_len + seq_len + 1].tolist()) for i in range(len(val))]
+        assert train.window(0).tolist() == stream[nval:nval + seq_len + 1].tolist()
+        last = (len(val) - 1) * seq_len + seq_len + 1  # tokens used by validation (inputs and labels)
+        assert last <= nval  # so no validation token is ever a training input or label
+
+    # a corpus with fewer tokens than 2 * (val_sequences * seq_len + 1): validation is its first half
+    c = DataConfig(**{**cfg.__dict__, "val_sequences": n // 32})
+    b = build_data(c, seed=0, model_vocab=512)
+    assert b.validation.num_tokens == n // 2 and 1 <= len(b.validation) < c.val_sequences
+    assert len(b.train.samples) >= len(b.validation)
+    # too short for one training and one validation sequence: one line saying how much text is missing
+    c = DataConfig(**{**cfg.__dict__, "seq_len": n // 2})
+    with pytest.raises(UserError, match=rf"has {n:,} tokens, fewer than the {2 * (n // 2 + 1):,} of one training "
+                                        rf"and one validation sequence.*add at least {2 * (n // 2 + 1) - n} tokens"):
+        build_data(c, seed=0, model_vocab=512)
 
 
 def test_prepare_is_idempotent_and_refuses_other_data_without_force(prepared, corpus, tmp_path):
@@ -137,7 +170,7 @@ def test_prepare_is_idempotent_and_refuses_other_data_without_force(prepared, co
         prepare_main(argv)
     assert prepare_main(argv + ["--force"]) == 0
     m3 = read_manifest(forced)
-    assert m3["fingerprint"] != m["fingerprint"] and m3["splits"]["train"]["documents"] == 2
+    assert m3["fingerprint"] != m["fingerprint"] and m3["stream"]["documents"] == 3
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".forced")]  # temp dirs cleaned up
     assert prepare_main(argv) == 0  # idempotent re-run without --force
 
@@ -169,7 +202,7 @@ def test_txt_jsonl_parquet_give_the_same_tokens(corpus, tmp_path, prepared):
     for name, c in variants.items():
         d, man = prepare(c, log=quiet)
         assert man["tokenizer"]["sha256"] == m["tokenizer"]["sha256"]
-        streams[name] = np.fromfile(d / man["splits"]["train"]["shards"][0]["file"], dtype=np.uint16)
+        streams[name] = np.fromfile(d / man["stream"]["shards"][0]["file"], dtype=np.uint16)
     assert all(np.array_equal(s, streams["jsonl"]) for s in streams.values())
 
 
@@ -182,9 +215,9 @@ def test_batches_shapes_and_shifted_labels(prepared):
     batch = next(b.train)
     assert batch["input_ids"].shape == (4, 32) and batch["input_ids"].dtype == torch.long
     assert torch.equal(batch["input_ids"][:, 1:], batch["labels"][:, :-1])
-    stream = np.concatenate([np.fromfile(out / s["file"], dtype=np.uint16) for s in m["splits"]["train"]["shards"]])
+    stream = np.concatenate([np.fromfile(out / s["file"], dtype=np.uint16) for s in m["stream"]["shards"]])
     row = batch["input_ids"][0].numpy()
-    starts = [i for i in range(0, stream.size - 32, 32) if np.array_equal(stream[i:i + 32], row)]
+    starts = [i for i in range(stream.size - 32) if np.array_equal(stream[i:i + 32], row)]
     assert starts and stream[starts[0] + 32] == batch["labels"][0, -1].item()
     assert b.fingerprint and b.manifest["fingerprint"] == m["fingerprint"]
     vb = b.val_batches(3)
@@ -281,20 +314,51 @@ def test_streaming_resume_twice_matches_uninterrupted(corpus, tmp_path, prepared
     assert any(tuple(stream[i:i + 32]) == first for i in range(len(stream) - 32))
 
 
-def test_streaming_ranks_are_disjoint_and_world_size_is_checked(corpus, tmp_path, prepared):
+def test_streaming_ranks_share_one_order_and_resume_with_another_world_size(corpus, tmp_path, prepared):
+    """2 ranks see the windows 1 rank sees (in turns of B), and a state resumes at 1, 2 or 3 ranks exactly."""
     _, out, _ = prepared
     cfg = local_cfg(corpus["txt"], tmp_path, streaming=True, tokenizer=str(out / "tokenizer.model"),
                     val_sequences=3)
-    r0 = build_data(cfg, seed=0, rank=0, world_size=2, model_vocab=512)
-    r1 = build_data(cfg, seed=0, rank=1, world_size=2, model_vocab=512)
-    a, b = rows(take(r0.train, 5)), rows(take(r1.train, 5))
-    assert not set(a) & set(b)
-    solo = build_data(cfg, seed=0, model_vocab=512)
-    with pytest.raises(UserError, match="same number of processes"):
-        solo.train.load_state_dict(r0.train.state_dict())
+    B = cfg.micro_batch_size
+    ref = rows(take(build_data(cfg, seed=0, model_vocab=512).train, 24))
+
+    def ranks(w: int, state=None):
+        loaders = [build_data(cfg, seed=0, rank=r, world_size=w, model_vocab=512).train for r in range(w)]
+        if state is not None:
+            for lo in loaders:
+                lo.load_state_dict(json.loads(json.dumps(state)))
+        return loaders
+
+    def step(loaders):  # one micro-batch on every rank, in rank order
+        return [row for lo in loaders for row in rows([next(lo)])]
+
+    two = ranks(2)
+    got = step(two) + step(two)
+    assert got == ref[:4 * B]
+    r0, r1 = two
+    assert not set(got[:B]) & set(got[B:2 * B])  # the ranks' batches differ
+    assert r0.state_dict() == r1.state_dict()  # every rank stands at the same place of the stream
+    one = ranks(1, r0.state_dict())  # 2 -> 1
+    got += step(one) + step(one)
+    three = ranks(3, one[0].state_dict())  # 1 -> 3
+    got += step(three) + step(three)
+    two = ranks(2, three[2].state_dict())  # 3 -> 2
+    got += step(two)
+    assert got == ref[:(4 + 2 + 6 + 2) * B]  # no window repeated or skipped
 
 
 # ---------------------------------------------------------------- bad input
+
+
+def test_streaming_one_document_is_all_validation(tmp_path, prepared):
+    _, out, _ = prepared
+    one = tmp_path / "one.txt"
+    one.write_text(" ".join(make_docs(n=3)))
+    cfg = local_cfg([str(one)], tmp_path, streaming=True, tokenizer=str(out / "tokenizer.model"))
+    with pytest.raises(UserError, match="no training document after the ones held out.*data.streaming=false"):
+        next(build_data(cfg, seed=0, model_vocab=512).train)
+    b = build_data(DataConfig(**{**cfg.__dict__, "streaming": False}), seed=0, model_vocab=512)
+    assert len(b.validation) == cfg.val_sequences and next(b.train)["input_ids"].shape == (4, 32)
 
 
 def test_missing_files(tmp_path):
@@ -331,6 +395,16 @@ def test_tokenizer_larger_than_model_vocab(prepared):
         build_data(cfg, seed=0, model_vocab=256)
 
 
+def test_preparation_of_an_older_format_is_refused(prepared, tmp_path):
+    cfg, out, m = prepared
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    (old / "manifest.json").write_text(json.dumps({**m, "format_version": FORMAT_VERSION - 1}))
+    with pytest.raises(UserError, match=f"has format {FORMAT_VERSION - 1}, this llama-jreg reads format "
+                                        f"{FORMAT_VERSION}; re-run .*--force"):
+        build_data(DataConfig(**{**cfg.__dict__, "prepared_dir": str(old)}), seed=0, model_vocab=512)
+
+
 def test_manifest_with_other_tokenizer_hash(prepared, corpus, tmp_path):
     cfg, out, _ = prepared
     other = train_tokenizer(corpus["docs"][::-1], tmp_path / "other.model", vocab_size=400, max_chars=50_000)
@@ -346,11 +420,13 @@ def test_corpus_too_small_for_one_sequence(corpus, tmp_path, prepared):
     tiny = [str(tmp_path / f"t{i}.txt") for i in range(3)]
     for i, p in enumerate(tiny):
         Path(p).write_text(f"a short document {i}\n")
-    cfg = local_cfg(tiny, tmp_path, tokenizer=str(out / "tokenizer.model"), val_fraction=0.5)
-    with pytest.raises(UserError, match="fewer than one sequence"):
-        build_data(cfg, seed=0, model_vocab=512)
-    with pytest.raises(UserError, match="only 1 document"):
-        prepare(local_cfg(tiny[:1], tmp_path, tokenizer=str(out / "tokenizer.model")), log=quiet)
+    cache = tmp_path / "cache"
+    for files in (tiny, tiny[:1]):
+        cfg = local_cfg(files, cache, tokenizer=str(out / "tokenizer.model"))
+        with pytest.raises(UserError, match=r"has \d+ tokens, fewer than the 66 of one training and one validation "
+                                            r"sequence of data.seq_len\+1=33; add at least \d+ tokens"):
+            build_data(cfg, seed=0, model_vocab=512)
+    assert not list((cache / "prepared").iterdir())  # nothing prepared, no temporary directory left
 
 
 def test_jsonl_without_the_text_field(corpus, tmp_path, prepared):
@@ -358,3 +434,61 @@ def test_jsonl_without_the_text_field(corpus, tmp_path, prepared):
     p = write_jsonl(tmp_path / "x.jsonl", corpus["docs"][:4], field="content")
     with pytest.raises(UserError, match="text_field"):
         build_data(local_cfg([p], tmp_path, tokenizer=str(out / "tokenizer.model")), seed=0, model_vocab=512)
+
+
+# ---------------------------------------------------------------- one file / many files with the default data keys
+
+SMALL_MODEL = ["model=tiny", "model.n_layers=2", "model.dim=64", "model.n_heads=4", "model.n_kv_heads=2",
+               "model.ffn_dim=128", "model.vocab_size=512", "model.max_seq_len=256", "trainer.max_steps=2",
+               "trainer.eval_every=2", "trainer.eval_batches=1", "trainer.ckpt_every=2", "trainer.jump_every=2",
+               "trainer.log_every=1", "trainer.progress=false", "trainer.plots=false", "schedule.warmup_steps=1"]
+
+
+@pytest.mark.slow
+def test_one_txt_file_trains_with_the_default_data_keys(tmp_path):
+    """One plain .txt file (one document) is prepared and trained on through the CLI with no data.* key but
+    the file; its validation holds data.val_sequences sequences of data.seq_len."""
+    import subprocess
+    import sys
+
+    from llama_jreg.config import load_config
+    from llama_jreg.data.sources import cache_root, fetch_shakespeare
+    from tests.test_train_helpers import REPO, env_for_subprocess
+
+    works = [f for f in fetch_shakespeare(cache_root(DataConfig())) if Path(f).name.startswith(("hamlet", "macbeth"))]
+    one = tmp_path / "one.txt"
+    one.write_text("".join(Path(f).read_text(encoding="utf-8") for f in works), encoding="utf-8")
+    args = ["data=local", f"data.files=[{one}]", *SMALL_MODEL]
+    env = {**env_for_subprocess(), "LLAMA_JREG_CACHE": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-m", "llama_jreg", "train", *args, f"run.dir={tmp_path / 'run'}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    # the preparation's log says what went where
+    assert "1 documents" in run.stdout and "validation = the first 16,385 tokens (64 sequences)" in run.stdout
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in metrics if r["kind"] == "train"] == [1, 2]
+    assert any(r["kind"] == "eval" and np.isfinite(r["val_loss"]) for r in metrics)
+
+    cfg = load_config([*args, f"data.cache_dir={tmp_path / 'cache'}"]).data
+    b = build_data(cfg, seed=0, model_vocab=512)  # the run's preparation, reused
+    assert cfg.seq_len == 256 and cfg.val_sequences == 64 and cfg.text_sample_by == "document"
+    assert len(b.validation) == 64 and len(b.train.samples) > 64
+
+
+@pytest.mark.slow
+def test_a_folder_of_many_small_files_trains(tmp_path):
+    from llama_jreg.config import load_config
+    from llama_jreg.train.trainer import train
+
+    folder = tmp_path / "notes"
+    write_txt(folder, make_docs(n=300, words=36, seed=5))  # 300 files of a few lines each
+    args = ["data=local", f"data.files=[{folder}/*.txt]", f"data.cache_dir={tmp_path / 'cache'}", *SMALL_MODEL,
+            f"run.dir={tmp_path / 'run'}"]
+    cfg = load_config(args)
+    b = build_data(cfg.data, seed=0, model_vocab=512)
+    assert b.manifest["stream"]["documents"] == 300
+    n = b.manifest["stream"]["tokens"]
+    assert len(b.validation) == min(64, (n // 2 - 1) // 256) >= 1
+    assert b.validation.num_tokens + b.train.samples.num_tokens == n
+    summary = train(cfg)
+    assert summary["steps"] == 2 and np.isfinite(summary["val_loss"])

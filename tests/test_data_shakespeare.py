@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -27,8 +28,9 @@ def test_fetch_and_prepare_shakespeare(tmp_path):
                      micro_batch_size=4, cache_dir=str(cache), prepared_dir=str(tmp_path / "prep"))
     b = build_data(cfg, seed=0, model_vocab=1024)
     m = b.manifest
-    assert m["splits"]["train"]["documents"] + m["splits"]["validation"]["documents"] == 42
-    assert m["splits"]["train"]["tokens"] > 1_000_000
+    assert m["stream"]["documents"] == 42 and m["stream"]["tokens"] > 1_000_000
+    n = m["stream"]["tokens"]  # validation: the head of the stream, 1% of it (> 64 sequences of 128 tokens)
+    assert b.validation.num_tokens == math.ceil(0.01 * n) and len(b.validation) > cfg.val_sequences
     text = b.tokenizer.decode(next(b.train)["input_ids"][0].tolist())
     assert len(text) > 100
     assert "HAMLET" in Path(files[[Path(f).name for f in files].index("hamlet_gut.txt")]).read_text()

@@ -8,7 +8,7 @@ Our checkpoint format (written by the trainer, llama_jreg/train/checkpoint.py): 
 step_XXXXXXXX/`` with the model either full (``model.safetensors``, the unwrapped ``Llama.state_dict()``; a tied
 head may be stored once) or sharded (``state/``, torch.distributed.checkpoint shards of any number of ranks,
 consolidated in memory by ``checkpoint.read_model_state``), ``config.yaml`` (the resolved TrainConfig) and, for
-text data, ``tokenizer.model`` (SentencePiece).
+text data, ``tokenizer.model`` (SentencePiece) or ``tokenizer.json`` (HF).
 """
 
 from __future__ import annotations
@@ -160,8 +160,16 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> tup
     tok = None
     if (path / "tokenizer.model").is_file():
         tok = TextTokenizer.from_sentencepiece(path / "tokenizer.model")
-    elif train_cfg.data.tokenizer and Path(train_cfg.data.tokenizer).is_file():
-        tok = TextTokenizer.from_sentencepiece(train_cfg.data.tokenizer)
+    elif (path / "tokenizer.json").is_file():
+        tok = _hf_tokenizer(path)
+    elif train_cfg.data.tokenizer and Path(train_cfg.data.tokenizer).exists():
+        from llama_jreg.data.tokenizer import is_hf_tokenizer
+
+        given = Path(train_cfg.data.tokenizer)
+        if is_hf_tokenizer(given):
+            tok = _hf_tokenizer(given if given.is_dir() else given.parent)
+        elif given.is_file():
+            tok = TextTokenizer.from_sentencepiece(given)
     m = _STEP_RE.match(path.name)
     info = {
         "kind": "checkpoint",

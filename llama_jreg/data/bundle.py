@@ -19,9 +19,16 @@ from llama_jreg.data.loader import (
     SampleSet,
     fixed_batches,
 )
-from llama_jreg.data.prepare import TOKENIZER_FILE, check_complete, prepare, read_manifest, tokenizer_spec
+from llama_jreg.data.prepare import (
+    check_complete,
+    prepare,
+    read_manifest,
+    tokenizer_file,
+    tokenizer_spec,
+    validation_tokens,
+)
 from llama_jreg.data.sources import cache_root, make_source
-from llama_jreg.data.tokenizer import Tokenizer, train_tokenizer
+from llama_jreg.data.tokenizer import HFTokenizer, Tokenizer, load_tokenizer, train_tokenizer
 
 
 @dataclass
@@ -33,7 +40,7 @@ class DataBundle:
     ``manifest`` is the prepared directory's manifest (``{}`` for induction and streaming).
     """
 
-    tokenizer: Tokenizer | None
+    tokenizer: Tokenizer | HFTokenizer | None
     train: Any
     fingerprint: str
     manifest: dict[str, Any] = field(default_factory=dict)
@@ -76,22 +83,19 @@ def _build_prepared(cfg: DataConfig, seed: int, rank: int, world_size: int, mode
     if manifest is None:  # not prepared yet (or prepared_dir unset): prepare, a no-op when cached
         directory, manifest = prepare(cfg)
     check_complete(directory, manifest)
-    tok = Tokenizer(directory / TOKENIZER_FILE)
+    tok = load_tokenizer(directory / tokenizer_file(manifest))
     if tok.sha256 != manifest["tokenizer"]["sha256"]:
-        raise UserError(f"{directory}/{TOKENIZER_FILE} does not match the manifest's tokenizer hash; "
+        raise UserError(f"{directory}/{tokenizer_file(manifest)} does not match the manifest's tokenizer hash; "
                         "re-run prepare-data with --force")
     if cfg.tokenizer and tokenizer_spec(cfg)["file_sha256"] != tok.sha256:
         raise UserError(f"prepared data {directory} was tokenized with tokenizer sha256 {tok.sha256[:12]}, not "
                         f"data.tokenizer={cfg.tokenizer}; re-prepare with that tokenizer or drop data.tokenizer")
     tok.check_fits(model_vocab)
-    train = PackedSequences.from_prepared(directory, manifest, "train", cfg.seq_len)
-    val = PackedSequences.from_prepared(directory, manifest, "validation", cfg.seq_len)
-    for name, split in (("train", train), ("validation", val)):
-        if len(split) < 1:
-            raise UserError(f"the {name} split of {directory} has {split.num_tokens} tokens, fewer than one sequence "
-                            f"of data.seq_len+1={cfg.seq_len + 1}; add text, lower data.seq_len"
-                            + (" or raise data.val_fraction" if name == "validation" else ""))
-    fingerprint = _hash({"data": manifest["fingerprint"], "seq_len": cfg.seq_len, "loader": LOADER_VERSION})
+    nval = validation_tokens(manifest["stream"]["tokens"], cfg, f"prepared data {directory}")
+    val = PackedSequences.from_prepared(directory, manifest, cfg.seq_len, 0, nval)
+    train = PackedSequences.from_prepared(directory, manifest, cfg.seq_len, nval)
+    fingerprint = _hash({"data": manifest["fingerprint"], "seq_len": cfg.seq_len, "validation_tokens": nval,
+                         "loader": LOADER_VERSION})
     loader = GlobalOrderLoader(train, batch_size=cfg.micro_batch_size, seed=seed, rank=rank,
                                world_size=world_size, fingerprint=fingerprint)
     return DataBundle(tok, loader, fingerprint, manifest, val, cfg.micro_batch_size, cfg.val_sequences, directory)
@@ -115,10 +119,10 @@ def _build_induction(cfg: DataConfig, seed: int, rank: int, world_size: int, mod
     return DataBundle(None, loader, fingerprint, {}, val, cfg.micro_batch_size, None, None)
 
 
-def streaming_tokenizer(cfg: DataConfig, source) -> Tokenizer:
+def streaming_tokenizer(cfg: DataConfig, source) -> Tokenizer | HFTokenizer:
     """``data.tokenizer``, or one trained on the stream's first characters, cached under ``<cache>/tokenizers``."""
     if cfg.tokenizer:
-        return Tokenizer(cfg.tokenizer)
+        return load_tokenizer(cfg.tokenizer)
     if cfg.vocab_size is None:
         raise UserError("data.vocab_size is not set; set data.vocab_size (or model.vocab_size) to train a tokenizer")
     key = _hash({"source": source.identity(), "tokenizer": tokenizer_spec(cfg)})
@@ -129,9 +133,7 @@ def streaming_tokenizer(cfg: DataConfig, source) -> Tokenizer:
 
 
 def _build_streaming(cfg: DataConfig, seed: int, rank: int, world_size: int, model_vocab: int) -> DataBundle:
-    from datasets.distributed import split_dataset_by_node
-
-    from llama_jreg.data.streaming import StreamingLoader, holdout_validation
+    from llama_jreg.data.streaming import STREAMING_VERSION, StreamingLoader, holdout_validation
 
     source = make_source(cfg)
     tok = streaming_tokenizer(cfg, source)
@@ -142,11 +144,11 @@ def _build_streaming(cfg: DataConfig, seed: int, rank: int, world_size: int, mod
         raise UserError(f"{source.describe()} has {val_tokens.size} tokens, fewer than one sequence of "
                         f"data.seq_len+1={cfg.seq_len + 1}; add text or lower data.seq_len")
 
-    def make_dataset():
-        return split_dataset_by_node(source.dataset().skip(held_docs), rank=rank, world_size=world_size)
+    def make_dataset():  # every rank reads the whole training stream (the loader deals out the windows)
+        return source.dataset().skip(held_docs)
 
     fingerprint = _hash({"streaming": source.identity(), "tokenizer": tok.sha256, "seq_len": cfg.seq_len,
-                         "val_sequences": cfg.val_sequences, "loader": LOADER_VERSION})
+                         "val_sequences": cfg.val_sequences, "loader": LOADER_VERSION, "order": STREAMING_VERSION})
     loader = StreamingLoader(make_dataset, tok, seq_len=cfg.seq_len, batch_size=cfg.micro_batch_size, rank=rank,
                              world_size=world_size, fingerprint=fingerprint, read_error=source.read_error)
     return DataBundle(tok, loader, fingerprint, {}, val, cfg.micro_batch_size, cfg.val_sequences, None)

@@ -36,8 +36,8 @@ class DataConfig:
     # packing and batching
     seq_len: int = 256
     micro_batch_size: int = 8  # sequences per rank per micro-batch
-    val_fraction: float = 0.01  # documents held out for validation
-    val_sequences: int = 64  # fixed validation set size (sequences)
+    val_fraction: float = 0.01  # share of the prepared token stream held out for validation (its head)
+    val_sequences: int = 64  # fixed validation set size (sequences); validation always holds them if the corpus can
     # preparation
     streaming: bool = False  # tokenise on the fly from `datasets` streaming instead of prepared shards
     prepared_dir: str | None = None  # where shards + manifest go; default: <cache_dir>/prepared/<fingerprint>

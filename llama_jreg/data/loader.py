@@ -46,12 +46,19 @@ class PackedSequences:
         self.num_sequences = max(0, (self.num_tokens - 1) // seq_len)
 
     @classmethod
-    def from_prepared(cls, directory: str | Path, manifest: dict[str, Any], split: str, seq_len: int) -> PackedSequences:
-        """Memory-map the shards of ``split`` listed in ``manifest``."""
+    def from_prepared(cls, directory: str | Path, manifest: dict[str, Any], seq_len: int, start: int = 0,
+                      stop: int | None = None) -> PackedSequences:
+        """Memory-map tokens ``[start, stop)`` of the prepared stream listed in ``manifest`` (no copy)."""
         dtype = np.dtype(manifest["dtype"])
-        shards = [s for s in manifest["splits"][split]["shards"] if s["tokens"] > 0]
-        return cls([np.memmap(Path(directory) / s["file"], dtype=dtype, mode="r", shape=(s["tokens"],))
-                    for s in shards], seq_len)
+        stop = manifest["stream"]["tokens"] if stop is None else stop
+        arrays, offset = [], 0
+        for s in manifest["stream"]["shards"]:
+            lo, hi = max(start, offset), min(stop, offset + s["tokens"])
+            if lo < hi:
+                mm = np.memmap(Path(directory) / s["file"], dtype=dtype, mode="r", shape=(s["tokens"],))
+                arrays.append(mm[lo - offset:hi - offset])
+            offset += s["tokens"]
+        return cls(arrays, seq_len)
 
     def __len__(self) -> int:
         return self.num_sequences

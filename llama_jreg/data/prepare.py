@@ -3,13 +3,22 @@
 Layout of a prepared directory::
 
     manifest.json            what is here (written last: a directory with a manifest is complete)
-    tokenizer.model          the SentencePiece model the tokens were made with (sha256 in the manifest)
-    train_00000.bin ...      flat token streams, np.uint16 (vocab <= 65535) or np.uint32, np.memmap-able
-    validation_00000.bin
+    tokenizer.model          the SentencePiece model the tokens were made with (sha256 in the manifest), or
+    tokenizer.json (+ tokenizer_config.json) for a Hugging Face tokenizer (manifest ``tokenizer.file`` says which)
+    tokens_00000.bin ...     the whole corpus as one flat token stream in source order, each document followed
+                             by EOS (and preceded by BOS when the tokenizer adds one, ``tokenizer.add_bos``);
+                             np.uint16 (vocab <= 65535) or np.uint32, np.memmap-able
 
-Each document is followed by EOS. Documents are split into train/validation by position in the source:
-document ``i`` goes to validation when ``i % k == 0`` with ``k = max(2, round(1 / data.val_fraction))``, so the
-first document is always held out and the split needs no document count up front.
+The shards do not depend on ``data.seq_len``: the train/validation split is a cut of that token stream, made
+when the data is loaded (:func:`validation_tokens`). Validation is the first ``V`` tokens, train the rest::
+
+    V = min(max(ceil(data.val_fraction * N), data.val_sequences * data.seq_len + 1), N // 2)
+
+for a stream of ``N`` tokens. So validation always holds ``data.val_sequences`` full sequences of
+``data.seq_len + 1`` tokens when ``N >= 2 * (data.val_sequences * data.seq_len + 1)``, whatever the number of
+documents (one ``.txt`` file is one document) and of processes; a smaller corpus is cut in half, and one
+with fewer than ``2 * (data.seq_len + 1)`` tokens (one training and one validation sequence) is refused.
+The two token ranges are disjoint: no token of a validation sequence (input or label) is ever trained on.
 
 The whole directory is built under a temporary name and renamed into place at the end: an interrupted run
 leaves nothing half-written, and an existing preparation is never touched unless ``--force`` is given
@@ -22,6 +31,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import multiprocessing as mp
 import os
 import shutil
@@ -36,11 +46,11 @@ import numpy as np
 from llama_jreg import UserError, __version__
 from llama_jreg.data.config import DataConfig
 from llama_jreg.data.sources import TextSource, cache_root, make_source
-from llama_jreg.data.tokenizer import TRAINER_VERSION, Tokenizer, file_sha256, train_tokenizer
+from llama_jreg.data.tokenizer import TRAINER_VERSION, Tokenizer, load_tokenizer, train_tokenizer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one token stream, split into train/validation when loading
 MANIFEST = "manifest.json"
-TOKENIZER_FILE = "tokenizer.model"
+TOKENIZER_FILE = "tokenizer.model"  # SentencePiece; an HF tokenizer is stored as tokenizer.json
 SHARD_TOKENS = 1 << 28  # tokens per shard file (512 MiB as uint16)
 BATCH_CHARS = 8 << 20  # characters handed to the tokenizer at once
 
@@ -53,39 +63,71 @@ def tokenizer_spec(cfg: DataConfig) -> dict[str, Any]:
     """How the tokenizer is obtained: a given file (by sha256) or a training recipe."""
     if cfg.tokenizer:
         path = Path(cfg.tokenizer).expanduser()
-        if not path.is_file():
-            raise UserError(f"data.tokenizer={cfg.tokenizer} not found; point it at a SentencePiece .model or set null")
-        return {"file_sha256": file_sha256(path)}
+        if not path.exists():
+            raise UserError(f"data.tokenizer={cfg.tokenizer} not found; point it at a SentencePiece .model, a "
+                            "tokenizer.json (or its directory) or set null")
+        return {"file_sha256": load_tokenizer(path).sha256}  # SentencePiece: the file's sha256
     return {"train": {"vocab_size": cfg.vocab_size, "chars": cfg.tokenizer_train_chars, "version": TRAINER_VERSION}}
 
 
 def data_fingerprint(source: TextSource, cfg: DataConfig) -> str:
-    """Identity of a preparation: source + tokenizer + split rule + format version."""
-    return _hash({"format": FORMAT_VERSION, "source": source.identity(), "tokenizer": tokenizer_spec(cfg),
-                  "val_fraction": cfg.val_fraction})
+    """Identity of a preparation: source + tokenizer + format version (the split is made when loading)."""
+    return _hash({"format": FORMAT_VERSION, "source": source.identity(), "tokenizer": tokenizer_spec(cfg)})
 
 
-def val_every(val_fraction: float) -> int:
-    if not 0 < val_fraction < 1:
-        raise UserError(f"data.val_fraction={val_fraction} must be in (0, 1); e.g. 0.01")
-    return max(2, round(1 / val_fraction))
+VALIDATION_RULE = ("validation = the first V tokens of the stream, train = the rest, with V = min(max(ceil("
+                   "data.val_fraction * N), data.val_sequences * data.seq_len + 1), N // 2) for N tokens")
+
+
+def check_split_keys(cfg: DataConfig) -> None:
+    if not 0 < cfg.val_fraction < 1:
+        raise UserError(f"data.val_fraction={cfg.val_fraction} must be in (0, 1); e.g. 0.01")
+    if cfg.val_sequences < 1:
+        raise UserError(f"data.val_sequences={cfg.val_sequences} must be >= 1; e.g. 64")
+
+
+def validation_tokens(num_tokens: int, cfg: DataConfig, what: str) -> int:
+    """How many tokens at the head of a ``num_tokens`` stream are validation (see the module docstring).
+
+    ``what`` names the corpus in the one-line refusal of a stream too short for one training and one
+    validation sequence of ``data.seq_len + 1`` tokens.
+    """
+    check_split_keys(cfg)
+    window = cfg.seq_len + 1
+    if num_tokens < 2 * window:
+        raise UserError(f"{what} has {num_tokens:,} tokens, fewer than the {2 * window:,} of one training and one "
+                        f"validation sequence of data.seq_len+1={window}; add at least {2 * window - num_tokens:,} "
+                        "tokens of text or lower data.seq_len")
+    want = max(math.ceil(cfg.val_fraction * num_tokens), cfg.val_sequences * cfg.seq_len + 1)
+    return min(want, num_tokens // 2)
+
+
+def split_summary(num_tokens: int, cfg: DataConfig, what: str) -> str:
+    """One line: how many tokens and sequences of ``data.seq_len`` go to each split."""
+    val = validation_tokens(num_tokens, cfg, what)
+    nval, ntrain = (val - 1) // cfg.seq_len, (num_tokens - val - 1) // cfg.seq_len
+    line = (f"split at data.seq_len={cfg.seq_len}: validation = the first {val:,} tokens ({nval:,} sequences), "
+            f"train = the other {num_tokens - val:,} tokens ({ntrain:,} sequences)")
+    if nval < cfg.val_sequences:
+        line += (f"; only {nval} of data.val_sequences={cfg.val_sequences} validation sequences: "
+                 f"{2 * (cfg.val_sequences * cfg.seq_len + 1):,} tokens give them all")
+    return line
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 65535 else np.uint32)
 
 
-def obtain_tokenizer(cfg: DataConfig, source: TextSource, dest: Path) -> Tokenizer:
-    """Copy ``data.tokenizer`` to ``dest``, or train one there from the source's first characters."""
+def obtain_tokenizer(cfg: DataConfig, source: TextSource, directory: Path) -> Tokenizer:
+    """Copy ``data.tokenizer`` into ``directory`` (``tokenizer.model`` or ``tokenizer.json``), or train a
+    SentencePiece model there (``tokenizer.model``) from the source's first characters. ``directory`` is the
+    preparation's private temporary directory."""
     if cfg.tokenizer:
-        Tokenizer(Path(cfg.tokenizer).expanduser())  # a bad file is named by the user's path, not the copy's
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}")
-        shutil.copyfile(Path(cfg.tokenizer).expanduser(), tmp)
-        os.replace(tmp, dest)
-        return Tokenizer(dest)
+        given = load_tokenizer(cfg.tokenizer)  # a bad file is named by the user's path, not the copy's
+        return load_tokenizer(given.save_to(directory))
     if cfg.vocab_size is None:
         raise UserError("data.vocab_size is not set; set data.vocab_size (or model.vocab_size) to train a tokenizer")
-    return train_tokenizer(source.documents(), dest, cfg.vocab_size, cfg.tokenizer_train_chars)
+    return train_tokenizer(source.documents(), directory / TOKENIZER_FILE, cfg.vocab_size, cfg.tokenizer_train_chars)
 
 
 class ShardWriter:
@@ -138,15 +180,17 @@ _WORKER_TOKENIZER: Tokenizer | None = None
 
 def _worker_init(path: str) -> None:
     global _WORKER_TOKENIZER
-    _WORKER_TOKENIZER = Tokenizer(path)
+    _WORKER_TOKENIZER = load_tokenizer(path)
 
 
 def _encode(batch: list[str]) -> list[np.ndarray]:
-    """Worker: each document -> its token ids + EOS, as a compact array (cheap to send back)."""
+    """Worker: each document -> [BOS if the tokenizer adds one] + its token ids + EOS, as a compact array
+    (cheap to send back)."""
     tok = _WORKER_TOKENIZER
     assert tok is not None
     dtype = token_dtype(tok.vocab_size)
-    return [np.array(ids + [tok.eos_id], dtype=dtype) for ids in tok.encode_batch(batch, num_threads=1)]
+    bos = [tok.bos_id] if tok.add_bos else []
+    return [np.array(bos + ids + [tok.eos_id], dtype=dtype) for ids in tok.encode_batch(batch, num_threads=1)]
 
 
 def _encoded_documents(source: TextSource, tok: Tokenizer, processes: int) -> Iterator[np.ndarray]:
@@ -165,28 +209,21 @@ def _encoded_documents(source: TextSource, tok: Tokenizer, processes: int) -> It
 
 def _tokenize_into(directory: Path, source: TextSource, tok: Tokenizer, cfg: DataConfig,
                    log: Callable[[str], None]) -> dict[str, Any]:
-    """Tokenise every document (all cores) into train/validation shards."""
-    dtype = token_dtype(tok.vocab_size)
-    writers = {"train": ShardWriter(directory, "train", dtype), "validation": ShardWriter(directory, "validation", dtype)}
-    k = val_every(cfg.val_fraction)
+    """Tokenise every document (all cores) into one stream of shards, in source order."""
+    writer = ShardWriter(directory, "tokens", token_dtype(tok.vocab_size))
     processes = cfg.num_proc or os.cpu_count() or 1
-    index, t0, last = 0, time.perf_counter(), time.perf_counter()
+    t0, last = time.perf_counter(), time.perf_counter()
     for tokens in _encoded_documents(source, tok, processes):
-        w = writers["validation" if index % k == 0 else "train"]
-        w.write(tokens)
-        w.documents += 1
-        index += 1
+        writer.write(tokens)
+        writer.documents += 1
         if time.perf_counter() - last > 10:
             last = time.perf_counter()
-            ntok = sum(s["tokens"] for w in writers.values() for s in w.shards)
-            log(f"  {index} documents, {ntok:,} tokens, {ntok / (last - t0):,.0f} tokens/s")
-    splits = {name: w.close() for name, w in writers.items()}
-    if index == 0:
+            ntok = sum(s["tokens"] for s in writer.shards)
+            log(f"  {writer.documents} documents, {ntok:,} tokens, {ntok / (last - t0):,.0f} tokens/s")
+    stream = writer.close()
+    if stream["documents"] == 0:
         raise UserError(f"{source.describe()} has no non-empty documents; check data.files / data.text_field")
-    if splits["train"]["documents"] == 0:
-        raise UserError(f"{source.describe()} has only {index} document(s), all held out for validation; "
-                        "add text or use data.text_sample_by=paragraph to split files into more documents")
-    return splits
+    return stream
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any] | None:
@@ -202,15 +239,23 @@ def read_manifest(directory: str | Path) -> dict[str, Any] | None:
 
 def check_complete(directory: Path, manifest: dict[str, Any]) -> None:
     """Every shard the manifest lists exists with the right size (a cheap integrity check)."""
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"prepared data {directory} has format {manifest.get('format_version')}, this llama-jreg reads "
+                        f"format {FORMAT_VERSION}; re-run `llama-jreg prepare-data ... --force` on it")
     itemsize = np.dtype(manifest["dtype"]).itemsize
-    for split in manifest["splits"].values():
-        for shard in split["shards"]:
-            f = directory / shard["file"]
-            if not f.is_file() or f.stat().st_size != shard["tokens"] * itemsize:
-                raise UserError(f"prepared data {directory} is damaged ({shard['file']} missing or truncated); "
-                                "re-run `llama-jreg prepare-data ... --force`")
-    if not (directory / TOKENIZER_FILE).is_file():
-        raise UserError(f"prepared data {directory} lacks {TOKENIZER_FILE}; re-run prepare-data with --force")
+    for shard in manifest["stream"]["shards"]:
+        f = directory / shard["file"]
+        if not f.is_file() or f.stat().st_size != shard["tokens"] * itemsize:
+            raise UserError(f"prepared data {directory} is damaged ({shard['file']} missing or truncated); "
+                            "re-run `llama-jreg prepare-data ... --force`")
+    name = tokenizer_file(manifest)
+    if not (directory / name).is_file():
+        raise UserError(f"prepared data {directory} lacks {name}; re-run prepare-data with --force")
+
+
+def tokenizer_file(manifest: dict[str, Any]) -> str:
+    """The tokenizer file of a prepared directory (``tokenizer.model`` or ``tokenizer.json``)."""
+    return manifest.get("tokenizer", {}).get("file") or TOKENIZER_FILE
 
 
 def default_out(cfg: DataConfig, fingerprint: str) -> Path:
@@ -225,6 +270,7 @@ def prepare(cfg: DataConfig, out: str | Path | None = None, force: bool = False,
 
     Returns ``(directory, manifest)``. A no-op when ``out`` already holds this exact preparation.
     """
+    check_split_keys(cfg)
     source = make_source(cfg)
     fingerprint = data_fingerprint(source, cfg)
     out = Path(out).expanduser().resolve() if out else default_out(cfg, fingerprint)
@@ -245,24 +291,25 @@ def prepare(cfg: DataConfig, out: str | Path | None = None, force: bool = False,
     try:
         t0 = time.perf_counter()
         log(f"preparing {source.describe()} -> {out}")
-        tok = obtain_tokenizer(cfg, source, tmp / TOKENIZER_FILE)
+        tok = obtain_tokenizer(cfg, source, tmp)
         log(f"  tokenizer: {tok.vocab_size} tokens, sha256 {tok.sha256[:12]} ({time.perf_counter() - t0:.1f}s)")
         t1 = time.perf_counter()
-        splits = _tokenize_into(tmp, source, tok, cfg, log)
+        stream = _tokenize_into(tmp, source, tok, cfg, log)
         seconds = time.perf_counter() - t1
-        ntok = splits["train"]["tokens"] + splits["validation"]["tokens"]
+        ntok = stream["tokens"]
+        split = split_summary(ntok, cfg, source.describe())  # refuses a corpus too small to train on
         manifest = {
             "format_version": FORMAT_VERSION,
             "fingerprint": fingerprint,
             "source": source.identity(),
             "description": source.describe(),
-            "tokenizer": {"file": TOKENIZER_FILE, "sha256": tok.sha256, "vocab_size": tok.vocab_size,
-                          "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id,
+            "tokenizer": {"file": tok.file_name, "sha256": tok.sha256, "vocab_size": tok.vocab_size,
+                          "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "add_bos": tok.add_bos,
                           "spec": tokenizer_spec(cfg)},
             "dtype": token_dtype(tok.vocab_size).name,
             "eos_between_documents": True,
-            "validation_rule": f"document i is validation iff i % {val_every(cfg.val_fraction)} == 0",
-            "splits": splits,
+            "validation_rule": VALIDATION_RULE,
+            "stream": stream,
             "tokenize_seconds": round(seconds, 3),
             "tokens_per_second": round(ntok / max(seconds, 1e-9)),
             "created_unix": int(time.time()),
@@ -273,8 +320,8 @@ def prepare(cfg: DataConfig, out: str | Path | None = None, force: bool = False,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"  {splits['train']['documents']} train / {splits['validation']['documents']} validation documents, "
-        f"{ntok:,} tokens, {manifest['tokens_per_second']:,} tokens/s")
+    log(f"  {stream['documents']:,} documents, {ntok:,} tokens, {manifest['tokens_per_second']:,} tokens/s")
+    log(f"  {split}")
     return out, read_manifest(out) or manifest
 
 
@@ -301,7 +348,7 @@ def _install(tmp: Path, out: Path, fingerprint: str, force: bool) -> None:
 
 def _different_preparation(out: Path, existing: dict[str, Any], cfg: DataConfig) -> str:
     if cfg.tokenizer:
-        want = file_sha256(Path(cfg.tokenizer).expanduser())
+        want = load_tokenizer(cfg.tokenizer).sha256
         have = existing.get("tokenizer", {}).get("sha256")
         if have != want:
             return (f"{out} was tokenized with a different tokenizer (sha256 {str(have)[:12]}, data.tokenizer has "
@@ -330,7 +377,15 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.data.source == "induction":
         print("data=induction is generated on the fly; there is nothing to prepare")
         return 0
-    out, manifest = prepare(cfg.data, out=args.out, force=args.force)
+    logged: list[str] = []
+
+    def log(msg: str) -> None:
+        logged.append(msg)
+        print(msg)
+
+    out, manifest = prepare(cfg.data, out=args.out, force=args.force, log=log)
+    if not logged:  # already prepared: still say how this config splits it
+        print(f"  {split_summary(manifest['stream']['tokens'], cfg.data, str(out))}")
     tok = manifest["tokenizer"]
     if tok["vocab_size"] > cfg.model.vocab_size:
         print(f"warning: tokenizer has {tok['vocab_size']} tokens > model.vocab_size={cfg.model.vocab_size}")

@@ -1,14 +1,22 @@
 """Streaming mode (``data.streaming=true``): tokenise while reading a ``datasets`` streaming IterableDataset.
 
-Each rank reads its own part of the stream (``datasets.distributed.split_dataset_by_node``), tokenises each
-document (+ EOS) and packs the token stream into windows of ``seq_len + 1`` tokens (consecutive windows share
-one token, as in the prepared loader). Validation holds out the first documents of the (unsplit) stream, as
-many as it takes to fill ``data.val_sequences`` windows; training skips them.
+Validation holds out the first documents of the stream, as many as it takes to fill ``data.val_sequences``
+windows; training reads the documents after them. Each document (+ EOS) is tokenised and the token stream
+is packed into windows of ``seq_len + 1`` tokens (consecutive windows share one token, as in the prepared
+loader).
 
-State: the dataset's ``state_dict()`` taken *before* the document being packed, the position inside that
-document, the (at most ``seq_len``) tokens already gathered for the next window, and the epoch. Resuming
-re-reads that one document and continues exactly. Because each rank reads a different part of the stream,
-the state is per rank and a resume must use the same world size.
+The order is global, as in :class:`~llama_jreg.data.loader.GlobalOrderLoader`: every rank reads and packs
+the whole training stream, and the windows are dealt out in turns of ``W * B`` (``W`` ranks, micro-batch
+``B``): rank ``r`` keeps windows ``[r*B, (r+1)*B)`` of each turn and steps over the others. Every rank thus
+stands at the same place of the stream after each micro-batch, and 1 rank doing 2 micro-batches sees exactly
+the windows 2 ranks see in one. The price: each rank tokenises all the text (``W`` times the tokenisation of
+a split stream; still far faster than training consumes it).
+
+State (the same on every rank): the dataset's ``state_dict()`` taken *before* the document being packed, the
+position inside that document, the (at most ``seq_len``) tokens already gathered for the next window, the
+epoch and ``cursor``, the number of windows all ranks have consumed. Resuming re-reads that one document and
+continues exactly, with any number of processes and any ``data.micro_batch_size`` (the next turn starts where
+the last one ended).
 """
 
 from __future__ import annotations
@@ -21,9 +29,10 @@ import numpy as np
 import torch
 
 from llama_jreg import UserError
-from llama_jreg.data.loader import LOADER_VERSION
 from llama_jreg.data.sources import TextSource
 from llama_jreg.data.tokenizer import Tokenizer
+
+STREAMING_VERSION = 2  # 2: one global order dealt out to the ranks (1: a part of the stream per rank)
 
 
 def holdout_validation(source: TextSource, tok: Tokenizer, seq_len: int, sequences: int) -> tuple[int, np.ndarray]:
@@ -35,7 +44,7 @@ def holdout_validation(source: TextSource, tok: Tokenizer, seq_len: int, sequenc
     tokens: list[int] = []
     docs = 0
     for text in source.documents():
-        tokens += tok.encode(text, eos=True)
+        tokens += tok.encode_document(text)
         docs += 1
         if len(tokens) >= need:
             break
@@ -43,14 +52,17 @@ def holdout_validation(source: TextSource, tok: Tokenizer, seq_len: int, sequenc
 
 
 class StreamingLoader:
-    """This rank's infinite iterator of packed micro-batches from a streaming source."""
+    """This rank's infinite iterator of packed micro-batches from a streaming source (see the module docstring)."""
 
     def __init__(self, make_dataset: Callable[[], Any], tok: Tokenizer, *, seq_len: int, batch_size: int,
                  rank: int = 0, world_size: int = 1, fingerprint: str = "", read_error=None):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
         self.make_dataset, self.tok, self.seq_len, self.batch_size = make_dataset, tok, seq_len, batch_size
         self.rank, self.world_size, self.fingerprint = rank, world_size, fingerprint
         self.read_error = read_error or (lambda e: e)
         self.epoch = 0
+        self.cursor = 0  # windows consumed by all ranks together
         self._carry: list[int] = []  # tokens gathered for the next window
         self._doc: list[int] = []  # the document being packed
         self._pos = 0  # position in self._doc
@@ -72,7 +84,8 @@ class StreamingLoader:
             row = next(self._iter)
         except StopIteration:
             if self._pulled == 0 and self._start_state is None:
-                raise UserError("this rank's share of the stream is empty; use more data or fewer ranks") from None
+                raise UserError("the stream holds no training document after the ones held out for validation; add "
+                                "text, split files with data.text_sample_by=paragraph or use data.streaming=false") from None
             self.epoch += 1
             self._restart(None)
             return self._next_doc()
@@ -82,10 +95,11 @@ class StreamingLoader:
             raise self.read_error(e) from None
         self._pulled += 1
         self._doc_state = before
-        self._doc = self.tok.encode(row["text"] or "", eos=True)
+        self._doc = self.tok.encode_document(row["text"] or "")
         self._pos = 0
 
-    def _next_window(self) -> list[int]:
+    def _next_window(self, keep: bool = True) -> list[int]:
+        """The next window of the stream (``keep=False``: step over it, returning nothing)."""
         want = self.seq_len + 1
         while len(self._carry) < want:
             if self._pos >= len(self._doc):
@@ -94,35 +108,37 @@ class StreamingLoader:
             self._carry += take
             self._pos += len(take)
         window, self._carry = self._carry, self._carry[-1:]
-        return window
+        return window if keep else []
 
     def __iter__(self) -> StreamingLoader:
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
-        windows = torch.tensor([self._next_window() for _ in range(self.batch_size)], dtype=torch.long)
+        B = self.batch_size
+        for _ in range(self.rank * B):  # the windows of the ranks before this one
+            self._next_window(keep=False)
+        windows = torch.tensor([self._next_window() for _ in range(B)], dtype=torch.long)
+        for _ in range((self.world_size - self.rank - 1) * B):  # ... and after it
+            self._next_window(keep=False)
+        self.cursor += self.world_size * B
         return {"input_ids": windows[:, :-1].contiguous(), "labels": windows[:, 1:].contiguous()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": "streaming", "version": LOADER_VERSION, "fingerprint": self.fingerprint,
-                "epoch": self.epoch, "rank": self.rank, "world_size": self.world_size,
-                "dataset": copy.deepcopy(self._doc_state), "doc_pos": self._pos, "carry": list(self._carry),
-                "has_doc": bool(self._doc)}
+        return {"kind": "streaming", "version": STREAMING_VERSION, "fingerprint": self.fingerprint,
+                "epoch": self.epoch, "cursor": self.cursor, "world_size": self.world_size,
+                "batch_size": self.batch_size, "dataset": copy.deepcopy(self._doc_state), "doc_pos": self._pos,
+                "carry": list(self._carry), "has_doc": bool(self._doc)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("kind") != "streaming":
             raise UserError("loader state is not from a streaming run; resume with the same data.streaming setting")
-        if state.get("fingerprint") != self.fingerprint:
+        if state.get("fingerprint") != self.fingerprint or state.get("version") != STREAMING_VERSION:
             raise UserError(f"checkpoint was trained on data {state.get('fingerprint')} but the config gives "
                             f"{self.fingerprint}; resume with the original data config or start a new run")
-        if (state["rank"], state["world_size"]) != (self.rank, self.world_size):
-            raise UserError(f"streaming state is for rank {state['rank']} of {state['world_size']}, this is rank "
-                            f"{self.rank} of {self.world_size}; resume streaming runs with the same number of processes")
-        self.epoch = int(state["epoch"])
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
         self._restart(state["dataset"])
         self._carry = [int(t) for t in state["carry"]]
         self._doc, self._pos = [], 0
         if state["has_doc"]:
             self._next_doc()  # re-read the document that was being packed
             self._pos = int(state["doc_pos"])
-

@@ -35,7 +35,10 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, *, force: bool = Fals
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(_DTYPES)}")
     model, tok, _ = load_any(checkpoint)
     sp_path = tok.path if tok is not None and tok.kind == "sentencepiece" else None
-    save_hf_llama(model, out, tokenizer_path=sp_path, dtype=_DTYPES[dtype])
+    special = None
+    if tok is not None and tok.kind == "hf":  # e.g. a run continued from an HF model (init_from) keeps its ids
+        special = {f"{k}_token_id": getattr(tok.hf, f"{k}_token_id") for k in ("bos", "eos", "pad")}
+    save_hf_llama(model, out, tokenizer_path=sp_path, dtype=_DTYPES[dtype], special_ids=special)
     if tok is not None and tok.kind == "hf":
         tok.hf.save_pretrained(str(out))
     return out

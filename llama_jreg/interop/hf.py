@@ -398,10 +398,13 @@ def save_hf_llama(
     tokenizer_path: str | Path | None = None,
     *,
     dtype: torch.dtype | None = None,
+    special_ids: dict[str, int | None] | None = None,
 ) -> Path:
     """Write ``model`` as an HF Llama directory: config.json + model.safetensors (+ tokenizer files when
     ``tokenizer_path`` names one of our SentencePiece models). ``dtype``: cast the saved weights (default: the
-    model's own dtype). Loads offline with ``AutoModelForCausalLM.from_pretrained(out_dir)``."""
+    model's own dtype). ``special_ids``: ``bos_token_id`` / ``eos_token_id`` / ``pad_token_id`` for config.json
+    when the tokenizer is not one of ours (an HF tokenizer saved next to it by the caller). Loads offline with
+    ``AutoModelForCausalLM.from_pretrained(out_dir)``."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -409,7 +412,7 @@ def save_hf_llama(
     dtype = dtype or next(model.parameters()).dtype
     sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in hf_state_dict(model).items()}
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
-    extra = {}
+    extra = dict(special_ids or {})
     if tokenizer_path is not None:
         import sentencepiece as spm
 

@@ -85,3 +85,7 @@ def smollm2_dir() -> Path:
     except OSError:  # another process finished first
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+if __name__ == "__main__":  # `python -m llama_jreg.interop.smollm2` prints the directory (e.g. for init_from=)
+    print(smollm2_dir())

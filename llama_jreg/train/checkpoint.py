@@ -18,7 +18,8 @@ full otherwise). Resume reads whichever format a checkpoint has, at any world si
     rng_rank{r}.pt        python / numpy / torch / cuda RNG state of rank r (weights_only)
     loader_rank{r}.json   the data loader state of rank r
     config.yaml           the resolved config of the run that wrote it
-    tokenizer.model       copy of the SentencePiece model (when the data has one)
+    tokenizer.model       copy of the SentencePiece model (when the data has one), or tokenizer.json +
+                          tokenizer_config.json for a Hugging Face tokenizer
     wandb_run_id          the wandb run id (a resumed run continues the same wandb run)
     data_fingerprint      the data bundle's fingerprint (a resume with other data fails loudly)
     manifest.json         sha256 and size of every file above (paths relative to the checkpoint, so also
@@ -314,7 +315,9 @@ def _write_shared_files(tmp: Path, *, schedule, trainer_state: dict, config_yaml
 def _copy_tokenizer(tmp: Path, tokenizer_path: str | None) -> None:
     """Rank 0: the tokenizer next to the weights (analysis commands and export-hf read it from there)."""
     if tokenizer_path:
-        shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
+        from llama_jreg.data.tokenizer import load_tokenizer
+
+        load_tokenizer(tokenizer_path).save_to(tmp)
 
 
 def _write_rank_files(tmp: Path, rank: int, loader) -> None:

@@ -39,11 +39,15 @@ user-facing keys (KEY=VALUE):
   trainer.malloc_tuning (CPU: keep freed memory in the heap, default true)
   optim.lr  optim.weight_decay  optim.fused  schedule.warmup_steps  logger.project  logger.group  logger.tags
   run.dir   resume=auto|PATH
+  init_from=PATH  continued pre-training: start from the weights (only) of a checkpoint / run dir / HF Llama
+            dir / .gguf; the architecture and, without data.tokenizer, the tokenizer come from it
+  data.tokenizer=PATH  a SentencePiece .model or an HF tokenizer.json (or a directory holding one)
   hydra.sweep.dir=DIR (with -m)
 
 examples:
   llama-jreg train model=small data=local data.files=[corpus.jsonl] jreg.weight=0.1
   llama-jreg train run.dir=runs/r1 resume=auto
+  llama-jreg train init_from=path/to/SmolLM2-135M run.dir=runs/cont resume=auto optim.lr=1e-4
   llama-jreg train -m jreg.weight=0,0.01,0.1 hydra.sweep.dir=sweeps/lambda trainer.max_steps=2000
   accelerate launch --multi_gpu --num_processes 8 -m llama_jreg train model=large parallel=fsdp
 """

@@ -40,6 +40,7 @@ from llama_jreg.loss import IGNORE_INDEX
 from llama_jreg.model import Llama
 from llama_jreg.train import checkpoint as ckpt
 from llama_jreg.train.allocator import tune_cpu_allocator
+from llama_jreg.train.init_from import init_model
 from llama_jreg.train.metrics import MetricsLogger, device_peak_flops, flops_per_token, memory_usage
 from llama_jreg.train.optim import Schedule, build_optimizer
 from llama_jreg.train.parallel import all_reduce_sum, barrier, broadcast_object, no_sync, parallelize, unwrap
@@ -131,7 +132,9 @@ class Trainer:
         self.tokens_per_step = gbs * T
 
         # -- model, parallelism, optimizer, schedule ---------------------------------------------------
-        model = Llama(cfg.model).to(self.device)
+        model = Llama(cfg.model)
+        self.init_from = init_model(cfg, model, self.run_dir, self.resumed_from, self.is_main)  # init_from=PATH
+        model = model.to(self.device)
         self.flops_per_token = flops_per_token(model, T)
         self.peak_flops = device_peak_flops(self.device, self.precision)
         self.model = parallelize(model, cfg, self.device, self.precision)
@@ -203,6 +206,9 @@ class Trainer:
         window_start, window_tokens, window_wait = time.perf_counter(), 0, 0.0
         stopped_by = None
         first_step = self.step
+        if self.step == 0 and self.cfg.init_from is not None:
+            self.log_start()
+            window_start = time.perf_counter()  # the first step's time excludes the step-0 evaluation
         try:
             while self.step < t.max_steps:
                 with self.profiler.step(self.step + 1):
@@ -425,6 +431,18 @@ class Trainer:
         self.metrics.log(row)
         self.last.update(zeta_L=row["zeta_L"], psi=psi, val_zeta_L=row["val_zeta_L"])
 
+    def log_start(self) -> None:
+        """Step-0 rows before any update (``init_from`` runs: where the source model starts): ``kind=eval``
+        and a ``kind=jump`` row whose Psi is measured on the first fixed validation batch (no training batch
+        has been drawn yet; ``psi_batch`` says so)."""
+        if self.cfg.trainer.eval_batches > 0:
+            self.evaluate()
+        val_psi = self.val_jump()
+        z = float(J.zeta_L(torch.tensor(val_psi)))
+        self.metrics.log({"kind": "jump", "step": self.step, "tokens": self.tokens, "psi": val_psi, "zeta_L": z,
+                          "psi_post_norm_L": None, "val_psi": val_psi, "val_zeta_L": z, "psi_batch": "validation"})
+        self.last.update(zeta_L=z, psi=val_psi, val_zeta_L=z)
+
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean CE over the ``trainer.eval_batches`` fixed validation batches, split over ranks."""
@@ -455,6 +473,8 @@ class Trainer:
         state = {"step": self.step, "tokens": self.tokens, "nonfinite_total": self.nonfinite_total,
                  "nonfinite_in_a_row": self.nonfinite_in_a_row, "world_size": self.world,
                  "wandb_run_id": self.wandb_run_id, "data_fingerprint": self.data.fingerprint}
+        if self.init_from is not None:
+            state["init_from"] = self.init_from
         tok = getattr(self.data.tokenizer, "path", None) if self.data.tokenizer is not None else None
         path = ckpt.save_checkpoint(
             self.run_dir, self.step, model=self.llama, optimizer=self.optimizer, schedule=self.schedule,
