@@ -165,7 +165,7 @@ def sweep_command(sw: Sweep, out: Path, dry: bool = False) -> list[str]:
 
 def _show(cmd: list[str]) -> str:
     cmd = ["llama-jreg", *cmd[3:]] if cmd[:3] == _cli() else cmd
-    return " ".join(c if c.startswith("$(") else shlex.quote(c) for c in cmd)
+    return " ".join(c if "$(" in c else shlex.quote(c) for c in cmd)
 
 
 def _slug(name: str) -> str:

@@ -270,9 +270,13 @@ def findings(results: list[dict], e1: list[dict] | None = None) -> list[tuple[st
                     continue
                 c = compare(a, b)
                 rel = f", {100 * c.rel:+.2f} %" if key == "val_loss" and c.rel is not None else ""
+                start = ""
+                if stage == "E4" and key == "val_zeta_L":  # continued pre-training starts from a measured jump
+                    s0 = Stat([r["history"][0]["val_zeta_L"] for r in rs if r["history"]])
+                    start = f"; at step {rs[0]['history'][0]['step']} it was {_ms(s0, digits)}" if s0.n else ""
                 out.append((_claim(verdicts, c),
                             f"{claim} · {stage}, {exp}, {cell} λ = {w:g}: {label} {_ms(a, digits)} vs "
-                            f"{_ms(b, digits)} at λ = 0 ({c.diff:+.{digits}f}{rel}): {_SAYS[c.verdict]}."))
+                            f"{_ms(b, digits)} at λ = 0 ({c.diff:+.{digits}f}{rel}): {_SAYS[c.verdict]}{start}."))
     return out
 
 
