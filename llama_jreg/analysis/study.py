@@ -369,26 +369,70 @@ def plot_zeta_over_tokens(results: list[dict], experiment: str, path: Path) -> P
     return save_figure(fig, ax, path, legend_fontsize=8)
 
 
-def plot_psi_over_training(results: list[dict], experiment: str, path: Path) -> Path | None:
-    """Validation Psi per layer of the first lambda = 0 run at up to 6 points of training."""
-    from llama_jreg.analysis.plots import _pick_rows
+def _base_runs(results: list[dict], experiment: str) -> list[dict]:
+    return sorted((r for r in results if r["experiment"] == experiment and r["cell"] == "jump"
+                   and r["jreg.weight"] == 0 and r["history"]), key=lambda r: r["seed"])
 
-    base = [r for r in results if r["experiment"] == experiment and r["cell"] == "jump" and r["jreg.weight"] == 0
-            and r["history"]]
+
+def plot_e2_zeta(results: list[dict], experiment: str, path: Path) -> Path | None:
+    """E2: zeta_L of the lambda = 0 runs against tokens, on the training batch and the fixed validation batch."""
+    base = _base_runs(results, experiment)
     if not base:
         return None
-    r = sorted(base, key=lambda r: r["seed"])[0]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
-    picked = _pick_rows([p for p in r["history"] if p.get("val_psi")], None, default_n=6)
-    cmap = plt.get_cmap("viridis")
-    for i, p in enumerate(picked):
-        ax.plot(range(1, len(p["val_psi"]) + 1), p["val_psi"], marker="o", ms=3,
-                color=cmap(i / max(1, len(picked) - 1)), label=f"{p['tokens']:,} tokens")
-    ax.set_xlabel("layer l")
-    ax.set_ylabel(r"validation $\Psi_l$")
-    ax.set_title(f"{experiment}, λ = 0, seed {r['seed']}: Ψ profile during training")
+    for j, r in enumerate(base):
+        h = r["history"]
+        ax.plot([p["tokens"] for p in h], [p["val_zeta_L"] for p in h], color=f"C{j}", marker=".",
+                label=f"seed {r['seed']}, validation batch")
+        ax.plot([p["tokens"] for p in h], [p["zeta_L"] for p in h], color=f"C{j}", ls="--", alpha=0.7,
+                label=f"seed {r['seed']}, training batch")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel(r"$\zeta_L$")
+    ax.set_title(f"{experiment}, λ = 0: the final-layer jump during training")
     return save_figure(fig, ax, path, legend_fontsize=8)
+
+
+def plot_psi_over_training(results: list[dict], experiment: str, path: Path) -> Path | None:
+    """E2: Psi per layer of the first lambda = 0 run at up to 6 points of training, training batch (left) and
+    fixed validation batch (right)."""
+    from llama_jreg.analysis.plots import _pick_rows
+
+    base = _base_runs(results, experiment)
+    if not base:
+        return None
+    r = base[0]
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    picked = _pick_rows([p for p in r["history"] if p.get("val_psi") and p.get("psi")], None, default_n=6)
+    cmap = plt.get_cmap("viridis")
+    for ax, key, name in ((axes[0], "psi", "training batch"), (axes[1], "val_psi", "validation batch")):
+        for i, p in enumerate(picked):
+            ax.plot(range(1, len(p[key]) + 1), p[key], marker="o", ms=3, color=cmap(i / max(1, len(picked) - 1)),
+                    label=f"{p['tokens']:,} tokens")
+        ax.set_xlabel("layer l")
+        ax.set_title(f"{experiment}, λ = 0, seed {r['seed']}: {name}", fontsize=9)
+    axes[0].set_ylabel(r"$\Psi_l$")
+    axes[0].grid(alpha=0.3)
+    return save_figure(fig, axes[1], path, legend_fontsize=8)
+
+
+def e2_table(results: list[dict], experiment: str) -> str:
+    """E2: per logged step, the lambda = 0 runs' zeta_L (training / validation batch) and the validation Psi of
+    the last two layers, mean over seeds."""
+    base = _base_runs(results, experiment)
+    if not base:
+        return ""
+    steps = sorted(set.intersection(*[{p["step"] for p in r["history"]} for r in base]))
+    lines = ["| step | tokens | ζ_L (train batch) | ζ_L (validation) | Ψ_L-1 (validation) | Ψ_L (validation) |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for st in steps:
+        pts = [next(p for p in r["history"] if p["step"] == st) for r in base]
+        mean = lambda f: statistics.fmean(f(p) for p in pts)  # noqa: E731
+        lines.append(f"| {st} | {pts[0]['tokens']:,} | {mean(lambda p: p['zeta_L']):.3f} | "
+                     f"{mean(lambda p: p['val_zeta_L']):.3f} | {mean(lambda p: p['val_psi'][-2]):.4f} | "
+                     f"{mean(lambda p: p['val_psi'][-1]):.4f} |")
+    return "\n".join(lines)
 
 
 def plot_profiles(results: list[dict], experiment: str, key: str, ylabel: str, path: Path,
@@ -448,6 +492,7 @@ def make_plots(results: list[dict], e1: list[dict], fig_dir: Path) -> dict[str, 
         figs[f"e1_{m['slug']}"] = plot_psi(m, fig_dir / f"e1_psi_{m['slug']}.png", m["name"])
     for exp in sorted({r["experiment"] for r in results}):
         figs[f"zeta_{exp}"] = plot_zeta_over_tokens(results, exp, fig_dir / f"zeta_L_over_tokens_{exp}.png")
+        figs[f"e2_zeta_{exp}"] = plot_e2_zeta(results, exp, fig_dir / f"e2_zeta_L_{exp}.png")
         figs[f"psi_train_{exp}"] = plot_psi_over_training(results, exp, fig_dir / f"psi_during_training_{exp}.png")
         figs[f"psi_final_{exp}"] = plot_profiles(results, exp, "val_psi", r"final validation $\Psi_l$",
                                                  fig_dir / f"psi_final_{exp}.png")
@@ -535,7 +580,12 @@ def render_report(meta: dict, results: list[dict], e1: list[dict], figs: dict[st
         out += [f"## {exp}: {title}", "",
                 f"{len(rs)} runs, {rs[0]['tokens']:,} tokens each at the end ({rs[0]['max_steps']} steps); run "
                 f"dirs in {sweeps}.", ""]
-        out += [img(f"zeta_{exp}", f"zeta_L over tokens, {exp}"), img(f"psi_train_{exp}", f"Psi during training, {exp}"),
+        t = e2_table(rs, exp) if STAGE.get(exp) != "E4" else ""
+        if t:
+            out += [f"E2, λ = 0 (mean over {len(_base_runs(rs, exp))} seed(s)): the jump against tokens seen.", "",
+                    img(f"e2_zeta_{exp}", f"E2 zeta_L, {exp}"), img(f"psi_train_{exp}", f"Psi during training, {exp}"),
+                    t, "", "E3: every cell.", ""]
+        out += [img(f"zeta_{exp}", f"zeta_L over tokens, {exp}"),
                 img(f"psi_final_{exp}", f"final Psi per layer, {exp}"), img(f"lens_{exp}", f"logit lens, {exp}"),
                 img(f"ind_lens_{exp}", f"induction accuracy per layer, {exp}")]
         t = lens_table(rs)
