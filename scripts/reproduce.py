@@ -16,10 +16,10 @@ Experiments (``PLANS[scale]`` says which runs each scale makes):
   skipped, with a note in the report, while ``llama-jreg train --help`` does not list ``init_from``.
 
 Then per run ``llama-jreg eval RUN_DIR --json OUT/eval/<sweep>/<run>.json`` (logit lens, early exit, induction
-accuracy), and ``OUT/results.json`` (one object per run), ``OUT/report.md`` with ``OUT/figures/``
-(``llama_jreg/analysis/study.py``). ``--docs docs/results.md`` also writes the report there, its figures in
-``docs/results/``. ``--dry-run`` prints the commands; ``--report-only`` skips training (and evaluates only the
-runs that are complete).
+accuracy), and ``OUT/results.json`` (one object per run), ``OUT/report.md`` with ``OUT/figures/`` and the
+headline table alone in ``OUT/headline.md`` (``llama_jreg/analysis/study.py``). ``--docs docs/results.md``
+also writes the report there, its figures in ``docs/results/``. ``--dry-run`` prints the commands;
+``--report-only`` skips training (and evaluates only the runs that are complete).
 
 Run names are Hydra sweep job names (``<i>_seed=S_jreg.weight=W``); they must not change between versions of
 this script, or a rerun starts the runs again instead of resuming them.
@@ -295,7 +295,7 @@ def stage_eval(plan: Plan, out: Path, log, dry: bool) -> list[dict]:
 
 
 def stage_report(args, plan: Plan, out: Path, results: list[dict], e1: list[dict], notes: list[str]) -> Path:
-    from llama_jreg.analysis.study import machine, make_plots, render_report
+    from llama_jreg.analysis.study import headline_table, machine, make_plots, render_report
 
     (out / "results.json").write_text(json.dumps({"e1": e1, "runs": results}, indent=1) + "\n")
     figs = make_plots(results, e1, out / "figures")
@@ -313,6 +313,8 @@ def stage_report(args, plan: Plan, out: Path, results: list[dict], e1: list[dict
                  + [f"{sum(1 for r in results if not r['complete'])} run(s) still short of their last step "
                     "(marked running; not evaluated)."] * any(not r["complete"] for r in results),
     }
+    # the headline table alone, for the README (its link points at docs/results.md)
+    (out / "headline.md").write_text(headline_table(results) + "\n")
     report = out / "report.md"
     report.write_text(render_report(meta, results, e1, figs, lambda p: Path(p).relative_to(out).as_posix()))
     if args.docs:

@@ -350,6 +350,12 @@ def _plt():
     return plt
 
 
+def _integer_x(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_zeta_over_tokens(results: list[dict], experiment: str, path: Path) -> Path | None:
     """Validation zeta_L against tokens seen, one colour per cell, one line per seed."""
     rs = [r for r in results if r["experiment"] == experiment and r["history"]]
@@ -411,6 +417,7 @@ def plot_psi_over_training(results: list[dict], experiment: str, path: Path) -> 
             ax.plot(range(1, len(p[key]) + 1), p[key], marker="o", ms=3, color=cmap(i / max(1, len(picked) - 1)),
                     label=f"{p['tokens']:,} tokens")
         ax.set_xlabel("layer l")
+        _integer_x(ax)
         ax.set_title(f"{experiment}, λ = 0, seed {r['seed']}: {name}", fontsize=9)
     axes[0].set_ylabel(r"$\Psi_l$")
     axes[0].grid(alpha=0.3)
@@ -451,6 +458,7 @@ def plot_profiles(results: list[dict], experiment: str, key: str, ylabel: str, p
         plt.close(fig)
         return None
     ax.set_xlabel("layer l" if start else "layer l (0 = embeddings)")
+    _integer_x(ax)
     ax.set_ylabel(ylabel)
     ax.set_title(f"{experiment}: {ylabel}, mean over seeds")
     return save_figure(fig, ax, path, legend_fontsize=8)
