@@ -104,7 +104,7 @@ _TEST_COMMON = ["model=tiny", "model.n_layers=2", "model.dim=64", "model.n_heads
                 "trainer.progress=false", "trainer.plots=false"]
 
 PLANS: dict[str, Plan] = {
-    "quick": Plan(_text(120, "1", "0,1", None, 0.1) + _induction(120, "1", "0,1") + _continued(12, "1", "0,1"),
+    "quick": Plan(_text(120, "1", "0,1", None, 0.1) + _induction(120, "1", "0,1") + _continued(8, "1", "0,1"),
                   about="the cpu pipeline with one seed and fewer, shorter runs (about 10 minutes on 2 cores)"),
     "cpu": Plan(_text(500, "1,2", "0,0.01,0.1,1", "final,weighted", 0.1) + _induction(400, "1,2", "0,0.1,1")
                 + _continued(30, "1,2", "0,1"),
