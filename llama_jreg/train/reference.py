@@ -2,8 +2,8 @@
 put a run's zeta_L next to something it can be compared with.
 
 ``demo_reference.json`` (next to this file) holds the *recipe* (every config value that shapes the numbers:
-model, data, optim, schedule, seed and the trainer's step / evaluation / measurement settings; JREG itself is
-left out, it is what a user varies), the step, and the lambda = 0 run's train zeta_L, validation zeta_L and
+model, the data's token stream, optim, schedule, seed, init_from and the trainer's step / evaluation /
+measurement settings; JREG itself is left out, it is what a user varies), the step, and the lambda = 0 run's train zeta_L, validation zeta_L and
 validation loss at that step, plus the machine it ran on. It is written by ``python scripts/demo_reference.py``
 (a real `trainer=demo jreg.weight=0` run). :func:`matching_reference` returns it only for a run on CPU whose
 recipe equals the reference's and that ended at the same step, so a stale or mismatched reference is never
@@ -17,10 +17,14 @@ from pathlib import Path
 
 REFERENCE_PATH = Path(__file__).with_name("demo_reference.json")
 
-# the config sections / keys that make two runs comparable step for step (JREG excluded: it is the variable)
-RECIPE_KEYS = ("model", "data", "optim", "schedule", "seed", "trainer.max_steps", "trainer.global_batch_size",
-               "trainer.jump_every", "trainer.eval_every", "trainer.eval_batches", "trainer.precision",
-               "trainer.loss_chunk_tokens", "trainer.compile")
+# the config sections / keys that make two runs comparable step for step (JREG excluded: it is the variable);
+# of the data section only the keys that shape the token stream of a text corpus
+RECIPE_KEYS = ("model", "optim", "schedule", "seed", "init_from", "data.source", "data.files", "data.text_field",
+               "data.text_sample_by", "data.hf_path", "data.hf_name", "data.hf_split", "data.tokenizer",
+               "data.vocab_size", "data.tokenizer_train_chars", "data.seq_len", "data.micro_batch_size",
+               "data.val_fraction", "data.val_sequences", "data.max_documents", "trainer.max_steps",
+               "trainer.global_batch_size", "trainer.jump_every", "trainer.eval_every", "trainer.eval_batches",
+               "trainer.precision", "trainer.loss_chunk_tokens", "trainer.compile")
 
 
 def _flatten(d, prefix: str = "") -> dict:
@@ -33,12 +37,15 @@ def _flatten(d, prefix: str = "") -> dict:
 
 
 def recipe(cfg) -> dict:
-    """The recipe of a TrainConfig (or a resolved config mapping) as a flat ``{dotted.key: value}`` dict."""
+    """The recipe of a TrainConfig (or a resolved config mapping) as a flat ``{dotted.key: value}`` dict of the
+    :data:`RECIPE_KEYS` that are set (unset keys, None, are left out, so a key added to the config later with
+    a None default does not make an older reference stale)."""
     from omegaconf import OmegaConf
 
     raw = OmegaConf.to_container(OmegaConf.structured(cfg) if not isinstance(cfg, dict) else OmegaConf.create(cfg))
     flat = _flatten(raw)
-    return {k: v for k, v in sorted(flat.items()) if any(k == p or k.startswith(p + ".") for p in RECIPE_KEYS)}
+    return {k: v for k, v in sorted(flat.items())
+            if v is not None and any(k == p or k.startswith(p + ".") for p in RECIPE_KEYS)}
 
 
 def load_reference(path: str | Path = REFERENCE_PATH) -> dict | None:
