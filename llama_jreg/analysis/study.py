@@ -135,6 +135,11 @@ def stat(results: list[dict], key: str) -> Stat | None:
     return Stat(vals) if vals else None
 
 
+def complete(results: list[dict]) -> list[dict]:
+    """The runs that reached ``trainer.max_steps``: the only ones compared, averaged and plotted."""
+    return [r for r in results if r["complete"]]
+
+
 def cells(results: list[dict]) -> dict[tuple[str, str, float], list[dict]]:
     """Results grouped by (experiment, cell, jreg.weight), in a stable order (lambda ascending)."""
     out: dict[tuple[str, str, float], list[dict]] = {}
@@ -222,6 +227,7 @@ def findings(results: list[dict], e1: list[dict] | None = None) -> list[tuple[st
     (:data:`CLAIMS`); every number is taken from ``results`` (per-run dicts of :func:`run_result`) and ``e1``
     (``llama-jreg jump --json`` results with a ``name``)."""
     out: list[tuple[str, str]] = []
+    results = complete(results)
     for m in e1 or []:
         psi = m["psi"]
         L = len(psi)
@@ -294,9 +300,10 @@ def headline_table(results: list[dict]) -> str:
         for r in rs:
             lines.append(f"| {exp} | {cell} | {w:g} | {r['seed']}{'' if r['complete'] else ' (running)'} | "
                          + " | ".join(_f(r.get(k), d) for k, d in keys) + " |")
-        if len(rs) > 1:
+        done = complete(rs)
+        if len(done) > 1:
             lines.append(f"| {exp} | {cell} | {w:g} | **mean ± sd** | "
-                         + " | ".join(_ms_short(stat(rs, k), d) for k, d in keys) + " |")
+                         + " | ".join(_ms_short(stat(done, k), d) for k, d in keys) + " |")
     return "\n".join(lines)
 
 
@@ -318,7 +325,7 @@ def e1_table(e1: list[dict]) -> str:
 
 def lens_table(results: list[dict]) -> str:
     """Mean logit-lens loss per layer (h_0 = embeddings .. h_L) per cell."""
-    rows = [(k, stat_list(rs, "lens_loss")) for k, rs in cells(results).items()]
+    rows = [(k, stat_list(rs, "lens_loss")) for k, rs in cells(complete(results)).items()]
     rows = [(k, v) for k, v in rows if v]
     if not rows:
         return ""
@@ -376,7 +383,7 @@ def plot_zeta_over_tokens(results: list[dict], experiment: str, path: Path) -> P
 
 
 def _base_runs(results: list[dict], experiment: str) -> list[dict]:
-    return sorted((r for r in results if r["experiment"] == experiment and r["cell"] == "jump"
+    return sorted((r for r in complete(results) if r["experiment"] == experiment and r["cell"] == "jump"
                    and r["jreg.weight"] == 0 and r["history"]), key=lambda r: r["seed"])
 
 
@@ -443,15 +450,16 @@ def e2_table(results: list[dict], experiment: str) -> str:
 
 
 def plot_profiles(results: list[dict], experiment: str, key: str, ylabel: str, path: Path,
-                  start: int = 1) -> Path | None:
-    """A list-valued metric (final Psi, lens loss) per layer, mean over seeds, one line per cell."""
+                  start: int = 1, skip: int = 0) -> Path | None:
+    """A list-valued metric (final Psi, lens loss) per layer, mean over seeds, one line per cell; the list's
+    element i is layer ``start + i``, the first ``skip`` elements are left out."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     drawn = 0
     for i, ((exp, cell, w), rs) in enumerate(cells([r for r in results if r["experiment"] == experiment]).items()):
         v = stat_list(rs, key)
         if v:
-            ax.plot(range(start, start + len(v)), v, marker="o", ms=3, color=f"C{i % 10}",
+            ax.plot(range(start + skip, start + len(v)), v[skip:], marker="o", ms=3, color=f"C{i % 10}",
                     label=f"{cell} λ={w:g} (n={len(rs)})")
             drawn += 1
     if not drawn:
@@ -495,6 +503,7 @@ def make_plots(results: list[dict], e1: list[dict], fig_dir: Path) -> dict[str, 
     from llama_jreg.analysis.jump import plot_psi
 
     fig_dir.mkdir(parents=True, exist_ok=True)
+    results = complete(results)
     figs: dict[str, Path | None] = {}
     for m in e1:
         figs[f"e1_{m['slug']}"] = plot_psi(m, fig_dir / f"e1_psi_{m['slug']}.png", m["name"])
@@ -504,8 +513,8 @@ def make_plots(results: list[dict], e1: list[dict], fig_dir: Path) -> dict[str, 
         figs[f"psi_train_{exp}"] = plot_psi_over_training(results, exp, fig_dir / f"psi_during_training_{exp}.png")
         figs[f"psi_final_{exp}"] = plot_profiles(results, exp, "val_psi", r"final validation $\Psi_l$",
                                                  fig_dir / f"psi_final_{exp}.png")
-        figs[f"lens_{exp}"] = plot_profiles(results, exp, "lens_loss", "logit-lens loss", fig_dir / f"lens_{exp}.png",
-                                            start=0)
+        figs[f"lens_{exp}"] = plot_profiles(results, exp, "lens_loss", "logit-lens loss (h_1..h_L)",
+                                            fig_dir / f"lens_{exp}.png", start=0, skip=1)
         figs[f"ind_lens_{exp}"] = plot_profiles(results, exp, "induction_lens_accuracy",
                                                 "logit-lens induction accuracy",
                                                 fig_dir / f"induction_lens_{exp}.png", start=0)
@@ -573,7 +582,9 @@ def render_report(meta: dict, results: list[dict], e1: list[dict], figs: dict[st
         out += ["## Headline table", "",
                 "Final validation loss, validation ζ_L and Ψ_L (the fixed validation batch, last measurement), the "
                 "mean logit-lens loss of layers 1..L-1, the oracle early-exit saving (fraction of blocks) and the "
-                "induction accuracy (2nd+ trigger outputs), per run and as mean ± sample s.d. over seeds.", "",
+                "induction accuracy (2nd+ trigger outputs), per run and as mean ± sample s.d. over the seeds of "
+                "the complete runs (a run still short of its last step is marked running and left out of every "
+                "mean, comparison and figure).", "",
                 headline_table(results), ""]
     if e1:
         out += ["## E1: the jump in open-weight models", "",
