@@ -134,7 +134,7 @@ def test_pipeline_end_to_end(tmp_path):
     for r in res["runs"]:
         jump, ev = rows(r["run_dir"], "jump"), rows(r["run_dir"], "eval")
         assert r["val_loss"] == ev[-1]["val_loss"] and r["val_zeta_L"] == jump[-1]["val_zeta_L"]
-        assert r["psi"] == jump[-1]["psi"] and r["tokens"] == 6 * 2 * 32
+        assert r["psi"] == jump[-1]["psi"] and r["tokens"] == 6 * 2 * (64 if r["experiment"] == "induction" else 32)
         assert r["lens_loss"] and (r["experiment"] == "text") == ("induction_accuracy" not in r)
         assert f"{r['val_loss']:.4f}" in md
     (e1,) = res["e1"]
