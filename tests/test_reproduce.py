@@ -66,8 +66,9 @@ def test_report_tables_findings_and_plots(sweep, tmp_path):
     tags = {t for t, _ in found}
     assert tags <= {"supports", "contradicts", "noise"}
     # E2 (lambda = 0 emergence) and E3 (lambda = 1 vs 0: zeta, loss, lens, early exit, induction)
-    assert sum(s.startswith("E2, induction") for _, s in found) == 1
-    assert sum(s.startswith("E3, induction, jump λ = 1:") for _, s in found) == 5
+    assert sum(s.startswith("C2 · E2, induction, λ = 0:") for _, s in found) == 1
+    claims = [s.split(" · ")[0] for _, s in found if " · E3, induction, jump λ = 1:" in s]
+    assert claims == ["C3", "C4", "C5", "C5", "C6"]
     figs = study.make_plots(results, [], tmp_path / "figures")
     assert {"zeta_induction", "psi_final_induction", "lens_induction", "val_loss", "val_zeta"} <= set(figs)
     assert all(p.stat().st_size > 0 for p in figs.values())
