@@ -9,7 +9,7 @@ TEST_ENV := WANDB_MODE=offline HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORME
             HF_HOME=$(CURDIR)/.cache/hf_home TOKENIZERS_PARALLELISM=false
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-slow test-all bench bench-gpu lint clean
+.PHONY: setup demo reproduce test test-slow test-all bench bench-gpu lint clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 demo: setup
 	WANDB_MODE=offline $(VENV)/bin/llama-jreg train trainer=demo logger=wandb run.dir=runs/demo resume=auto
 	$(VENV)/bin/llama-jreg generate runs/demo --prompt 'ROMEO:' --max-new-tokens 60 --seed 0
+
+# the reproduction study (docs/results.md): E1-E4 at the cpu scale, ~2 h on 2 cores; a rerun resumes
+reproduce: setup
+	$(PY) scripts/reproduce.py --scale cpu --out runs/reproduce/cpu
 
 test: setup
 	$(TEST_ENV) $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

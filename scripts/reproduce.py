@@ -1,14 +1,25 @@
 """Reproduce the paper's claims with our own runs: ``python scripts/reproduce.py --scale quick|cpu|gpu --out DIR``.
 
-Drives the public CLI only (``llama-jreg train -m ...``, ``jump``, ``eval``, ``sweep-report``), so every
-step below is also how a user does it by hand. Reruns resume: a sweep is launched with ``resume=auto`` (a
-finished run is only re-opened, an interrupted one continues from its last checkpoint).
+Drives the public CLI only (``llama-jreg train -m ...``, ``jump``, ``eval``), so every step below is also how
+a user does it by hand. Reruns resume: a sweep is launched with ``resume=auto`` (a finished run is only
+re-opened, an interrupted one continues from its last checkpoint), and an evaluation or E1 measurement whose
+JSON exists (for the run's final step) is not repeated.
 
 Experiments (``PLANS[scale]`` says which runs each scale makes):
 
+* E1 open-weight jump: ``llama-jreg jump`` on SmolLM2-135M (plus ``--models`` HF dirs) on a fixed slice of the
+  Shakespeare corpus (``OUT/e1/text.txt``): Psi per layer, zeta_L pre- and post-norm.
 * E2/E3 ``text``: from scratch on Shakespeare, ``jreg=jump`` at several lambda (lambda = 0 is E2, the jump
   emerging unsuppressed), plus ``final`` and ``weighted`` at one lambda; every cell at every seed.
 * E3 ``induction``: the same lambda sweep on synthetic bigram-with-trigger data (induction accuracy).
+* E4 ``continued``: continued pre-training of SmolLM2-135M with lambda = 0 and lambda > 0 (``init_from=``);
+  skipped, with a note in the report, while ``llama-jreg train --help`` does not list ``init_from``.
+
+Then per run ``llama-jreg eval RUN_DIR --json OUT/eval/<sweep>/<run>.json`` (logit lens, early exit, induction
+accuracy), and ``OUT/results.json`` (one object per run), ``OUT/report.md`` with ``OUT/figures/`` and the
+headline table alone in ``OUT/headline.md`` (``llama_jreg/analysis/study.py``). ``--docs docs/results.md``
+also writes the report there, its figures in ``docs/results/``. ``--dry-run`` prints the commands;
+``--report-only`` skips training (and evaluates only the runs that are complete).
 
 Run names are Hydra sweep job names (``<i>_seed=S_jreg.weight=W``); they must not change between versions of
 this script, or a rerun starts the runs again instead of resuming them.
@@ -17,12 +28,19 @@ this script, or a rerun starts the runs again instead of resuming them.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SMOLLM2 = "@smollm2"  # stands for the cached SmolLM2-135M HF dir (llama_jreg.interop.smollm2.smollm2_dir())
 
 
 @dataclass
@@ -31,11 +49,17 @@ class Sweep:
 
     name: str
     overrides: list[str]
+    experiment: str = "text"
+    needs_init_from: bool = False  # E4: skipped while `train` has no init_from
 
 
 @dataclass
 class Plan:
     sweeps: list[Sweep] = field(default_factory=list)
+    e1_models: list[str] = field(default_factory=lambda: [SMOLLM2])
+    e1_seq_len: int = 256
+    e1_num_seqs: int = 8
+    about: str = ""
 
 
 def _text(steps: int, seeds: str, weights: str, extra_modes: str | None, lam_modes: float) -> list[Sweep]:
@@ -55,42 +79,293 @@ def _induction(steps: int, seeds: str, weights: str) -> list[Sweep]:
               f"trainer.max_steps={steps}", "optim.lr=1e-3", f"schedule.warmup_steps={max(10, steps // 10)}",
               "trainer.jump_every=25", f"trainer.eval_every={max(25, steps // 5)}", "trainer.eval_batches=8",
               f"trainer.ckpt_every={max(25, steps // 5)}", "trainer.keep_last=1", "trainer.progress=false"]
-    return [Sweep("induction_jump", common + ["jreg=jump", f"seed={seeds}", f"jreg.weight={weights}"])]
+    return [Sweep("induction_jump", common + ["jreg=jump", f"seed={seeds}", f"jreg.weight={weights}"],
+                  experiment="induction")]
 
+
+def _continued(steps: int, seeds: str, weights: str, seq_len: int = 128, micro_batch: int = 4,
+               extra: tuple[str, ...] = ()) -> list[Sweep]:
+    """E4: SmolLM2-135M continued on Shakespeare with its own tokenizer (``init_from``), lambda = 0 vs > 0."""
+    every = max(1, steps // 6)
+    common = [f"init_from={SMOLLM2}", "data=shakespeare", f"data.seq_len={seq_len}",
+              f"data.micro_batch_size={micro_batch}", f"trainer.max_steps={steps}", "optim.lr=1e-4",
+              "schedule.warmup_steps=0", f"trainer.jump_every={every}", f"trainer.eval_every={every}",
+              "trainer.eval_batches=4", f"trainer.ckpt_every={steps}", "trainer.keep_last=1",
+              "trainer.progress=false", *extra]
+    return [Sweep("e4_continued", common + ["jreg=jump", f"seed={seeds}", f"jreg.weight={weights}"],
+                  experiment="continued", needs_init_from=True)]
+
+
+# the hidden `test` scale: the whole pipeline on 2-layer models in a minute or two (tests/test_reproduce.py)
+_TEST_COMMON = ["model=tiny", "model.n_layers=2", "model.dim=64", "model.n_heads=4", "model.n_kv_heads=2",
+                "model.ffn_dim=128", "model.max_seq_len=64", "data.seq_len=32", "data.micro_batch_size=2",
+                "trainer.max_steps=6", "optim.lr=3e-3", "schedule.warmup_steps=2", "trainer.jump_every=2",
+                "trainer.eval_every=3", "trainer.eval_batches=2", "trainer.ckpt_every=6", "trainer.keep_last=1",
+                "trainer.progress=false", "trainer.plots=false"]
 
 PLANS: dict[str, Plan] = {
-    "quick": Plan(_text(120, "1", "0,1", None, 0.1) + _induction(120, "1", "0,1")),
-    "cpu": Plan(_text(500, "1,2", "0,0.01,0.1,1", "final,weighted", 0.1) + _induction(400, "1,2", "0,0.1,1")),
+    "quick": Plan(_text(120, "1", "0,1", None, 0.1) + _induction(120, "1", "0,1") + _continued(8, "1", "0,1"),
+                  about="the cpu pipeline with one seed and fewer, shorter runs (about 10 minutes on 2 cores)"),
+    "cpu": Plan(_text(500, "1,2", "0,0.01,0.1,1", "final,weighted", 0.1) + _induction(400, "1,2", "0,0.1,1")
+                + _continued(30, "1,2", "0,1"),
+                about="model=tiny from scratch, 2 seeds per cell (about 2 hours on 2 CPU cores)"),
+    # one CUDA GPU (bf16): model=small on FineWeb-Edu (streamed), seq 1024, 64 x 1024 tokens a step
+    "gpu": Plan(
+        [Sweep("text_jump", ["model=small", "data=hf", "data.seq_len=1024", "data.micro_batch_size=32",
+                             "trainer.global_batch_size=64", "trainer.max_steps=3000", "trainer.precision=bf16",
+                             "optim.lr=6e-4", "schedule.warmup_steps=200", "trainer.jump_every=100",
+                             "trainer.eval_every=500", "trainer.eval_batches=16", "trainer.ckpt_every=500",
+                             "trainer.keep_last=1", "trainer.progress=false", "jreg=jump", "seed=1,2",
+                             "jreg.weight=0,0.01,0.1,1"]),
+         Sweep("induction_jump", ["model=small", "model.vocab_size=128", "data=induction", "data.seq_len=256",
+                                  "data.micro_batch_size=64", "trainer.max_steps=2000", "trainer.precision=bf16",
+                                  "optim.lr=1e-3", "schedule.warmup_steps=100", "trainer.jump_every=50",
+                                  "trainer.eval_every=250", "trainer.eval_batches=8", "trainer.ckpt_every=500",
+                                  "trainer.keep_last=1", "trainer.progress=false", "jreg=jump", "seed=1,2",
+                                  "jreg.weight=0,0.1,1"], experiment="induction")]
+        + _continued(300, "1,2", "0,0.1,1", seq_len=512, micro_batch=16, extra=("trainer.precision=bf16",)),
+        about="model=small on one CUDA GPU in bf16, 2 seeds per cell (a plan: not run on the development machine)"),
+    "test": Plan([Sweep("text_jump", _TEST_COMMON + ["data=shakespeare", "jreg=jump", "seed=1,2", "jreg.weight=0,1"]),
+                  Sweep("induction_jump", _TEST_COMMON + ["model.vocab_size=64", "data=induction", "data.seq_len=64",
+                                                          "data.induction.num_val=8", "jreg=jump", "seed=1",
+                                                          "jreg.weight=0,1"], experiment="induction")],
+                 e1_seq_len=64, e1_num_seqs=2, about="tests only"),
 }
+COMMANDS = {"cpu": "make reproduce"}
 
 
-def run_sweeps(plan: Plan, out: Path, log) -> None:
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _cli() -> list[str]:
+    return [sys.executable, "-m", "llama_jreg"]
+
+
+def has_init_from() -> bool:
+    """Whether this version of ``llama-jreg train`` knows ``init_from`` (E4 needs it)."""
+    r = subprocess.run([*_cli(), "train", "--help"], capture_output=True, text=True, check=False)
+    return "init_from" in r.stdout
+
+
+def _resolve(value: str, dry: bool) -> str:
+    if SMOLLM2 not in value:
+        return value
+    if dry:
+        return value.replace(SMOLLM2, "$(python -c 'from llama_jreg.interop.smollm2 import smollm2_dir; "
+                                      "print(smollm2_dir())')")
+    from llama_jreg.interop.smollm2 import smollm2_dir
+
+    return value.replace(SMOLLM2, str(smollm2_dir()))
+
+
+def sweep_command(sw: Sweep, out: Path, dry: bool = False) -> list[str]:
+    return [*_cli(), "train", "-m", *[_resolve(o, dry) for o in sw.overrides], "resume=auto",
+            f"hydra.sweep.dir={out / sw.name}"]
+
+
+def _show(cmd: list[str]) -> str:
+    cmd = ["llama-jreg", *cmd[3:]] if cmd[:3] == _cli() else cmd
+    return " ".join(c if "$(" in c else shlex.quote(c) for c in cmd)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "model"
+
+
+def e1_text(out: Path) -> Path:
+    """A fixed slice of the Shakespeare corpus (characters 20,000-80,000 of the first work in name order)."""
+    path = out / "e1" / "text.txt"
+    if not path.is_file():
+        from llama_jreg.data.config import DataConfig
+        from llama_jreg.data.sources import cache_root, fetch_shakespeare
+
+        first = sorted(fetch_shakespeare(cache_root(DataConfig())))[0]
+        text = Path(first).read_text(encoding="utf-8")[20_000:80_000]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def run_dirs(out: Path, sw: Sweep) -> list[Path]:
+    """The sweep's run dirs that exist (config.yaml + metrics.jsonl), in job order."""
+    index = _json(out / sw.name / "sweep.json")
+    names = [j["name"] for j in index["jobs"]] if index else sorted(p.name for p in (out / sw.name).glob("*"))
+    return [out / sw.name / n for n in names
+            if (out / sw.name / n / "config.yaml").is_file() and (out / sw.name / n / "metrics.jsonl").is_file()]
+
+
+def wall_time(results: list[dict]) -> str:
+    """From the run dirs' file times: the span from the first run's start (its ``config.yaml``) to the last
+    run's last metrics row (``metrics.jsonl``), and the summed training time of the runs (their logged step
+    times), which differ when sweeps ran in parallel or the study was interrupted."""
+    if not results:
+        return "-"
+    start = min(Path(r["run_dir"], "config.yaml").stat().st_mtime for r in results)
+    end = max(Path(r["run_dir"], "metrics.jsonl").stat().st_mtime for r in results)
+    train = sum(r["train_time_s"] for r in results)
+    return (f"{(end - start) / 3600:.2f} h from the first run's start to the last run's end; "
+            f"{train / 3600:.2f} h of training summed over the runs (their logged step times)")
+
+
+# ----------------------------------------------------------------------------------------------- stages
+
+
+def stage_sweeps(plan: Plan, out: Path, log, dry: bool, only: set[str] | None, init_ok: bool) -> list[str]:
+    notes = []
     for sw in plan.sweeps:
-        sweep_dir = out / sw.name
-        cmd = [sys.executable, "-m", "llama_jreg", "train", "-m", *sw.overrides, "resume=auto",
-               f"hydra.sweep.dir={sweep_dir}"]
-        log(f"$ {' '.join(cmd[1:])}")
+        if only and sw.name not in only:
+            continue
+        cmd = sweep_command(sw, out, dry or (sw.needs_init_from and not init_ok))
+        if sw.needs_init_from and not init_ok:
+            notes.append(f"{sw.name} (E4) skipped: `llama-jreg train --help` does not list init_from in this "
+                         "version")
+            log(f"# {notes[-1]}: {_show(cmd)}")
+            continue
+        log(f"$ {_show(cmd)}")
+        if dry:
+            continue
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True)
         log(f"  {sw.name}: {time.perf_counter() - t0:.0f} s")
+    return notes
+
+
+def stage_e1(plan: Plan, models: list[str], out: Path, log, dry: bool) -> list[dict]:
+    results = []
+    t0 = time.perf_counter()
+    text = out / "e1" / "text.txt" if dry else e1_text(out)
+    for model in [*plan.e1_models, *models]:
+        path = _resolve(model, dry)
+        name = Path(path).name if model != SMOLLM2 else "SmolLM2-135M-Instruct"
+        slug = _slug(name)
+        js = out / "e1" / f"{slug}.json"
+        cmd = [*_cli(), "jump", path, "--text", str(text), "--seq-len", str(plan.e1_seq_len), "--num-seqs",
+               str(plan.e1_num_seqs), "--json", str(js)]
+        if dry:
+            log(f"$ {_show(cmd)}")
+            continue
+        if _json(js) is None:
+            log(f"$ {_show(cmd)}")
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        res = _json(js)
+        res.update(name=name, slug=slug)
+        results.append(res)
+    if not dry:
+        log(f"  e1: {time.perf_counter() - t0:.0f} s")
+    return results
+
+
+def stage_eval(plan: Plan, out: Path, log, dry: bool) -> list[dict]:
+    """``llama-jreg eval`` of every complete run (skipped when its JSON is for the run's final step), then one
+    result per run (``llama_jreg.analysis.study.run_result``)."""
+    from llama_jreg.analysis.study import run_result
+
+    results = []
+    t0 = time.perf_counter()
+    for sw in plan.sweeps:
+        for run in run_dirs(out, sw):
+            res = run_result(run, sw.experiment)
+            js = out / "eval" / sw.name / f"{run.name}.json"
+            cmd = [*_cli(), "eval", str(run), "--json", str(js)]
+            if dry:
+                log(f"$ {_show(cmd)}")
+                continue
+            ev = _json(js)
+            if res["complete"] and (ev is None or ev.get("step") != res["steps"]):
+                log(f"$ {_show(cmd)}")
+                js.parent.mkdir(parents=True, exist_ok=True)
+                with open(js.with_suffix(".txt"), "w") as f:
+                    subprocess.run(cmd, check=True, stdout=f)
+                ev = _json(js)
+            if ev is not None and ev.get("step") == res["steps"]:
+                res = run_result(run, sw.experiment, ev)
+            results.append(res)
+    if dry:
+        log("$ llama-jreg eval RUN_DIR --json OUT/eval/<sweep>/<run>.json   (every run of the sweeps above)")
+    else:
+        log(f"  eval: {time.perf_counter() - t0:.0f} s")
+    return results
+
+
+def stage_report(args, plan: Plan, out: Path, results: list[dict], e1: list[dict], notes: list[str]) -> Path:
+    from llama_jreg.analysis.study import headline_table, machine, make_plots, render_report
+
+    (out / "results.json").write_text(json.dumps({"e1": e1, "runs": results}, indent=1) + "\n")
+    figs = make_plots(results, e1, out / "figures")
+    command = COMMANDS.get(args.scale, f"python scripts/reproduce.py --scale {args.scale} --out {args.out}")
+    meta = {
+        "title": f"JREG reproduction study, `{args.scale}` scale",
+        "command": command,
+        "argv": None if command.startswith("python") else f"python scripts/reproduce.py --scale {args.scale} "
+                                                          f"--out {args.out}",
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "wall": wall_time(results),
+        "sweeps": [(sw.name, _show(sweep_command(sw, Path(args.out), dry=True))) for sw in plan.sweeps],
+        "notes": [f"Scale `{args.scale}`: {plan.about}."] + notes
+                 + [f"{sum(1 for r in results if not r['complete'])} run(s) still short of their last step "
+                    "(marked running; not evaluated)."] * any(not r["complete"] for r in results),
+    }
+    # the headline table alone, for the README (its link points at docs/results.md)
+    (out / "headline.md").write_text(headline_table(results) + "\n")
+    report = out / "report.md"
+    report.write_text(render_report(meta, results, e1, figs, lambda p: Path(p).relative_to(out).as_posix()))
+    if args.docs:
+        docs = Path(args.docs)
+        fig_dir = docs.parent / docs.stem
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        for p in figs.values():
+            shutil.copyfile(p, fig_dir / Path(p).name)
+        docs.write_text(render_report(meta, results, e1, figs, lambda p: f"{docs.stem}/{Path(p).name}"))
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scale", choices=sorted(PLANS), default="quick")
-    p.add_argument("--out", required=True)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--scale", choices=sorted(PLANS), default="quick", metavar="quick|cpu|gpu")
+    p.add_argument("--out", required=True, help="output dir (runs, eval JSON, results.json, report.md)")
+    p.add_argument("--models", nargs="*", default=[], help="E1: more HF Llama dirs (or checkpoints, GGUF files)")
+    p.add_argument("--docs", help="also write the report here (e.g. docs/results.md), its figures next to it")
+    p.add_argument("--only", help="train only these sweeps (comma-separated names, e.g. e4_continued)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--report-only", action="store_true", help="no training: evaluate complete runs and report")
     args = p.parse_args(argv)
+    plan = PLANS[args.scale]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WANDB_MODE", "disabled")
+    if not args.dry_run:
+        out.mkdir(parents=True, exist_ok=True)
 
     def log(msg: str) -> None:
         print(msg, flush=True)
-        with open(out / "reproduce.log", "a") as f:
-            f.write(msg + "\n")
+        if not args.dry_run:
+            with open(out / "reproduce.log", "a") as f:
+                f.write(msg + "\n")
 
-    run_sweeps(PLANS[args.scale], out, log)
+    init_ok = has_init_from()
+    only = set(args.only.split(",")) if args.only else None
+    notes = []
+    if args.report_only:
+        if not init_ok and any(sw.needs_init_from for sw in plan.sweeps):
+            notes.append("E4 skipped: `llama-jreg train --help` does not list init_from in this version")
+    else:
+        notes = stage_sweeps(plan, out, log, args.dry_run, only, init_ok)
+    e1 = stage_e1(plan, args.models, out, log, args.dry_run)
+    results = stage_eval(plan, out, log, args.dry_run)
+    if args.dry_run:
+        return 0
+    t0 = time.perf_counter()
+    report = stage_report(args, plan, out, results, e1, notes)
+    log(f"  report: {time.perf_counter() - t0:.0f} s")
+    print(f"wrote {report}, {out / 'results.json'}" + (f", {args.docs}" if args.docs else ""))
     return 0
 
 

@@ -111,15 +111,24 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _print_summary(summary: dict) -> None:
+def _print_summary(summary: dict, cfg=None) -> None:
+    """The end-of-run summary; with ``cfg``, also the lambda = 0 reference of the same recipe and step when
+    there is one (``llama_jreg.train.reference``: `make demo`)."""
     if not is_main_process():
         return
     lines = ["", "=== llama-jreg run summary ==="]
     for key, label in (("steps", "steps"), ("tokens", "tokens seen"), ("final_loss", "final train loss"),
-                       ("final_lm_loss", "final LM loss"), ("val_loss", "validation loss"), ("zeta_L", "zeta_L")):
+                       ("final_lm_loss", "final LM loss"), ("val_loss", "validation loss"), ("zeta_L", "zeta_L"),
+                       ("val_zeta_L", "val zeta_L")):
         v = summary.get(key)
         if v is not None:
             lines.append(f"{label:>18}: {v:.4f}" if isinstance(v, float) else f"{label:>18}: {v}")
+    if cfg is not None:
+        from llama_jreg.train.reference import matching_reference, summary_lines
+
+        ref = matching_reference(cfg, summary)
+        if ref is not None:
+            lines += summary_lines(ref)
     run_dir = summary.get("run_dir")
     lines.append(f"{'run dir':>18}: {run_dir}")
     lines.append(f"{'checkpoints':>18}: {Path(run_dir) / 'checkpoints' if run_dir else '-'}")
@@ -138,7 +147,7 @@ def run_one(overrides: list[str]) -> dict:
 
     cfg = load_config(overrides)
     summary = train(cfg)
-    _print_summary(summary)
+    _print_summary(summary, cfg)
     return summary
 
 
@@ -172,7 +181,7 @@ def run_sweep(overrides: list[str], hydra: dict[str, str]) -> list[dict]:
         if is_main_process():
             print(f"[sweep] run {i + 1}/{len(cfgs)}: {name}  ({' '.join(job_overrides)})", flush=True)
         summary = train(cfg)
-        _print_summary(summary)
+        _print_summary(summary, cfg)
         summaries.append(summary)
     if is_main_process():
         print(f"[sweep] done; report: llama-jreg sweep-report {sweep_dir}", flush=True)

@@ -525,9 +525,11 @@ class Trainer:
             "final_loss": self.last.get("final_loss"),
             "final_lm_loss": self.last.get("final_lm_loss"),
             "zeta_L": self.last.get("zeta_L"),
+            "val_zeta_L": self.last.get("val_zeta_L"),
             "val_loss": self.last.get("val_loss"),
             "tokens": self.tokens,
             "steps": self.step,
+            "device": self.device.type,
             "nonfinite_skipped": self.nonfinite_total,
             "interrupted": stop_reason is not None,  # stopped before max_steps (signal / steps_per_run)
             "stop_reason": stop_reason,
