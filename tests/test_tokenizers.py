@@ -74,10 +74,8 @@ def test_bos_added_when_the_tokenizer_adds_one(tmp_path):
     out, manifest = prepare(cfg, log=quiet)
     assert manifest["tokenizer"]["file"] == "tokenizer.json" and manifest["tokenizer"]["add_bos"] is True
     assert (out / "tokenizer.json").is_file() and not (out / "tokenizer.model").exists()
-    val = np.fromfile(out / "validation_00000.bin", dtype=manifest["dtype"]).tolist()
-    assert val == tok.encode(docs[0], bos=True, eos=True)  # document 0 is the held-out one
-    train = np.fromfile(out / "train_00000.bin", dtype=manifest["dtype"]).tolist()
-    assert train == sum((tok.encode(d, bos=True, eos=True) for d in docs[1:]), [])
+    stream = np.fromfile(out / "tokens_00000.bin", dtype=manifest["dtype"]).tolist()
+    assert stream == sum((tok.encode(d, bos=True, eos=True) for d in docs), [])
 
 
 def test_fingerprint_includes_the_tokenizer(tmp_path):
@@ -112,9 +110,9 @@ def test_vocab_over_65535_uses_uint32_shards_and_must_fit_the_embedding(tmp_path
     cfg = local_cfg(write_docs(tmp_path / "c", docs), tmp_path / "cache", str(tmp_path / "tok"), val_fraction=0.5)
     out, manifest = prepare(cfg, log=quiet)
     assert manifest["dtype"] == "uint32"
-    train = np.fromfile(out / "train_00000.bin", dtype=np.uint32)
-    assert train.max() > 65535
-    assert train.tolist() == sum((tok.encode(d, eos=True) for d in docs[1::2]), [])
+    stream = np.fromfile(out / "tokens_00000.bin", dtype=np.uint32)
+    assert stream.max() > 65535
+    assert stream.tolist() == sum((tok.encode(d, eos=True) for d in docs), [])
     assert build_data(cfg, seed=0, model_vocab=70_002).tokenizer.vocab_size == 70_002
     with pytest.raises(UserError, match=r"has 70002 tokens but model.vocab_size=65536"):
         build_data(cfg, seed=0, model_vocab=65536)
