@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from llama_jreg.train import checkpoint as ckpt
-from tests.test_train_helpers import by_step, run_inprocess, run_torchrun, tiny
+from tests.test_train_helpers import by_step, run_inprocess, run_torchrun, summary_from_stdout, tiny
 
 STEPS = 8
 GLOBAL = ["trainer.global_batch_size=8", f"trainer.max_steps={STEPS}", "trainer.ckpt_every=4",
@@ -72,7 +72,7 @@ def test_four_ranks_reshard_to_two(reference, tmp_path):
     assert manifest["format"] == "sharded" and "state/__3_0.distcp" in manifest["files"]
     assert ckpt.verify(ck) is None
     proc = run_torchrun(2, tiny(tmp_path, *GLOBAL, "parallel=fsdp", "resume=auto"))
-    summary = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("SUMMARY "))[8:])
+    summary = summary_from_stdout(proc.stdout)
     assert summary["resumed_from"].endswith("step_00000004")
     assert _max_loss_diff(reference, tmp_path) < 1e-5
     assert ckpt.checkpoint_format(tmp_path / "checkpoints" / "step_00000008") == "sharded"

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import signal
@@ -15,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from llama_jreg.train import checkpoint as ckpt
-from tests.test_train_helpers import DRIVER, REPO, env_for_subprocess, rows, run_inprocess, tiny
+from tests.test_train_helpers import (
+    DRIVER,
+    REPO,
+    env_for_subprocess,
+    rows,
+    run_inprocess,
+    summary_from_stdout,
+    tiny,
+)
 
 
 def _start(overrides, torchrun: int = 0, **kw) -> subprocess.Popen:
@@ -41,8 +48,7 @@ def _wait_for_rows(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float
 
 
 def _summary(stdout: str) -> dict:
-    line = next(x for x in stdout.splitlines() if x.startswith("SUMMARY "))
-    return json.loads(line[len("SUMMARY "):])
+    return summary_from_stdout(stdout)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])

@@ -62,3 +62,12 @@ def rows(run_dir, kind: str = "train") -> list[dict]:
 
 def by_step(run_dir, key: str, kind: str = "train") -> dict[int, float]:
     return {r["step"]: r[key] for r in rows(run_dir, kind)}
+
+
+def summary_from_stdout(stdout: str) -> dict:
+    """The ``SUMMARY {json}`` line a test driver prints. Several ranks share one stdout pipe, so another
+    process's output can follow the JSON on the same line: decode the first JSON value only."""
+    import json
+
+    line = next(x for x in stdout.splitlines() if x.startswith("SUMMARY "))
+    return json.JSONDecoder().raw_decode(line[len("SUMMARY "):])[0]
