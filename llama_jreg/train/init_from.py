@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +161,7 @@ def source_tokenizer(src: Source) -> str | None:
 def gguf_tokenizer_dir(path: Path) -> Path:
     """A directory with the GGUF's vocabulary as tokenizer.json (+ tokenizer_config.json), built once with
     transformers and cached under ``<cache>/tokenizers/gguf-<name>-<size>``."""
-    from llama_jreg.interop.smollm2 import cache_dir
+    from llama_jreg.interop.smollm2 import cache_dir, install_dir
 
     st = path.stat()
     out = cache_dir() / "tokenizers" / f"gguf-{path.stem}-{st.st_size}-{int(st.st_mtime)}"
@@ -177,14 +174,7 @@ def gguf_tokenizer_dir(path: Path) -> Path:
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds for an unreadable vocabulary
         raise UserError(f"init_from={path}: cannot read the GGUF vocabulary ({str(e).splitlines()[0]}); "
                         "set data.tokenizer") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    tok.save_pretrained(str(tmp))
-    try:
-        os.replace(tmp, out)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return install_dir(out, lambda tmp: tok.save_pretrained(str(tmp)))
 
 
 def apply_init_from(cfg, overrides: list[str]):
