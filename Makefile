@@ -26,7 +26,7 @@ demo: setup
 
 # the reproduction study (docs/results.md): E1-E4 at the cpu scale, ~2 h on 2 cores; a rerun resumes
 reproduce: setup
-	$(PY) scripts/reproduce.py --scale cpu --out runs/reproduce/cpu
+	$(PY) scripts/reproduce.py --scale cpu --out runs/reproduce/cpu --lanes 2
 
 test: setup
 	$(TEST_ENV) $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -103,11 +103,13 @@ _TEST_COMMON = ["model=tiny", "model.n_layers=2", "model.dim=64", "model.n_heads
                 "trainer.eval_every=3", "trainer.eval_batches=2", "trainer.ckpt_every=6", "trainer.keep_last=1",
                 "trainer.progress=false", "trainer.plots=false"]
 
+_CPU_TEXT = _text(500, "1,2", "0,0.01,0.1,1", "final,weighted", 0.1)
+
 PLANS: dict[str, Plan] = {
     "quick": Plan(_text(120, "1", "0,1", None, 0.1) + _induction(120, "1", "0,1") + _continued(8, "1", "0,1"),
                   about="the cpu pipeline with one seed and fewer, shorter runs (about 10 minutes on 2 cores)"),
-    "cpu": Plan(_text(500, "1,2", "0,0.01,0.1,1", "final,weighted", 0.1) + _induction(400, "1,2", "0,0.1,1")
-                + _continued(30, "1,2", "0,1"),
+    # sweep order = the order `--lanes N` starts them in: the longest first, then E4 (ready early), then the rest
+    "cpu": Plan([_CPU_TEXT[0], *_continued(30, "1,2", "0,1"), *_CPU_TEXT[1:], *_induction(400, "1,2", "0,0.1,1")],
                 about="model=tiny from scratch, 2 seeds per cell (about 2 hours on 2 CPU cores)"),
     # one CUDA GPU (bf16): model=small on FineWeb-Edu (streamed), seq 1024, 64 x 1024 tokens a step
     "gpu": Plan(
@@ -201,24 +203,49 @@ def run_dirs(out: Path, sw: Sweep) -> list[Path]:
             if (out / sw.name / n / "config.yaml").is_file() and (out / sw.name / n / "metrics.jsonl").is_file()]
 
 
-def wall_time(results: list[dict]) -> str:
-    """From the run dirs' file times: the span from the first run's start (its ``config.yaml``) to the last
-    run's last metrics row (``metrics.jsonl``), and the summed training time of the runs (their logged step
-    times), which differ when sweeps ran in parallel or the study was interrupted."""
-    if not results:
-        return "-"
-    start = min(Path(r["run_dir"], "config.yaml").stat().st_mtime for r in results)
-    end = max(Path(r["run_dir"], "metrics.jsonl").stat().st_mtime for r in results)
-    train = sum(r["train_time_s"] for r in results)
-    return (f"{(end - start) / 3600:.2f} h from the first run's start to the last run's end; "
-            f"{train / 3600:.2f} h of training summed over the runs (their logged step times)")
+def record_stage(out: Path, stage: str, start: float, end: float, **extra) -> None:
+    """Append one stage's start and end (epoch seconds) to ``OUT/timing.jsonl``: the study's wall time is
+    measured by the script itself, over every invocation (a rerun that resumes adds its own rows)."""
+    with open(out / "timing.jsonl", "a") as f:
+        f.write(json.dumps({"stage": stage, "start": round(start, 1), "end": round(end, 1), **extra}) + "\n")
+
+
+def wall_time(results: list[dict], out: Path) -> str:
+    """The study's wall time from ``OUT/timing.jsonl`` (the union of the stages' intervals, so parallel lanes
+    count once and the pauses between invocations not at all), the lanes the sweeps ran in, and the training
+    time summed over the runs (their logged step times)."""
+    rows = []
+    try:
+        rows = [json.loads(line) for line in (out / "timing.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError):
+        pass
+    train = sum(r["train_time_s"] for r in results) / 3600
+    if not rows:
+        return f"not recorded (no timing.jsonl); {train:.2f} h of training summed over the runs"
+    total, cur_s, cur_e = 0.0, None, None
+    for s, e in sorted((r["start"], r["end"]) for r in rows):
+        if cur_e is None or s > cur_e:
+            total += (cur_e - cur_s) if cur_e is not None else 0.0
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    total += cur_e - cur_s
+    first = time.strftime("%Y-%m-%d %H:%M", time.gmtime(min(r["start"] for r in rows)))
+    last = time.strftime("%H:%M UTC", time.gmtime(max(r["end"] for r in rows)))
+    lanes = sorted({(r.get("lanes", 1), r.get("threads")) for r in rows if r["stage"].startswith("train:")})
+    how = "; ".join(f"{n} lane(s)" + (f" of {t} thread(s) each" if t else "") for n, t in lanes) or "-"
+    return (f"{total / 3600:.2f} h of running ({first} to {last}; sweeps in {how}); "
+            f"{train:.2f} h of training summed over the runs (their logged step times)")
 
 
 # ----------------------------------------------------------------------------------------------- stages
 
 
-def stage_sweeps(plan: Plan, out: Path, log, dry: bool, only: set[str] | None, init_ok: bool) -> list[str]:
-    notes = []
+def stage_sweeps(plan: Plan, out: Path, log, dry: bool, only: set[str] | None, init_ok: bool,
+                 lanes: int = 1) -> list[str]:
+    """Run the plan's sweeps, ``lanes`` at a time (each lane a ``train -m`` process with ``cpus // lanes``
+    threads, its output in ``OUT/logs/<sweep>.log``; one lane: the default threads, output to the terminal)."""
+    notes, todo = [], []
     for sw in plan.sweeps:
         if only and sw.name not in only:
             continue
@@ -229,17 +256,42 @@ def stage_sweeps(plan: Plan, out: Path, log, dry: bool, only: set[str] | None, i
             log(f"# {notes[-1]}: {_show(cmd)}")
             continue
         log(f"$ {_show(cmd)}")
-        if dry:
-            continue
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True)
-        log(f"  {sw.name}: {time.perf_counter() - t0:.0f} s")
+        todo.append((sw, cmd))
+    if dry or not todo:
+        return notes
+    threads = max(1, (os.cpu_count() or 1) // lanes) if lanes > 1 else None
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        (out / "logs").mkdir(exist_ok=True)
+
+    def one(item) -> int:
+        sw, cmd = item
+        t0 = time.time()
+        if threads:
+            log(f"  {sw.name}: started in a lane of {threads} thread(s), output in {out / 'logs' / sw.name}.log")
+            with open(out / "logs" / f"{sw.name}.log", "a") as f:
+                rc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
+        else:
+            rc = subprocess.run(cmd, env=env, check=False).returncode
+        record_stage(out, f"train:{sw.name}", t0, time.time(), lanes=lanes, threads=threads, rc=rc)
+        log(f"  {sw.name}: {time.time() - t0:.0f} s" + (f" (exit {rc})" if rc else ""))
+        return rc
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, lanes)) as pool:
+        codes = list(pool.map(one, todo))
+    failed = [sw.name for (sw, _), rc in zip(todo, codes) if rc]
+    if failed:
+        raise SystemExit(f"error: sweep(s) {', '.join(failed)} failed (see the output above"
+                         + (f" and {out / 'logs'}" if threads else "") + "); rerun the same command to resume")
     return notes
 
 
 def stage_e1(plan: Plan, models: list[str], out: Path, log, dry: bool) -> list[dict]:
     results = []
-    t0 = time.perf_counter()
+    t0 = time.time()
     text = out / "e1" / "text.txt" if dry else e1_text(out)
     for model in [*plan.e1_models, *models]:
         path = _resolve(model, dry)
@@ -258,7 +310,8 @@ def stage_e1(plan: Plan, models: list[str], out: Path, log, dry: bool) -> list[d
         res.update(name=name, slug=slug)
         results.append(res)
     if not dry:
-        log(f"  e1: {time.perf_counter() - t0:.0f} s")
+        record_stage(out, "e1", t0, time.time())
+        log(f"  e1: {time.time() - t0:.0f} s")
     return results
 
 
@@ -268,7 +321,7 @@ def stage_eval(plan: Plan, out: Path, log, dry: bool) -> list[dict]:
     from llama_jreg.analysis.study import run_result
 
     results = []
-    t0 = time.perf_counter()
+    t0 = time.time()
     for sw in plan.sweeps:
         for run in run_dirs(out, sw):
             res = run_result(run, sw.experiment)
@@ -290,7 +343,8 @@ def stage_eval(plan: Plan, out: Path, log, dry: bool) -> list[dict]:
     if dry:
         log("$ llama-jreg eval RUN_DIR --json OUT/eval/<sweep>/<run>.json   (every run of the sweeps above)")
     else:
-        log(f"  eval: {time.perf_counter() - t0:.0f} s")
+        record_stage(out, "eval", t0, time.time())
+        log(f"  eval: {time.time() - t0:.0f} s")
     return results
 
 
@@ -307,7 +361,7 @@ def stage_report(args, plan: Plan, out: Path, results: list[dict], e1: list[dict
                                                           f"--out {args.out}",
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "wall": wall_time(results),
+        "wall": wall_time(results, out),
         "sweeps": [(sw.name, _show(sweep_command(sw, Path(args.out), dry=True))) for sw in plan.sweeps],
         "notes": [f"Scale `{args.scale}`: {plan.about}."] + notes
                  + [f"{sum(1 for r in results if not r['complete'])} run(s) still short of their last step "
@@ -335,9 +389,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="*", default=[], help="E1: more HF Llama dirs (or checkpoints, GGUF files)")
     p.add_argument("--docs", help="also write the report here (e.g. docs/results.md), its figures next to it")
     p.add_argument("--only", help="train only these sweeps (comma-separated names, e.g. e4_continued)")
+    p.add_argument("--lanes", type=int, default=1, metavar="N",
+                   help="run N sweeps at a time, each with cpus/N threads (make reproduce: 2 on 2 cores)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--report-only", action="store_true", help="no training: evaluate complete runs and report")
     args = p.parse_args(argv)
+    if args.lanes < 1:
+        p.error(f"--lanes {args.lanes}: give 1 or more (the number of sweeps run at a time)")
     plan = PLANS[args.scale]
     out = Path(args.out)
     os.environ.setdefault("WANDB_MODE", "disabled")
@@ -357,14 +415,15 @@ def main(argv: list[str] | None = None) -> int:
         if not init_ok and any(sw.needs_init_from for sw in plan.sweeps):
             notes.append("E4 skipped: `llama-jreg train --help` does not list init_from in this version")
     else:
-        notes = stage_sweeps(plan, out, log, args.dry_run, only, init_ok)
+        notes = stage_sweeps(plan, out, log, args.dry_run, only, init_ok, args.lanes)
     e1 = stage_e1(plan, args.models, out, log, args.dry_run)
     results = stage_eval(plan, out, log, args.dry_run)
     if args.dry_run:
         return 0
-    t0 = time.perf_counter()
+    t0 = time.time()
     report = stage_report(args, plan, out, results, e1, notes)
-    log(f"  report: {time.perf_counter() - t0:.0f} s")
+    record_stage(out, "report", t0, time.time())
+    log(f"  report: {time.time() - t0:.0f} s")
     print(f"wrote {report}, {out / 'results.json'}" + (f", {args.docs}" if args.docs else ""))
     return 0
 

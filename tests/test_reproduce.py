@@ -111,6 +111,19 @@ def test_cpu_plan_keeps_its_run_names(tmp_path):
                                      enumerate((s, w) for s in (1, 2) for w in ("0", "1"))]
 
 
+def test_wall_time_counts_parallel_lanes_once(tmp_path):
+    """timing.jsonl rows of two lanes that overlap, then a later resumed invocation after a pause: the wall
+    time is the union of the intervals (1.5 h + 0.5 h), not their sum and not first-to-last."""
+    rep = _script()
+    rep.record_stage(tmp_path, "train:a", 0.0, 3600.0, lanes=2, threads=1, rc=0)
+    rep.record_stage(tmp_path, "train:b", 1800.0, 5400.0, lanes=2, threads=1, rc=0)
+    rep.record_stage(tmp_path, "eval", 36000.0, 37800.0)
+    line = rep.wall_time([{"train_time_s": 7200.0}, {"train_time_s": 3600.0}], tmp_path)
+    assert line.startswith("2.00 h of running") and "2 lane(s) of 1 thread(s) each" in line
+    assert "3.00 h of training summed" in line
+    assert rep.wall_time([], tmp_path / "none").startswith("not recorded")
+
+
 def test_dry_run_prints_every_command(tmp_path):
     out = subprocess.run([sys.executable, "scripts/reproduce.py", "--scale", "gpu", "--out", str(tmp_path / "o"),
                           "--dry-run"], cwd=REPO, env=env_for_subprocess(), capture_output=True, text=True,
@@ -126,7 +139,7 @@ def test_pipeline_end_to_end(tmp_path):
     a rerun reuses every run and evaluation."""
     out = tmp_path / "study"
     cmd = [sys.executable, "scripts/reproduce.py", "--scale", "test", "--out", str(out), "--docs",
-           str(tmp_path / "docs" / "results.md")]
+           str(tmp_path / "docs" / "results.md"), "--lanes", "2"]
     subprocess.run(cmd, cwd=REPO, env=env_for_subprocess(), capture_output=True, text=True, timeout=900, check=True)
     res = json.loads((out / "results.json").read_text())
     run_dirs = sorted(p.parent for p in out.glob("*/*/metrics.jsonl"))
@@ -141,6 +154,10 @@ def test_pipeline_end_to_end(tmp_path):
     (e1,) = res["e1"]
     assert e1["name"] == "SmolLM2-135M-Instruct" and len(e1["psi"]) == 30 and "SmolLM2-135M-Instruct" in md
     assert "### What our numbers support" in md and "## Headline table" in md
+    timing = [json.loads(x) for x in (out / "timing.jsonl").read_text().splitlines()]
+    assert {t["stage"] for t in timing} == {"train:text_jump", "train:induction_jump", "e1", "eval", "report"}
+    assert all(t["lanes"] == 2 and t["rc"] == 0 for t in timing if t["stage"].startswith("train:"))
+    assert (out / "logs" / "text_jump.log").is_file() and "2 lane(s)" in md
     docs = (tmp_path / "docs" / "results.md").read_text()
     assert "](results/zeta_L_over_tokens_text.png)" in docs and (tmp_path / "docs" / "results" /
                                                                    "zeta_L_over_tokens_text.png").is_file()
