@@ -16,6 +16,7 @@ import pytest
 from llama_jreg.train import checkpoint as ckpt
 from tests.test_train_helpers import (
     DRIVER,
+    TINY,
     REPO,
     env_for_subprocess,
     rows,
@@ -113,3 +114,36 @@ def test_sigterm_to_a_two_process_job(tmp_path):
     s = run_inprocess(tiny(tmp_path, f"trainer.max_steps={step + 2}", "trainer.ckpt_every=100000",
                            "trainer.global_batch_size=4", "resume=auto"))
     assert s["steps"] == step + 2
+
+
+def test_sigterm_stops_a_sweep_not_just_its_current_run(tmp_path):
+    """A preempted `train -m` sweep: the running job checkpoints and the sweep ends there (the later jobs are
+    not started); the same command with resume=auto then finishes every job."""
+    sweep = tmp_path / "sweep"
+    over = [o for o in TINY if o != "trainer.plots=false"] + ["trainer.ckpt_every=100000", "seed=1,2",
+                                                               f"hydra.sweep.dir={sweep}"]
+    cmd = [sys.executable, "-m", "llama_jreg", "train", "-m", *over]
+    proc = subprocess.Popen([*cmd, "trainer.max_steps=100000"], cwd=REPO, env=env_for_subprocess(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for_rows(sweep / "0_seed=1", 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert "[sweep] stopped by SIGTERM in run 1/2 (0_seed=1); 1 run(s) not started" in out
+    assert ckpt.list_checkpoints(sweep / "0_seed=1") and not (sweep / "1_seed=2").exists()
+    steps = len(rows(sweep / "0_seed=1"))
+    done = subprocess.run([*cmd, f"trainer.max_steps={steps + 1}", "resume=auto"], cwd=REPO,
+                          env=env_for_subprocess(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["step"] for r in rows(sweep / "0_seed=1")] == list(range(1, steps + 2))
+    assert [r["step"] for r in rows(sweep / "1_seed=2")] == list(range(1, steps + 2))
+
+
+def test_a_run_stopped_before_its_first_row_still_ends_cleanly(tmp_path):
+    """trainer.steps_per_run=1 with trainer.log_every=10 stops before any row is written: the summary (which
+    plots the run when trainer.plots=true) must not fail on the missing metrics.jsonl."""
+    over = [o for o in tiny(tmp_path) if o not in ("trainer.plots=false", "trainer.log_every=1")]
+    s = run_inprocess([*over, "trainer.plots=true", "trainer.log_every=10", "trainer.max_steps=20",
+                       "trainer.steps_per_run=1"])
+    assert s["interrupted"] and s["steps"] == 1 and s["plots"] == []
+    assert ckpt.list_checkpoints(tmp_path)[-1].name == "step_00000001"

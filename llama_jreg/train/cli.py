@@ -183,6 +183,12 @@ def run_sweep(overrides: list[str], hydra: dict[str, str]) -> list[dict]:
         summary = train(cfg)
         _print_summary(summary, cfg)
         summaries.append(summary)
+        if summary.get("stop_reason") in ("SIGTERM", "SIGINT", "signal"):  # a preempted / cancelled sweep stops
+            if is_main_process():
+                print(f"[sweep] stopped by {summary['stop_reason']} in run {i + 1}/{len(cfgs)} ({name}); "
+                      f"{len(cfgs) - i - 1} run(s) not started: rerun the same command with resume=auto to "
+                      "continue", flush=True)
+            return summaries
     if is_main_process():
         print(f"[sweep] done; report: llama-jreg sweep-report {sweep_dir}", flush=True)
     return summaries

@@ -513,7 +513,8 @@ class Trainer:
 
     def summary(self, stop_reason: str | None = None) -> dict:
         plots: list[str] = []
-        if self.is_main and self.cfg.trainer.plots:
+        # (a run stopped before its first logged row has no metrics.jsonl yet: nothing to plot)
+        if self.is_main and self.cfg.trainer.plots and Path(self.metrics.path).is_file():
             try:
                 from llama_jreg.analysis.plots import plot_run
             except ImportError:
