@@ -174,6 +174,9 @@ CASES = [
     ("flash-without-flash-attn", lambda w, t: ["train", "model.attn_backend=flash"], "flash-attn is not installed",
      "no run dir"),
     ("sweep-list-without-m", lambda w, t: ["train", "jreg.weight=0,0.1"], "add -m", "no run dir"),
+    ("unquoted-equals-in-a-path", lambda w, t: ["train", f"init_from={t / 'a=b'}"],
+     "must be quoted: 'init_from=\"", "no run dir"),
+    ("unclosed-list", lambda w, t: ["train", "data.files=[a.txt"], "with their brackets closed", "no run dir"),
     ("run-dir-escapes-root", lambda w, t: ["train", f"run.root={t / 'root'}", "run.dir=../escape"],
      "resolves outside run.root", "nothing outside run.root"),
     ("global-batch-not-multiple", lambda w, t: ["train", *TRAIN, *w["data"], "trainer.global_batch_size=3",
@@ -287,7 +290,8 @@ FAST = {"negative-jreg-weight", "unknown-size", "unknown-jreg-mode", "unknown-ke
         "seq-longer-than-context", "heads-not-dividing-width", "flash-without-flash-attn", "sweep-list-without-m",
         "run-dir-escapes-root", "missing-data-file", "tokenizer-hash-mismatch", "prepare-into-other-preparation",
         "resume-truncated-checkpoint", "resume-auto-with-other-data", "export-hf-into-non-empty-dir",
-        "jump-non-llama-hf-dir", "init-from-non-llama", "init-from-contradicting-override", "unknown-command", "unknown-option", "missing-argument", "sweep-report-missing-dir"}
+        "jump-non-llama-hf-dir", "init-from-non-llama", "init-from-contradicting-override", "unknown-command", "unknown-option",
+        "unquoted-equals-in-a-path", "unclosed-list", "missing-argument", "sweep-report-missing-dir"}
 PARAMS = [pytest.param(*c, id=c[0], marks=() if c[0] in FAST else pytest.mark.slow) for c in CASES]
 
 

@@ -80,6 +80,27 @@ def _split_hydra(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
     return rest, hydra
 
 
+def _unparsable(overrides: list[str], detail: str) -> str:
+    """The error line for an override Hydra's grammar refuses: which one, and how to quote its value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for o in overrides:
+        try:
+            parser.parse_overrides([o])
+        except HydraException:
+            key, _, value = o.partition("=")
+            if value.startswith(("[", "{")):
+                return (f"could not parse the override {o!r} ({detail}); a list is KEY=[a,b] and a dict "
+                        "KEY={k:v}, with their brackets closed (quote an element holding = , or spaces)")
+            if value and not value.startswith(("'", '"')) and "'" not in value:
+                return (f"could not parse the override {o!r} ({detail}); a value holding = , [ ] {{ }} ( ) spaces or "
+                        f"quotes must be quoted: '{key}=\"{value}\"' (with the outer quotes for the shell)")
+            return f"could not parse the override {o!r} ({detail}); see `llama-jreg train --help` for the syntax"
+    return detail
+
+
 def expand_sweep(overrides: list[str]) -> list[tuple[list[str], str]]:
     """Cartesian product of all sweep overrides -> [(overrides, job_name)], in Hydra's BasicSweeper order."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -88,7 +109,7 @@ def expand_sweep(overrides: list[str]) -> list[tuple[list[str], str]]:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
-        raise UserError(str(e).splitlines()[0]) from None
+        raise UserError(_unparsable(overrides, str(e).splitlines()[0])) from None
     fixed, axes = [], []
     for o in parsed:
         if o.is_sweep_override():
