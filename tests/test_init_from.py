@@ -179,3 +179,54 @@ def test_smollm2_exact_start(tmp_path):
     assert cfg.model.n_layers == 30 and cfg.data.tokenizer == str(src / "tokenizer.json")
     train(cfg)
     check_exact_start(src, run, cfg)
+
+
+@pytest.mark.slow
+def test_init_from_in_a_two_process_run(tmp_path):
+    """torchrun with 2 ranks (gloo): both ranks start from the source (step-0 validation = transformers' loss),
+    and the run equals one process with 2 accumulation steps: same first-step loss, same final weights."""
+    from safetensors.torch import load_file
+
+    from tests.test_train_helpers import run_torchrun, summary_from_stdout
+
+    src = make_tiny_hf_llama(tmp_path / "src")
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["trainer.global_batch_size=4", "trainer.max_steps=3", "trainer.ckpt_every=3", f"init_from={src}"]
+    cfg = load_config(run_overrides(tmp_path, one, *common))
+    train(cfg)
+    proc = run_torchrun(2, run_overrides(tmp_path, two, *common))
+    assert summary_from_stdout(proc.stdout)["steps"] == 3
+    val = build_data(cfg.data, seed=cfg.seed, model_vocab=cfg.model.vocab_size).val_batches(1)[0]
+    assert rows(two, "eval")[0]["step"] == 0
+    assert abs(rows(two, "eval")[0]["val_loss"] - hf_lm_loss(src, val)) <= 1e-4
+    assert rows(two, "eval")[0]["val_loss"] == pytest.approx(rows(one, "eval")[0]["val_loss"], abs=1e-6)
+    assert rows(two, "jump")[0]["val_zeta_L"] == pytest.approx(rows(one, "jump")[0]["val_zeta_L"], abs=1e-5)
+    assert [r["lm_loss"] for r in rows(two, "train")] == pytest.approx([r["lm_loss"] for r in rows(one, "train")],
+                                                                        abs=1e-5)
+    a = load_file(str(one / "checkpoints" / "step_00000003" / "model.safetensors"))
+    b = load_file(str(two / "checkpoints" / "step_00000003" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert json.loads((two / "init_from.json").read_text()) == json.loads((one / "init_from.json").read_text())
+
+
+@pytest.mark.slow
+def test_init_from_the_smollm2_gguf_file_equals_its_hf_dir(tmp_path):
+    """init_from=<the SmolLM2 .gguf> (weights de-quantised by us, tokenizer built from the GGUF vocabulary)
+    starts exactly where init_from=<the HF dir transformers made from the same file> starts: same architecture,
+    same token ids, same step-0 validation loss and Psi profile."""
+    from llama_jreg.interop.smollm2 import smollm2_dir, smollm2_gguf
+
+    runs = {}
+    for name, src in (("gguf", smollm2_gguf()), ("hf", smollm2_dir())):
+        run = tmp_path / name
+        cfg = load_config(run_overrides(tmp_path, run, f"init_from={src}", "trainer.max_steps=1", "data.seq_len=64",
+                                        f"data.cache_dir={tmp_path / ('cache_' + name)}"))
+        train(cfg)
+        data = build_data(cfg.data, seed=cfg.seed, model_vocab=cfg.model.vocab_size)
+        runs[name] = (cfg, next(data.train)["input_ids"], rows(run, "eval")[0], rows(run, "jump")[0])
+    (cg, ids_g, ev_g, j_g), (ch, ids_h, ev_h, j_h) = runs["gguf"], runs["hf"]
+    assert cg.model == ch.model and cg.model.n_layers == 30
+    assert torch.equal(ids_g, ids_h)
+    assert ev_g["step"] == ev_h["step"] == 0 and ev_g["val_loss"] == pytest.approx(ev_h["val_loss"], abs=1e-4)
+    assert j_g["val_psi"] == pytest.approx(j_h["val_psi"], abs=1e-5)
+    assert json.loads((tmp_path / "gguf" / "init_from.json").read_text())["kind"] == "gguf"
