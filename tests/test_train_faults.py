@@ -125,9 +125,13 @@ def test_sigterm_stops_a_sweep_not_just_its_current_run(tmp_path):
     cmd = [sys.executable, "-m", "llama_jreg", "train", "-m", *over]
     proc = subprocess.Popen([*cmd, "trainer.max_steps=100000"], cwd=REPO, env=env_for_subprocess(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    _wait_for_rows(sweep / "0_seed=1", 3, proc)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    try:
+        _wait_for_rows(sweep / "0_seed=1", 3, proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # a sweep that went on to its next job would train for 100,000 steps
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, err[-3000:]
     assert "[sweep] stopped by SIGTERM in run 1/2 (0_seed=1); 1 run(s) not started" in out
     assert ckpt.list_checkpoints(sweep / "0_seed=1") and not (sweep / "1_seed=2").exists()
