@@ -12,12 +12,11 @@ Experiments (``PLANS[scale]`` says which runs each scale makes):
 * E2/E3 ``text``: from scratch on Shakespeare, ``jreg=jump`` at several lambda (lambda = 0 is E2, the jump
   emerging unsuppressed), plus ``final`` and ``weighted`` at one lambda; every cell at every seed.
 * E3 ``induction``: the same lambda sweep on synthetic bigram-with-trigger data (induction accuracy).
-* E4 ``continued``: continued pre-training of SmolLM2-135M with lambda = 0 and lambda > 0 (``init_from=``);
-  skipped, with a note in the report, while ``llama-jreg train --help`` does not list ``init_from``.
+* E4 ``continued``: continued pre-training of SmolLM2-135M with lambda = 0 and lambda > 0 (``init_from=``).
 
 Then per run ``llama-jreg eval RUN_DIR --json OUT/eval/<sweep>/<run>.json`` (logit lens, early exit, induction
 accuracy), and ``OUT/results.json`` (one object per run), ``OUT/report.md`` with ``OUT/figures/`` and the
-headline table alone in ``OUT/headline.md`` (``llama_jreg/analysis/study.py``). ``--docs docs/results.md``
+summary table alone in ``OUT/headline.md`` (``llama_jreg/analysis/study.py``). ``--docs docs/results.md``
 also writes the report there, its figures in ``docs/results/``. ``--dry-run`` prints the commands;
 ``--report-only`` skips training (and evaluates only the runs that are complete).
 
@@ -50,7 +49,6 @@ class Sweep:
     name: str
     overrides: list[str]
     experiment: str = "text"
-    needs_init_from: bool = False  # E4: skipped while `train` has no init_from
 
 
 @dataclass
@@ -93,7 +91,7 @@ def _continued(steps: int, seeds: str, weights: str, seq_len: int = 128, micro_b
               "trainer.eval_batches=4", f"trainer.ckpt_every={steps}", "trainer.keep_last=1",
               "trainer.progress=false", *extra]
     return [Sweep("e4_continued", common + ["jreg=jump", f"seed={seeds}", f"jreg.weight={weights}"],
-                  experiment="continued", needs_init_from=True)]
+                  experiment="continued")]
 
 
 # the hidden `test` scale: the whole pipeline on 2-layer models in a minute or two (tests/test_reproduce.py)
@@ -110,7 +108,8 @@ PLANS: dict[str, Plan] = {
                   about="the cpu pipeline with one seed and fewer, shorter runs (about 10 minutes on 2 cores)"),
     # sweep order = the order `--lanes N` starts them in: the longest first, then E4 (ready early), then the rest
     "cpu": Plan([_CPU_TEXT[0], *_continued(30, "1,2", "0,1"), *_CPU_TEXT[1:], *_induction(400, "1,2", "0,0.1,1")],
-                about="model=tiny from scratch, 2 seeds per cell (about 2 hours on 2 CPU cores)"),
+                about="model=tiny from scratch (E2, E3) and SmolLM2-135M continued (E4), 2 seeds per cell "
+                      "(about 2 hours on 2 CPU cores with --lanes 2)"),
     # one CUDA GPU (bf16): model=small on FineWeb-Edu (streamed), seq 1024, 64 x 1024 tokens a step
     "gpu": Plan(
         [Sweep("text_jump", ["model=small", "data=hf", "data.seq_len=1024", "data.micro_batch_size=32",
@@ -141,12 +140,6 @@ COMMANDS = {"cpu": "make reproduce"}
 
 def _cli() -> list[str]:
     return [sys.executable, "-m", "llama_jreg"]
-
-
-def has_init_from() -> bool:
-    """Whether this version of ``llama-jreg train`` knows ``init_from`` (E4 needs it)."""
-    r = subprocess.run([*_cli(), "train", "--help"], capture_output=True, text=True, check=False)
-    return "init_from" in r.stdout
 
 
 def _resolve(value: str, dry: bool) -> str:
@@ -241,24 +234,18 @@ def wall_time(results: list[dict], out: Path) -> str:
 # ----------------------------------------------------------------------------------------------- stages
 
 
-def stage_sweeps(plan: Plan, out: Path, log, dry: bool, only: set[str] | None, init_ok: bool,
-                 lanes: int = 1) -> list[str]:
+def stage_sweeps(plan: Plan, out: Path, log, dry: bool, only: set[str] | None, lanes: int = 1) -> None:
     """Run the plan's sweeps, ``lanes`` at a time (each lane a ``train -m`` process with ``cpus // lanes``
     threads, its output in ``OUT/logs/<sweep>.log``; one lane: the default threads, output to the terminal)."""
-    notes, todo = [], []
+    todo = []
     for sw in plan.sweeps:
         if only and sw.name not in only:
             continue
-        cmd = sweep_command(sw, out, dry or (sw.needs_init_from and not init_ok))
-        if sw.needs_init_from and not init_ok:
-            notes.append(f"{sw.name} (E4) skipped: `llama-jreg train --help` does not list init_from in this "
-                         "version")
-            log(f"# {notes[-1]}: {_show(cmd)}")
-            continue
+        cmd = sweep_command(sw, out, dry)
         log(f"$ {_show(cmd)}")
         todo.append((sw, cmd))
     if dry or not todo:
-        return notes
+        return
     threads = max(1, (os.cpu_count() or 1) // lanes) if lanes > 1 else None
     env = dict(os.environ)
     if threads:
@@ -286,7 +273,6 @@ def stage_sweeps(plan: Plan, out: Path, log, dry: bool, only: set[str] | None, i
     if failed:
         raise SystemExit(f"error: sweep(s) {', '.join(failed)} failed (see the output above"
                          + (f" and {out / 'logs'}" if threads else "") + "); rerun the same command to resume")
-    return notes
 
 
 def stage_e1(plan: Plan, models: list[str], out: Path, log, dry: bool) -> list[dict]:
@@ -348,8 +334,23 @@ def stage_eval(plan: Plan, out: Path, log, dry: bool) -> list[dict]:
     return results
 
 
-def stage_report(args, plan: Plan, out: Path, results: list[dict], e1: list[dict], notes: list[str]) -> Path:
-    from llama_jreg.analysis.study import headline_table, machine, make_plots, render_report
+README_START, README_END = "<!-- results-summary: written by scripts/reproduce.py --readme -->", "<!-- /results-summary -->"
+
+
+def write_readme_table(readme: Path, table: str) -> None:
+    """Put ``table`` between the README's results-summary markers (the same table as docs/results.md's
+    Summary, so the README never shows numbers the report does not)."""
+    text = readme.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"error: {readme} has no {README_START} ... {README_END} block; add the two marker lines "
+                         "where the table goes")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}", encoding="utf-8")
+
+
+def stage_report(args, plan: Plan, out: Path, results: list[dict], e1: list[dict]) -> Path:
+    from llama_jreg.analysis.study import machine, make_plots, render_report, summary_table
 
     (out / "results.json").write_text(json.dumps({"e1": e1, "runs": results}, indent=1) + "\n")
     figs = make_plots(results, e1, out / "figures")
@@ -363,12 +364,14 @@ def stage_report(args, plan: Plan, out: Path, results: list[dict], e1: list[dict
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "wall": wall_time(results, out),
         "sweeps": [(sw.name, _show(sweep_command(sw, Path(args.out), dry=True))) for sw in plan.sweeps],
-        "notes": [f"Scale `{args.scale}`: {plan.about}."] + notes
+        "notes": [f"Scale `{args.scale}`: {plan.about}."]
                  + [f"{sum(1 for r in results if not r['complete'])} run(s) still short of their last step "
                     "(marked running; not evaluated)."] * any(not r["complete"] for r in results),
     }
-    # the headline table alone, for the README (its link points at docs/results.md)
-    (out / "headline.md").write_text(headline_table(results) + "\n")
+    # the summary table alone, for the README (its link points at docs/results.md)
+    (out / "headline.md").write_text(summary_table(results) + "\n")
+    if args.readme:
+        write_readme_table(Path(args.readme), summary_table(results))
     report = out / "report.md"
     report.write_text(render_report(meta, results, e1, figs, lambda p: Path(p).relative_to(out).as_posix()))
     if args.docs:
@@ -388,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output dir (runs, eval JSON, results.json, report.md)")
     p.add_argument("--models", nargs="*", default=[], help="E1: more HF Llama dirs (or checkpoints, GGUF files)")
     p.add_argument("--docs", help="also write the report here (e.g. docs/results.md), its figures next to it")
+    p.add_argument("--readme", help="also put the summary table into this README between its results-summary "
+                                    "markers")
     p.add_argument("--only", help="train only these sweeps (comma-separated names, e.g. e4_continued)")
     p.add_argument("--lanes", type=int, default=1, metavar="N",
                    help="run N sweeps at a time, each with cpus/N threads (make reproduce: 2 on 2 cores)")
@@ -396,6 +401,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.lanes < 1:
         p.error(f"--lanes {args.lanes}: give 1 or more (the number of sweeps run at a time)")
+    if args.readme:
+        text = Path(args.readme).read_text(encoding="utf-8") if Path(args.readme).is_file() else ""
+        if README_START not in text or README_END not in text:
+            p.error(f"--readme {args.readme}: no results-summary block; add the lines {README_START} and "
+                    f"{README_END} where the table goes")
     plan = PLANS[args.scale]
     out = Path(args.out)
     os.environ.setdefault("WANDB_MODE", "disabled")
@@ -408,20 +418,15 @@ def main(argv: list[str] | None = None) -> int:
             with open(out / "reproduce.log", "a") as f:
                 f.write(msg + "\n")
 
-    init_ok = has_init_from()
     only = set(args.only.split(",")) if args.only else None
-    notes = []
-    if args.report_only:
-        if not init_ok and any(sw.needs_init_from for sw in plan.sweeps):
-            notes.append("E4 skipped: `llama-jreg train --help` does not list init_from in this version")
-    else:
-        notes = stage_sweeps(plan, out, log, args.dry_run, only, init_ok, args.lanes)
+    if not args.report_only:
+        stage_sweeps(plan, out, log, args.dry_run, only, args.lanes)
     e1 = stage_e1(plan, args.models, out, log, args.dry_run)
     results = stage_eval(plan, out, log, args.dry_run)
     if args.dry_run:
         return 0
     t0 = time.time()
-    report = stage_report(args, plan, out, results, e1, notes)
+    report = stage_report(args, plan, out, results, e1)
     record_stage(out, "report", t0, time.time())
     log(f"  report: {time.time() - t0:.0f} s")
     print(f"wrote {report}, {out / 'results.json'}" + (f", {args.docs}" if args.docs else ""))

@@ -84,6 +84,28 @@ def test_report_tables_findings_and_plots(sweep, tmp_path):
     mean = sum(r["val_loss"] for r in base) / 2
     assert f"**{mean:.4f} ± " in next(ln for ln in body if "| 0 | **mean" in ln)
     assert all(f"({p.name})" in md for p in figs.values())
+    # the summary: one row per lambda with the means over the seeds and the loss change against lambda = 0
+    summary = study.summary_table(results)
+    assert summary in md.split("## Summary")[1].split("## Headline table")[0]
+    srows = summary.splitlines()[2:]
+    assert len(srows) == 2 and srows[0].startswith("| induction | jump | 0 | 2 | ")
+    one = [r for r in results if r["jreg.weight"] == 1]
+    m1 = sum(r["val_loss"] for r in one) / 2
+    z1 = sum(r["val_zeta_L"] for r in one) / 2
+    assert f"| {m1:.4f} ± " in srows[1] and f"| {100 * (m1 - mean) / mean:+.2f} % |" in srows[1]
+    assert f"| {z1:.3f} ± " in srows[1] and "(step 1)" in srows[1]
+
+
+def test_readme_table_writer(tmp_path):
+    rep = _script()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{rep.README_START}\nold\n{rep.README_END}\nafter\n")
+    rep.write_readme_table(readme, "| a |\n|---|")
+    assert readme.read_text() == f"# x\n\nbefore\n{rep.README_START}\n| a |\n|---|\n{rep.README_END}\nafter\n"
+    bad = subprocess.run([sys.executable, "scripts/reproduce.py", "--out", str(tmp_path / "o"), "--readme",
+                          str(tmp_path / "none.md"), "--dry-run"], cwd=REPO, env=env_for_subprocess(),
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "no results-summary block" in bad.stderr.splitlines()[-1]
 
 
 def test_compare_rule():

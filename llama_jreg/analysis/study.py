@@ -192,13 +192,13 @@ def _f(v: float | None, digits: int = 3) -> str:
     return f"{v:.{digits}f}"
 
 
-def _ms(s: Stat | None, digits: int = 3) -> str:
-    """``mean ± sd (n)``."""
+def _ms(s: Stat | None, digits: int = 3, n: bool = True) -> str:
+    """``mean ± sd (n)`` (without the count when ``n`` is False)."""
     if s is None:
         return "-"
     if s.sd is None:
-        return f"{_f(s.mean, digits)} (1 seed)"
-    return f"{_f(s.mean, digits)} ± {_f(s.sd, digits)} (n={s.n})"
+        return f"{_f(s.mean, digits)}" + (" (1 seed)" if n else "")
+    return f"{_f(s.mean, digits)} ± {_f(s.sd, digits)}" + (f" (n={s.n})" if n else "")
 
 
 def _claim(verdict_if: dict[str, str], c: Comparison) -> str:
@@ -304,6 +304,28 @@ def headline_table(results: list[dict]) -> str:
         if len(done) > 1:
             lines.append(f"| {exp} | {cell} | {w:g} | **mean ± sd** | "
                          + " | ".join(_ms_short(stat(done, k), d) for k, d in keys) + " |")
+    return "\n".join(lines)
+
+
+def summary_table(results: list[dict]) -> str:
+    """One row per cell (complete runs only): mean ± sd over the seeds of the final validation loss (and its
+    change against the experiment's λ = 0 cell), the validation ζ_L at the first measurement and at the end,
+    Ψ_L and, for the induction runs, the induction accuracy. The README shows this table (``headline.md``)."""
+    lines = ["| experiment | JREG | λ | seeds | val loss | vs λ = 0 | val ζ_L, first measurement | val ζ_L, end | "
+             "Ψ_L (val) | induction acc. |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    by_cell = cells(complete(results))
+    for (exp, cell, w), rs in by_cell.items():
+        base = stat(by_cell.get((exp, "jump", 0.0), []), "val_loss")
+        loss = stat(rs, "val_loss")
+        rel = (f"{100 * (loss.mean - base.mean) / base.mean:+.2f} %" if loss and base and not (cell == "jump" and w == 0)
+               else "-")
+        first = Stat([r["history"][0]["val_zeta_L"] for r in rs if r["history"]
+                      and isinstance(r["history"][0].get("val_zeta_L"), (int, float))])
+        lines.append(f"| {exp} | {cell} | {w:g} | {len(rs)} | {_ms(loss, 4, n=False)} | {rel} | "
+                     f"{_ms(first if first.n else None, 3, n=False)} (step {rs[0]['history'][0]['step'] if rs[0]['history'] else '-'}) | "
+                     f"{_ms(stat(rs, 'val_zeta_L'), 3, n=False)} | {_ms(stat(rs, 'psi_L'), 4, n=False)} | "
+                     f"{_ms(stat(rs, 'induction_accuracy'), 3, n=False)} |")
     return "\n".join(lines)
 
 
@@ -579,6 +601,11 @@ def render_report(meta: dict, results: list[dict], e1: list[dict], figs: dict[st
         lines = [s for t, s in found if t == tag]
         out += [f"### {title}", ""] + ([f"* {s}" for s in lines] or ["* nothing"]) + [""]
     if results:
+        out += ["## Summary", "",
+                "Per cell, mean ± sample s.d. over the seeds of the complete runs: final validation loss and its "
+                "change against the λ = 0 cell of the same experiment, validation ζ_L at the first measurement "
+                "(step 0 for continued pre-training: the source model) and at the end, final Ψ_L on the validation "
+                "batch, and the induction accuracy.", "", summary_table(results), ""]
         out += ["## Headline table", "",
                 "Final validation loss, validation ζ_L and Ψ_L (the fixed validation batch, last measurement), the "
                 "mean logit-lens loss of layers 1..L-1, the oracle early-exit saving (fraction of blocks) and the "
