@@ -226,7 +226,11 @@ def wall_time(results: list[dict], out: Path) -> str:
     first = time.strftime("%Y-%m-%d %H:%M", time.gmtime(min(r["start"] for r in rows)))
     last = time.strftime("%H:%M UTC", time.gmtime(max(r["end"] for r in rows)))
     lanes = sorted({(r.get("lanes", 1), r.get("threads")) for r in rows if r["stage"].startswith("train:")})
-    how = "; ".join(f"{n} lane(s)" + (f" of {t} thread(s) each" if t else "") for n, t in lanes) or "-"
+    how = "; ".join(f"{n} lane(s)" + (f" of {t} thread(s) each" if t else "") for n, t in lanes)
+    if not how:
+        return (f"the training was not timed by this script (no sweep stage in timing.jsonl); {total / 3600:.2f} h "
+                f"of evaluation and report ({first} to {last}); {train:.2f} h of training summed over the runs "
+                "(their logged step times)")
     return (f"{total / 3600:.2f} h of running ({first} to {last}; sweeps in {how}); "
             f"{train:.2f} h of training summed over the runs (their logged step times)")
 
@@ -349,7 +353,7 @@ def write_readme_table(readme: Path, table: str) -> None:
     readme.write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}", encoding="utf-8")
 
 
-def stage_report(args, plan: Plan, out: Path, results: list[dict], e1: list[dict]) -> Path:
+def stage_report(args, plan: Plan, out: Path, results: list[dict], e1: list[dict], argv_used: list[str]) -> Path:
     from llama_jreg.analysis.study import machine, make_plots, render_report, summary_table
 
     (out / "results.json").write_text(json.dumps({"e1": e1, "runs": results}, indent=1) + "\n")
@@ -358,13 +362,13 @@ def stage_report(args, plan: Plan, out: Path, results: list[dict], e1: list[dict
     meta = {
         "title": f"JREG reproduction study, `{args.scale}` scale",
         "command": command,
-        "argv": None if command.startswith("python") else f"python scripts/reproduce.py --scale {args.scale} "
-                                                          f"--out {args.out}",
+        "argv": "python scripts/reproduce.py " + " ".join(
+            "'…'" if prev == "--note" else shlex.quote(a) for prev, a in zip(["", *argv_used[:-1]], argv_used)),
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "wall": wall_time(results, out),
         "sweeps": [(sw.name, _show(sweep_command(sw, Path(args.out), dry=True))) for sw in plan.sweeps],
-        "notes": [f"Scale `{args.scale}`: {plan.about}."]
+        "notes": [f"Scale `{args.scale}`: {plan.about}."] + list(args.note or [])
                  + [f"{sum(1 for r in results if not r['complete'])} run(s) still short of their last step "
                     "(marked running; not evaluated)."] * any(not r["complete"] for r in results),
     }
@@ -393,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--docs", help="also write the report here (e.g. docs/results.md), its figures next to it")
     p.add_argument("--readme", help="also put the summary table into this README between its results-summary "
                                     "markers")
+    p.add_argument("--note", action="append", metavar="TEXT",
+                   help="a line for the report's notes, e.g. where some runs came from (repeatable)")
     p.add_argument("--only", help="train only these sweeps (comma-separated names, e.g. e4_continued)")
     p.add_argument("--lanes", type=int, default=1, metavar="N",
                    help="run N sweeps at a time, each with cpus/N threads (make reproduce: 2 on 2 cores)")
@@ -426,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return 0
     t0 = time.time()
-    report = stage_report(args, plan, out, results, e1)
+    report = stage_report(args, plan, out, results, e1, list(sys.argv[1:] if argv is None else argv))
     record_stage(out, "report", t0, time.time())
     log(f"  report: {time.time() - t0:.0f} s")
     print(f"wrote {report}, {out / 'results.json'}" + (f", {args.docs}" if args.docs else ""))

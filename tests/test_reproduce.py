@@ -96,6 +96,17 @@ def test_report_tables_findings_and_plots(sweep, tmp_path):
     assert f"| {z1:.3f} ± " in srows[1] and "(step 1)" in srows[1]
 
 
+def test_readme_shows_the_summary_of_docs_results():
+    """The README's results table is the Summary table of the committed docs/results.md, as written by
+    `scripts/reproduce.py --docs docs/results.md --readme README.md` (never typed by hand)."""
+    rep = _script()
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme.split(rep.README_START)[1].split(rep.README_END)[0].strip()
+    assert block.startswith("| experiment | JREG | λ | seeds |")
+    results_md = (REPO / "docs" / "results.md").read_text(encoding="utf-8")
+    assert block == results_md.split("## Summary")[1].split("## Headline table")[0].strip().split("\n\n")[-1]
+
+
 def test_readme_table_writer(tmp_path):
     rep = _script()
     readme = tmp_path / "README.md"
@@ -115,6 +126,15 @@ def test_compare_rule():
     assert study.compare(study.Stat([1.0]), b).verdict == "one seed"
     c = study.compare(study.Stat([1.0, 1.0]), study.Stat([1.0 + 1e-9, 1.0 + 1e-9]))
     assert c.verdict == "lower"  # no spread at all: any separation counts
+    # paired by seed: a consistent per-seed shift is told apart even when the seeds themselves spread widely
+    a, b = {1: 3.8602, 2: 3.7844}, {1: 3.8375, 2: 3.7690}
+    assert study.compare(study.Stat(list(a.values())), study.Stat(list(b.values()))).verdict == "noise"
+    p = study.paired(a, b)
+    assert p.verdict == "higher" and p.diffs == pytest.approx([0.0227, 0.0154])
+    assert "higher in 2 of 2 seeds: higher" in p.says(4)
+    assert study.paired({1: 1.0, 2: 3.0}, {1: 2.0, 2: 2.0}).verdict == "noise"  # one up, one down
+    assert study.paired({1: 1.0, 2: 1.1}, {1: 1.0, 2: 1.0}).verdict == "noise"  # one seed shows no change
+    assert study.paired({1: 1.0, 3: 1.1}, {1: 1.0, 2: 1.0}) is None  # fewer than 2 common seeds
 
 
 def test_cpu_plan_keeps_its_run_names(tmp_path):
@@ -144,6 +164,9 @@ def test_wall_time_counts_parallel_lanes_once(tmp_path):
     assert line.startswith("2.00 h of running") and "2 lane(s) of 1 thread(s) each" in line
     assert "3.00 h of training summed" in line
     assert rep.wall_time([], tmp_path / "none").startswith("not recorded")
+    (tmp_path / "x").mkdir()
+    rep.record_stage(tmp_path / "x", "eval", 0.0, 360.0)  # a report-only invocation: no sweep stage
+    assert rep.wall_time([], tmp_path / "x").startswith("the training was not timed by this script")
 
 
 def test_dry_run_prints_every_command(tmp_path):
@@ -161,7 +184,7 @@ def test_pipeline_end_to_end(tmp_path):
     a rerun reuses every run and evaluation."""
     out = tmp_path / "study"
     cmd = [sys.executable, "scripts/reproduce.py", "--scale", "test", "--out", str(out), "--docs",
-           str(tmp_path / "docs" / "results.md"), "--lanes", "2"]
+           str(tmp_path / "docs" / "results.md"), "--lanes", "2", "--note", "Provenance: made by the test."]
     subprocess.run(cmd, cwd=REPO, env=env_for_subprocess(), capture_output=True, text=True, timeout=900, check=True)
     res = json.loads((out / "results.json").read_text())
     run_dirs = sorted(p.parent for p in out.glob("*/*/metrics.jsonl"))
@@ -180,6 +203,7 @@ def test_pipeline_end_to_end(tmp_path):
     assert {t["stage"] for t in timing} == {"train:text_jump", "train:induction_jump", "e1", "eval", "report"}
     assert all(t["lanes"] == 2 and t["rc"] == 0 for t in timing if t["stage"].startswith("train:"))
     assert (out / "logs" / "text_jump.log").is_file() and "2 lane(s)" in md
+    assert "\n* Provenance: made by the test.\n" in md
     docs = (tmp_path / "docs" / "results.md").read_text()
     assert "](results/zeta_L_over_tokens_text.png)" in docs and (tmp_path / "docs" / "results" /
                                                                    "zeta_L_over_tokens_text.png").is_file()

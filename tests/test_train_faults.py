@@ -16,8 +16,8 @@ import pytest
 from llama_jreg.train import checkpoint as ckpt
 from tests.test_train_helpers import (
     DRIVER,
-    TINY,
     REPO,
+    TINY,
     env_for_subprocess,
     rows,
     run_inprocess,

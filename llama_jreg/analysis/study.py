@@ -178,9 +178,54 @@ def compare(a: Stat, b: Stat) -> Comparison:
     return Comparison(a, b, diff, "noise")
 
 
-COMPARE_RULE = ("Two cells are told apart only when both have at least 2 seeds, their seed ranges do not "
-                "overlap and the difference of the means exceeds twice its standard error "
-                "(2·sqrt(sd_a²/n_a + sd_b²/n_b)); otherwise the difference is called seed noise.")
+@dataclass
+class Paired:
+    """Cell ``a`` against ``b`` seed by seed (the same seed: the same initialisation and data order)."""
+
+    diffs: list[float]      # a_s - b_s per common seed
+    verdict: str            # "higher" | "lower" | "noise"
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.diffs)
+
+    @property
+    def sd(self) -> float:
+        return statistics.stdev(self.diffs)
+
+    def says(self, digits: int) -> str:
+        up = sum(d > 0 for d in self.diffs)
+        return (f"paired by seed {self.mean:+.{digits}f} ± {self.sd:.{digits}f}, higher in {up} of "
+                f"{len(self.diffs)} seeds: {_SAYS[self.verdict]}")
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> Paired | None:
+    """Per-seed differences ``a[s] - b[s]`` over the seeds both have (None below 2): "higher"/"lower" when
+    every difference has that sign and |mean| exceeds twice its standard error 2 * sd / sqrt(n) (any nonzero
+    mean when the differences do not spread), otherwise "noise"."""
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None
+    d = [a[s] - b[s] for s in seeds]
+    m, sd = statistics.fmean(d), statistics.stdev(d)
+    same_sign = all(x > 0 for x in d) or all(x < 0 for x in d)
+    if same_sign and abs(m) > 2 * sd / math.sqrt(len(d)):
+        return Paired(d, "higher" if m > 0 else "lower")
+    return Paired(d, "noise")
+
+
+def by_seed(results: list[dict], key: str) -> dict[int, float]:
+    return {r["seed"]: r[key] for r in results if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])}
+
+
+COMPARE_RULE = ("Two cells are compared twice. Unpaired: told apart only when both have at least 2 seeds, their "
+                "seed ranges do not overlap and the difference of the means exceeds twice its standard error "
+                "(2·sqrt(sd_a²/n_a + sd_b²/n_b)). Paired by seed (runs with the same seed share their "
+                "initialisation and data order, so seed-to-seed spread cancels): told apart when the per-seed "
+                "differences all have one sign and their mean exceeds twice its standard error (2·sd_d/sqrt(n)). "
+                "A finding is filed by the paired verdict where both cells have at least 2 common seeds, else by "
+                "the unpaired one; anything else is called seed noise. With 2 seeds either verdict is weak "
+                "evidence: it says the seeds agree, not that the effect is settled.")
 
 
 # ----------------------------------------------------------------------------------------------- findings
@@ -201,11 +246,11 @@ def _ms(s: Stat | None, digits: int = 3, n: bool = True) -> str:
     return f"{_f(s.mean, digits)} ± {_f(s.sd, digits)}" + (f" (n={s.n})" if n else "")
 
 
-def _claim(verdict_if: dict[str, str], c: Comparison) -> str:
+def _claim(verdict_if: dict[str, str], verdict: str) -> str:
     """Map a comparison verdict onto supports / contradicts / noise via ``verdict_if`` (e.g. lower->supports)."""
-    if c.verdict in ("noise", "one seed"):
+    if verdict in ("noise", "one seed"):
         return "noise"
-    return verdict_if[c.verdict]
+    return verdict_if[verdict]
 
 
 CLAIMS = {
@@ -253,13 +298,14 @@ def findings(results: list[dict], e1: list[dict] | None = None) -> list[tuple[st
             last = stat(base, "val_zeta_L")
             if first.n and last is not None:
                 c = compare(last, first)
-                grew = sum(1 for r in base if r["history"]
-                           and r["history"][-1]["val_zeta_L"] > r["history"][0]["val_zeta_L"])
-                out.append((_claim({"higher": "supports", "lower": "contradicts"}, c),
+                p = paired(by_seed(base, "val_zeta_L"),
+                           {r["seed"]: r["history"][0]["val_zeta_L"] for r in base if r["history"]})
+                verdict = p.verdict if p is not None else c.verdict
+                out.append((_claim({"higher": "supports", "lower": "contradicts"}, verdict),
                             f"C2 · E2, {exp}, λ = 0: validation ζ_L {_ms(first)} at the first measurement "
                             f"({base[0]['history'][0]['tokens']:,} tokens), {_ms(last)} at the end "
-                            f"({base[0]['tokens']:,} tokens): {_SAYS[c.verdict]}; it grew in {grew} of "
-                            f"{len(base)} seeds."))
+                            f"({base[0]['tokens']:,} tokens): unpaired, {_SAYS[c.verdict]}"
+                            + (f"; {p.says(3)}" if p is not None else "") + "."))
         checks = (("C3", "val_zeta_L", "validation ζ_L", 3, {"lower": "supports", "higher": "contradicts"}),
                   ("C4", "val_loss", "validation loss", 4, {"lower": "supports", "higher": "contradicts"}),
                   ("C5", "lens_mid_loss", "logit-lens loss of layers 1..L-1", 3,
@@ -275,14 +321,17 @@ def findings(results: list[dict], e1: list[dict] | None = None) -> list[tuple[st
                 if a is None or b is None:
                     continue
                 c = compare(a, b)
+                p = paired(by_seed(rs, key), by_seed(base, key))
+                verdict = p.verdict if p is not None else c.verdict
                 rel = f", {100 * c.rel:+.2f} %" if key == "val_loss" and c.rel is not None else ""
                 start = ""
                 if stage == "E4" and key == "val_zeta_L":  # continued pre-training starts from a measured jump
                     s0 = Stat([r["history"][0]["val_zeta_L"] for r in rs if r["history"]])
                     start = f"; at step {rs[0]['history'][0]['step']} it was {_ms(s0, digits)}" if s0.n else ""
-                out.append((_claim(verdicts, c),
+                out.append((_claim(verdicts, verdict),
                             f"{claim} · {stage}, {exp}, {cell} λ = {w:g}: {label} {_ms(a, digits)} vs "
-                            f"{_ms(b, digits)} at λ = 0 ({c.diff:+.{digits}f}{rel}): {_SAYS[c.verdict]}{start}."))
+                            f"{_ms(b, digits)} at λ = 0 ({c.diff:+.{digits}f}{rel}): unpaired, "
+                            f"{_SAYS[c.verdict]}" + (f"; {p.says(digits)}" if p is not None else "") + f"{start}."))
     return out
 
 
@@ -586,7 +635,7 @@ def render_report(meta: dict, results: list[dict], e1: list[dict], figs: dict[st
     seeds = sorted({r["seed"] for r in results})
     exps = sorted({r["experiment"] for r in results})
     out = [f"# {meta['title']}", "",
-           f"* **Command**: `{meta['command']}`" + (f" (ran as `{meta['argv']}`)" if meta.get("argv") else ""),
+           f"* **Command**: `{meta['command']}`" + (f" (this report written by `{meta['argv']}`)" if meta.get("argv") else ""),
            f"* **Machine**: {meta['machine']}",
            f"* **Date**: {meta['date']}",
            f"* **Seeds**: {', '.join(map(str, seeds)) or '-'}; {len(results)} runs "
