@@ -382,6 +382,10 @@ def stage_report(args, plan: Plan, out: Path, results: list[dict], e1: list[dict
         docs = Path(args.docs)
         fig_dir = docs.parent / docs.stem
         fig_dir.mkdir(parents=True, exist_ok=True)
+        keep = {Path(p).name for p in figs.values()}
+        for old in fig_dir.glob("*.png"):  # figures of an earlier report that this one no longer has
+            if old.name not in keep:
+                old.unlink()
         for p in figs.values():
             shutil.copyfile(p, fig_dir / Path(p).name)
         docs.write_text(render_report(meta, results, e1, figs, lambda p: f"{docs.stem}/{Path(p).name}"))

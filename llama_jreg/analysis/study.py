@@ -580,8 +580,10 @@ def make_plots(results: list[dict], e1: list[dict], fig_dir: Path) -> dict[str, 
         figs[f"e1_{m['slug']}"] = plot_psi(m, fig_dir / f"e1_psi_{m['slug']}.png", m["name"])
     for exp in sorted({r["experiment"] for r in results}):
         figs[f"zeta_{exp}"] = plot_zeta_over_tokens(results, exp, fig_dir / f"zeta_L_over_tokens_{exp}.png")
-        figs[f"e2_zeta_{exp}"] = plot_e2_zeta(results, exp, fig_dir / f"e2_zeta_L_{exp}.png")
-        figs[f"psi_train_{exp}"] = plot_psi_over_training(results, exp, fig_dir / f"psi_during_training_{exp}.png")
+        if STAGE.get(exp) != "E4":  # E2 (emergence from scratch) only: continued runs start from a trained model
+            figs[f"e2_zeta_{exp}"] = plot_e2_zeta(results, exp, fig_dir / f"e2_zeta_L_{exp}.png")
+            figs[f"psi_train_{exp}"] = plot_psi_over_training(results, exp,
+                                                              fig_dir / f"psi_during_training_{exp}.png")
         figs[f"psi_final_{exp}"] = plot_profiles(results, exp, "val_psi", r"final validation $\Psi_l$",
                                                  fig_dir / f"psi_final_{exp}.png")
         figs[f"lens_{exp}"] = plot_profiles(results, exp, "lens_loss", "logit-lens loss (h_1..h_L)",
