@@ -70,6 +70,18 @@ def _rope(d: dict) -> tuple[float, str, dict | None]:
     return float(theta), rtype, (scaling or params or None)
 
 
+def read_config_json(directory: Path) -> dict:
+    """An HF model directory's ``config.json`` as a dict; UserError (one line) when it is not valid JSON or
+    not an object."""
+    try:
+        d = json.loads((directory / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{directory / 'config.json'} is not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{directory / 'config.json'} is not an HF model config")
+    return d
+
+
 def config_from_hf(hf_config: Any, *, max_seq_len: int | None = None) -> ModelConfig:
     """Map an HF ``LlamaConfig`` (object or dict, e.g. a parsed config.json) to our :class:`ModelConfig`.
 
@@ -323,13 +335,7 @@ def load_hf_llama(
         if len(ggufs) == 1:
             return _from_hf_model(load_hf_gguf(ggufs[0], dtype or torch.float32), dtype, max_seq_len)
         raise UserError(f"{p} has no config.json; not an HF model directory")
-    try:
-        d = json.loads((p / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{p / 'config.json'} is not valid JSON: {e}") from None
-    if not isinstance(d, dict):
-        raise UserError(f"{p / 'config.json'} is not an HF model config")
-    cfg = config_from_hf(d, max_seq_len=max_seq_len)
+    cfg = config_from_hf(read_config_json(p), max_seq_len=max_seq_len)
     sd = state_dict_from_hf(_read_weights(p), cfg)
     return build_model(cfg, sd, dtype), cfg
 

@@ -65,7 +65,7 @@ def resolve_source(path: str | Path) -> Source:
     """The :class:`Source` at ``path``; UserError (one line) for anything we cannot continue from."""
     from llama_jreg.analysis.load import _latest_checkpoint
     from llama_jreg.config import from_yaml
-    from llama_jreg.interop.hf import config_from_hf
+    from llama_jreg.interop.hf import config_from_hf, read_config_json
 
     p = Path(path).expanduser()
     if not p.exists():
@@ -83,13 +83,7 @@ def resolve_source(path: str | Path) -> Source:
         return Source("checkpoint", p, from_yaml(p / "config.yaml").model)
     if (p / "config.json").is_file():
         try:
-            d = json.loads((p / "config.json").read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"init_from={path}: config.json is not valid JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise UserError(f"init_from={path}: config.json is not an HF model config")
-        try:
-            return Source("hf", p, config_from_hf(d))
+            return Source("hf", p, config_from_hf(read_config_json(p)))
         except UserError as e:
             raise UserError(f"init_from={path}: {e}") from None
     ggufs = sorted(p.glob("*.gguf"))
