@@ -1,0 +1,172 @@
+"""The package's internal import graph: cycles, private names imported across packages, imports inside
+functions, and the largest files and functions.
+
+    python scripts/import_graph.py            # a report; exit status 1 when a cycle exists
+    python scripts/import_graph.py --json     # the same as JSON
+
+Every ``import`` / ``from ... import`` of a ``llama_jreg`` module counts as an edge, wherever it stands (module
+level or inside a function): an import deferred into a function still ties the two modules together.
+Cycles are the strongly connected components of that graph with more than one module (Tarjan).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+
+PACKAGE = "llama_jreg"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _resolve(mod: str, node: ast.ImportFrom) -> str:
+    """The absolute module an ``ImportFrom`` names (relative imports resolved against ``mod``)."""
+    if not node.level:
+        return node.module or ""
+    base = mod.split(".")[: -node.level] if node.level else []
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def scan(root: Path = ROOT) -> dict:
+    """Per module: internal edges (with whether they are inside a function), private cross-package names,
+    line counts and function lengths."""
+    files = sorted((root / PACKAGE).rglob("*.py"))
+    modules = {module_name(f, root): f for f in files}
+    edges: dict[str, set[str]] = {m: set() for m in modules}
+    inner: list[tuple[str, str, int]] = []  # (module, imported, line) for imports inside functions
+    private: list[tuple[str, str, str, int]] = []  # (module, imported module, name, line)
+    functions: list[tuple[int, str]] = []
+    lines: dict[str, int] = {}
+
+    def target(name: str) -> str | None:
+        """The longest known module that ``name`` is or lies inside."""
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    for mod, path in modules.items():
+        src = path.read_text()
+        lines[mod] = src.count("\n")
+        tree = ast.parse(src)
+        func_spans = []
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                func_spans.append((node.lineno, node.end_lineno))
+                functions.append((node.end_lineno - node.lineno + 1, f"{mod}.{node.name}"))
+
+        def in_function(lineno: int) -> bool:
+            return any(a < lineno <= b for a, b in func_spans)
+
+        for node in ast.walk(tree):
+            names: list[tuple[str, str | None]] = []
+            if isinstance(node, ast.Import):
+                names = [(a.name, None) for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve(mod, node)
+                # `from pkg import sub` imports the submodule pkg.sub when it exists
+                names = [(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base, a.name) for a in node.names]
+            for full, name in names:
+                if not full.startswith(PACKAGE):
+                    continue
+                tgt = target(full)
+                if tgt is None or tgt == mod:
+                    continue
+                edges[mod].add(tgt)
+                if in_function(node.lineno):
+                    inner.append((mod, tgt, node.lineno))
+                if (name and name.startswith("_") and not name.startswith("__")
+                        and tgt.split(".")[:2] != mod.split(".")[:2]):
+                    private.append((mod, tgt, name, node.lineno))
+    return {"modules": modules, "edges": edges, "inner": inner, "private": private,
+            "functions": sorted(functions, reverse=True), "lines": lines}
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    out: list[list[str]] = []
+    counter = 0
+    for start in sorted(edges):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(edges[start])))]
+        index[start] = low[start] = counter
+        counter += 1
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            v, it = work[-1]
+            advanced = False
+            for w in it:
+                if w not in index:
+                    index[w] = low[w] = counter
+                    counter += 1
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, iter(sorted(edges.get(w, ())))))
+                    advanced = True
+                    break
+                if w in on_stack:
+                    low[v] = min(low[v], index[w])
+            if advanced:
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    out.append(sorted(comp))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", action="store_true", help="print JSON instead of a report")
+    p.add_argument("--top", type=int, default=8, help="how many of the largest files/functions to list")
+    args = p.parse_args(argv)
+    s = scan()
+    cyc = cycles(s["edges"])
+    largest_files = sorted(s["lines"].items(), key=lambda kv: -kv[1])[: args.top]
+    if args.json:
+        print(json.dumps({"cycles": cyc, "private_imports": s["private"], "imports_in_functions": len(s["inner"]),
+                          "largest_files": largest_files, "largest_functions": s["functions"][: args.top]},
+                         indent=1))
+    else:
+        print(f"{len(s['modules'])} modules, {sum(len(v) for v in s['edges'].values())} internal import edges")
+        print(f"cycles: {len(cyc)}")
+        for c in cyc:
+            print("  " + " <-> ".join(c))
+        print(f"private names imported across packages: {len(s['private'])}")
+        for mod, tgt, name, line in s["private"]:
+            print(f"  {mod}:{line} imports {tgt}.{name}")
+        print(f"internal imports inside functions: {len(s['inner'])}")
+        print("largest files (lines):")
+        for mod, n in largest_files:
+            print(f"  {n:5d}  {mod}")
+        print("largest functions (lines):")
+        for n, name in s["functions"][: args.top]:
+            print(f"  {n:5d}  {name}")
+    return 1 if cyc else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
