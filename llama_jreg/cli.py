@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from llama_jreg import UserError, __version__
@@ -62,10 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except Exception:
-        if os.environ.get("LLAMA_JREG_DEBUG"):
-            raise
-        raise
+    # any other exception is a bug, not a user's mistake: its traceback is shown as it is
 
 
 if __name__ == "__main__":

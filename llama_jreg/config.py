@@ -21,6 +21,7 @@ from llama_jreg import UserError
 from llama_jreg.data.config import DataConfig
 from llama_jreg.jreg import JregConfig
 from llama_jreg.model import SIZES, ModelConfig
+from llama_jreg.train.init_from import apply_init_from
 
 CONFIG_DIR = Path(os.environ.get("LLAMA_JREG_CONFIGS", Path(__file__).resolve().parent.parent / "configs"))
 
@@ -272,8 +273,6 @@ def load_config(overrides: list[str] | None = None) -> TrainConfig:
     source's; the overrides say which ``model.*`` keys the user set (those must agree with the source)."""
     cfg = to_train_config(compose(overrides))
     if cfg.init_from is not None:
-        from llama_jreg.train.init_from import apply_init_from
-
         cfg = apply_init_from(cfg, list(overrides or []))
     return validate(cfg)
 

@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from llama_jreg.analysis.load import load_any, need_tokenizer, pick_device, read_text
+    from llama_jreg.load import load_model, need_tokenizer, pick_device, read_text
 
     args = build_parser().parse_args(argv)
     if (args.prompt is None) == (args.prompt_file is None):
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--temperature must be >= 0, --top-p in (0, 1], --top-k >= 1")
     text = args.prompt if args.prompt is not None else read_text(args.prompt_file)
     device = pick_device(args.device)
-    model, tok, info = load_any(args.model)
+    model, tok, info = load_model(args.model)
     tok = need_tokenizer(tok, info)
     ids = tok.encode_prompt(text)
     if not ids:

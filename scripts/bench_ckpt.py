@@ -57,7 +57,7 @@ class _Cursor:
 
 def _phase(fn) -> dict:
     """Run ``fn`` after a barrier; its wall seconds, peak RSS (GiB) and peak rise over the RSS at the start."""
-    from llama_jreg.train.parallel import barrier
+    from llama_jreg.train.distributed import barrier
 
     barrier()
     resettable = _reset_peak()
@@ -88,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     from llama_jreg.config import load_config
     from llama_jreg.model import Llama
     from llama_jreg.train import checkpoint as ckpt
+    from llama_jreg.train.distributed import broadcast_object
     from llama_jreg.train.optim import Schedule, build_optimizer
-    from llama_jreg.train.parallel import broadcast_object, parallelize, unwrap
+    from llama_jreg.train.parallel import parallelize, unwrap
 
     if "RANK" in os.environ and not dist.is_initialized():
         dist.init_process_group("gloo")

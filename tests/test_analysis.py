@@ -85,31 +85,31 @@ def ckpt(tmp_path_factory):
     return run, d, model
 
 
-def test_load_any_checkpoint_and_run_dir(ckpt, tmp_path):
-    from llama_jreg.analysis.load import load_any
+def test_load_model_checkpoint_and_run_dir(ckpt, tmp_path):
+    from llama_jreg.load import load_model
 
     run, d, model = ckpt
     for path in (d, run):  # a run dir resolves to its latest checkpoint
-        loaded, tok, info = load_any(path)
+        loaded, tok, info = load_model(path)
         assert info["kind"] == "checkpoint" and info["step"] == 20
         assert loaded.output.weight is loaded.tok_embeddings.weight
         for k, v in model.state_dict().items():
             assert torch.equal(v, loaded.state_dict()[k]), k
         assert tok is not None and tok.vocab_size == 320
     with pytest.raises(UserError, match="no such file"):
-        load_any(tmp_path / "nope")
+        load_model(tmp_path / "nope")
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(UserError, match="not a .gguf"):
-        load_any(tmp_path / "x.txt")
+        load_model(tmp_path / "x.txt")
     with pytest.raises(UserError, match="is not a model"):
-        load_any(tmp_path)
+        load_model(tmp_path)
 
 
 def test_untied_checkpoint_without_tokenizer(tmp_path):
-    from llama_jreg.analysis.load import load_any
+    from llama_jreg.load import load_model
 
     d, model = make_checkpoint(tmp_path / "run", 5, tie=False, tokenizer=False)
-    loaded, tok, _ = load_any(d)
+    loaded, tok, _ = load_model(d)
     assert tok is None and loaded.output.weight is not loaded.tok_embeddings.weight
     x = torch.randint(0, 320, (2, 16))
     with torch.no_grad():
@@ -130,7 +130,7 @@ def test_jump_command(ckpt, tmp_path, capsys):
     assert out_png.stat().st_size > 1000
     # recompute independently from the returned hidden states (h_0..h_L) on the same windows
     from llama_jreg.analysis.jump import make_windows
-    from llama_jreg.analysis.load import TextTokenizer
+    from llama_jreg.load import TextTokenizer
 
     tok = TextTokenizer.from_sentencepiece(d / "tokenizer.model")
     w = make_windows(tok.encode(text.read_text()), 32, 3)
@@ -199,7 +199,7 @@ def test_eval_on_text(ckpt, tmp_path):
     assert sum(hist) == pytest.approx(1.0) and 0 <= res["saturation"]["early_exit_blocks_saved"] <= 1
     # the loss matches a plain cross-entropy on the same windows
     from llama_jreg.analysis.jump import make_windows
-    from llama_jreg.analysis.load import TextTokenizer
+    from llama_jreg.load import TextTokenizer
 
     w = make_windows(TextTokenizer.from_sentencepiece(d / "tokenizer.model").encode(text.read_text()), 33, 4)
     with torch.no_grad():
@@ -238,7 +238,7 @@ def test_ffn_concepts(ckpt, tmp_path, capsys):
     mags = [abs(s["coefficient"]) for s in subs]
     assert mags == sorted(mags, reverse=True)
     # the sub-updates add up to the block's FFN output: check the coefficients against a direct computation
-    from llama_jreg.analysis.load import TextTokenizer
+    from llama_jreg.load import TextTokenizer
 
     ids = torch.tensor(TextTokenizer.from_sentencepiece(d / "tokenizer.model").encode(text.read_text())[:20])
     captured = {}
@@ -260,7 +260,7 @@ def test_ffn_concepts(ckpt, tmp_path, capsys):
 def test_export_hf_command(ckpt, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llama_jreg.analysis.load import TextTokenizer
+    from llama_jreg.load import TextTokenizer
 
     run, d, model = ckpt
     out = tmp_path / "hf"
@@ -360,7 +360,7 @@ def test_analysis_refuses_a_damaged_trainer_checkpoint_and_skips_it_in_a_run_dir
     import warnings
 
     from llama_jreg import UserError
-    from llama_jreg.analysis.load import load_any
+    from llama_jreg.load import load_model
     from tests.conftest import REPO
 
     run = tmp_path / "run"
@@ -376,9 +376,9 @@ def test_analysis_refuses_a_damaged_trainer_checkpoint_and_skips_it_in_a_run_dir
         f.seek(-16, 2)
         f.write(b"\xff" * 16)
     with pytest.raises(UserError, match="refusing a damaged checkpoint"):
-        load_any(newest)
+        load_model(newest)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _, _, info = load_any(run)  # the run dir falls back to the previous, intact checkpoint
+        _, _, info = load_model(run)  # the run dir falls back to the previous, intact checkpoint
     assert "step_00000002" in json.dumps(info, default=str)
     assert any("skipping broken checkpoint" in str(w.message) for w in caught)

@@ -136,11 +136,11 @@ def test_read_model_state_consolidates_shards_in_one_process(twin):
 
 @pytest.mark.slow
 def test_analysis_commands_load_a_sharded_checkpoint(twin, tmp_path):
-    from llama_jreg.analysis.load import load_any
     from llama_jreg.interop.export import export_hf
+    from llama_jreg.load import load_model
 
-    a, _, info_a = load_any(twin["full"])
-    b, _, info_b = load_any(twin["sharded"].parent.parent)  # the run dir: its newest checkpoint
+    a, _, info_a = load_model(twin["full"])
+    b, _, info_b = load_model(twin["sharded"].parent.parent)  # the run dir: its newest checkpoint
     assert info_b["step"] == 4 and info_b["path"].endswith("step_00000004")
     x = torch.randint(0, 128, (2, 16))
     with torch.no_grad():

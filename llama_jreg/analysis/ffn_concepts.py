@@ -62,7 +62,7 @@ def ffn_sub_updates(model: Llama, ids: torch.Tensor, layer: int, position: int, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from llama_jreg.analysis.load import load_any, need_tokenizer, pick_device, read_text
+    from llama_jreg.load import load_model, need_tokenizer, pick_device, read_text
 
     p = argparse.ArgumentParser(prog="llama-jreg ffn-concepts", formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="top FFN sub-updates and the tokens they promote", epilog=__doc__)
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--top-k and --tokens must be >= 1")
     text = read_text(args.text)
     device = pick_device(args.device)
-    model, tok, info = load_any(args.model)
+    model, tok, info = load_model(args.model)
     tok = need_tokenizer(tok, info)
     ids = tok.encode(text)[: min(args.seq_len, model.cfg.max_seq_len)]
     if not ids:

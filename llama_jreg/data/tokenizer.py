@@ -24,18 +24,10 @@ from pathlib import Path
 import sentencepiece as spm
 
 from llama_jreg import UserError
+from llama_jreg.files import sha256_file
 
 #: bump when the training recipe below changes (it is part of every fingerprint built on a trained tokenizer)
 TRAINER_VERSION = 1
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Tokenizer:
@@ -53,7 +45,7 @@ class Tokenizer:
             self.sp.Load(self.path)
         except (OSError, RuntimeError) as e:
             raise UserError(f"tokenizer {path} is not a SentencePiece model ({e}); point data.tokenizer at a .model")
-        self.sha256 = file_sha256(self.path)
+        self.sha256 = sha256_file(self.path)
 
     @property
     def vocab_size(self) -> int:
@@ -163,7 +155,7 @@ class HFTokenizer:
         plain = self.tk.encode("a", add_special_tokens=False).ids
         full = self.tk.encode("a", add_special_tokens=True).ids
         self.add_bos = bool(self.special["bos"] is not None and full[:1] == [self.special["bos"]] != plain[:1])
-        ident = {"file": file_sha256(self.path), "bos": self.bos_id, "eos": self.eos_id, "add_bos": self.add_bos}
+        ident = {"file": sha256_file(self.path), "bos": self.bos_id, "eos": self.eos_id, "add_bos": self.add_bos}
         self.sha256 = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
     @property

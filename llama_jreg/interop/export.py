@@ -23,8 +23,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def export_hf(checkpoint: str | Path, out_dir: str | Path, *, force: bool = False, dtype: str = "float32") -> Path:
-    from llama_jreg.analysis.load import load_any
     from llama_jreg.interop.hf import save_hf_llama
+    from llama_jreg.load import load_model
 
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
@@ -33,7 +33,7 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, *, force: bool = Fals
         raise UserError(f"{out_dir} is not empty; choose another directory or pass --force to overwrite")
     if dtype not in _DTYPES:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(_DTYPES)}")
-    model, tok, _ = load_any(checkpoint)
+    model, tok, _ = load_model(checkpoint)
     sp_path = tok.path if tok is not None and tok.kind == "sentencepiece" else None
     special = None
     if tok is not None and tok.kind == "hf":  # e.g. a run continued from an HF model (init_from) keeps its ids

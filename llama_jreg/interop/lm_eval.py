@@ -1,7 +1,7 @@
 """`llama-jreg lm-eval CHECKPOINT --tasks ...`: evaluate a model with EleutherAI's lm-evaluation-harness.
 
 Needs the ``eval`` extra: ``pip install 'llama-jreg[eval]'`` (lm-eval >= 0.4.5). ``LlamaJregLM`` is an
-lm-eval ``LM`` adapter for our model (any model ``load_any`` accepts: our checkpoints, HF Llama dirs, GGUF):
+lm-eval ``LM`` adapter for our model (any model ``load_model`` accepts: our checkpoints, HF Llama dirs, GGUF):
 
 * ``loglikelihood``: log p(continuation | context), and whether the continuation is the greedy one;
 * ``loglikelihood_rolling``: the whole-document log-likelihood in disjoint windows of the model context
@@ -44,18 +44,18 @@ def require_lm_eval() -> None:
 
 @register_model("llama-jreg")
 class LlamaJregLM(_LMBase):
-    """lm-eval adapter for our Llama (``path`` = anything ``load_any`` accepts, or pass ``model``+``tokenizer``)."""
+    """lm-eval adapter for our Llama (``path`` = anything ``load_model`` accepts, or pass ``model``+``tokenizer``)."""
 
     def __init__(self, path: str | None = None, *, model=None, tokenizer=None, batch_size: int | str = 8,
                  device: str = "auto", max_length: int | None = None, max_gen_toks: int = 256, **_ignored):
         require_lm_eval()
         super().__init__()
-        from llama_jreg.analysis.load import load_any, need_tokenizer, pick_device
+        from llama_jreg.load import load_model, need_tokenizer, pick_device
 
         if model is None:
             if path is None:
                 raise UserError("LlamaJregLM needs path=CHECKPOINT (or model= and tokenizer=)")
-            model, tokenizer, info = load_any(path)
+            model, tokenizer, info = load_model(path)
             tokenizer = need_tokenizer(tokenizer, info)
         if tokenizer is None:
             raise UserError("lm-eval needs a tokenizer; this model has none")

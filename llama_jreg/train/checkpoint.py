@@ -35,7 +35,6 @@ see (as usual for multi-node training).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -49,7 +48,8 @@ import torch
 import torch.distributed as dist
 
 from llama_jreg import UserError
-from llama_jreg.train.parallel import barrier, broadcast_object, is_distributed
+from llama_jreg.files import sha256_file
+from llama_jreg.train.distributed import barrier, broadcast_object, is_distributed
 
 STEP_RE = re.compile(r"^step_(\d{8})$")
 MANIFEST = "manifest.json"
@@ -94,14 +94,6 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 # ----------------------------------------------------------------------------------------------- integrity
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _files_of(path: Path) -> list[str]:
     """Every file under a checkpoint dir, as a path relative to it (``state/__0_0.distcp``), sorted."""
     return sorted(p.relative_to(path).as_posix() for p in Path(path).rglob("*") if p.is_file())
@@ -138,9 +130,16 @@ def verify(path: Path) -> str | None:
     return None
 
 
-def find_latest(run_dir: Path) -> Path | None:
-    """The newest checkpoint in ``run_dir`` that verifies; broken ones are skipped with a warning."""
+def find_latest(run_dir: Path, weights_only: bool = False) -> Path | None:
+    """The newest checkpoint in ``run_dir`` that verifies; broken ones are skipped with a warning.
+
+    ``weights_only`` (reading a model, not resuming): a checkpoint dir without a manifest (assembled by hand)
+    counts when it holds weights; one with a manifest must still match it."""
     for path in reversed(list_checkpoints(run_dir)):
+        if weights_only and not (path / MANIFEST).exists():
+            if checkpoint_format(path) is not None:
+                return path
+            continue
         reason = verify(path)
         if reason is None:
             return path

@@ -30,7 +30,10 @@ from typing import Any
 import torch
 
 from llama_jreg import UserError
-from llama_jreg.model import SIZES, Llama, ModelConfig
+from llama_jreg.data.tokenizer import load_tokenizer
+from llama_jreg.files import sha256_file
+from llama_jreg.model import SIZES, Llama
+from llama_jreg.model_path import ModelPath, resolve
 
 #: ModelConfig fields that define the function the weights compute (all but name, init_std, attn_backend and
 #: max_seq_len, which only sizes the RoPE tables)
@@ -40,92 +43,9 @@ ARCH_KEYS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim
 RECORD_FILE = "init_from.json"
 
 
-@dataclasses.dataclass
-class Source:
-    """What ``init_from`` points at, resolved (configs read, no weights loaded)."""
-
-    kind: str  # checkpoint | hf | gguf
-    path: Path  # the checkpoint dir, HF dir or GGUF file
-    model: ModelConfig
-
-    def weight_files(self) -> list[Path]:
-        if self.kind == "gguf":
-            return [self.path]
-        if self.kind == "hf":
-            index = self.path / "model.safetensors.index.json"
-            if index.is_file():
-                return [self.path / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-            return sorted(p for p in self.path.iterdir()
-                          if p.name == "model.safetensors" or p.name.startswith("pytorch_model") and p.suffix == ".bin")
-        return sorted(p for p in self.path.rglob("*")  # a sharded checkpoint's shards are in state/
-                      if p.is_file() and (p.parent == self.path and p.name.startswith("model.") or p.suffix == ".distcp"))
-
-
-def resolve_source(path: str | Path) -> Source:
-    """The :class:`Source` at ``path``; UserError (one line) for anything we cannot continue from."""
-    from llama_jreg.analysis.load import _latest_checkpoint
-    from llama_jreg.config import from_yaml
-    from llama_jreg.interop.hf import config_from_hf, read_config_json
-
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise UserError(f"init_from={path}: no such file or directory; give a checkpoint, a run dir, an HF Llama "
-                        "dir or a .gguf file")
-    p = p.resolve()
-    if p.is_file():
-        if p.suffix != ".gguf":
-            raise UserError(f"init_from={path} is a file but not a .gguf; give a checkpoint, a run dir, an HF Llama "
-                            "dir or a .gguf file")
-        return Source("gguf", p, _gguf_model_config(p))
-    if (p / "checkpoints").is_dir() and not (p / "config.yaml").is_file():
-        p = _latest_checkpoint(p)
-    if (p / "config.yaml").is_file():
-        return Source("checkpoint", p, from_yaml(p / "config.yaml").model)
-    if (p / "config.json").is_file():
-        try:
-            return Source("hf", p, config_from_hf(read_config_json(p)))
-        except UserError as e:
-            raise UserError(f"init_from={path}: {e}") from None
-    ggufs = sorted(p.glob("*.gguf"))
-    if len(ggufs) == 1:
-        return Source("gguf", ggufs[0], _gguf_model_config(ggufs[0]))
-    raise UserError(f"init_from={path} is not a model: expected a checkpoint dir (config.yaml), a run dir "
-                    "(checkpoints/), an HF Llama dir (config.json) or a .gguf file")
-
-
-def _gguf_model_config(path: Path) -> ModelConfig:
-    """The GGUF's architecture (refused unless Llama) after checking that every tensor can be de-quantised."""
-    try:
-        import gguf
-        from gguf.quants import _type_traits
-    except ImportError:
-        raise UserError("init_from a GGUF file needs the gguf package: pip install 'llama-jreg[gguf]'") from None
-    from transformers import AutoConfig
-
-    from llama_jreg.interop.hf import config_from_hf
-
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as e:  # noqa: BLE001 - the gguf reader raises many kinds for a bad file
-        raise UserError(f"init_from={path}: not a readable GGUF file ({str(e).splitlines()[0] if str(e) else e!r})")
-    field = reader.fields.get("general.architecture")
-    arch = bytes(field.parts[field.data[0]]).decode() if field is not None else "unknown"
-    if arch != "llama":
-        raise UserError(f"init_from={path}: GGUF architecture {arch!r} is not supported; only 'llama' GGUF files "
-                        "(e.g. SmolLM2, TinyLlama) can be continued")
-    plain = {gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16}
-    bad = sorted({t.tensor_type.name for t in reader.tensors if t.tensor_type not in plain | set(_type_traits)})
-    if bad:
-        raise UserError(f"init_from={path}: GGUF quantisation {', '.join(bad)} cannot be de-quantised; use an "
-                        "F32/F16/BF16 or Q4/Q5/Q6/Q8 GGUF")
-    try:
-        hf_cfg = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
-    except Exception as e:  # noqa: BLE001 - transformers raises many kinds for an unreadable gguf
-        raise UserError(f"init_from={path}: cannot read the GGUF config ({str(e).splitlines()[0] if str(e) else e!r})")
-    try:
-        return config_from_hf(hf_cfg)
-    except UserError as e:
-        raise UserError(f"init_from={path}: {e}") from None
+def resolve_source(path: str | Path) -> ModelPath:
+    """What ``init_from=PATH`` points at (``model_path.resolve``: a run dir is its newest intact checkpoint)."""
+    return resolve(path, what="init_from=")
 
 
 def explicit_model_keys(overrides: list[str]) -> tuple[str | None, set[str]]:
@@ -142,74 +62,47 @@ def explicit_model_keys(overrides: list[str]) -> tuple[str | None, set[str]]:
     return group, keys
 
 
-def source_tokenizer(src: Source) -> str | None:
-    """The source's own tokenizer as a path ``load_tokenizer`` reads, or None when it has none."""
-    if src.kind == "gguf":
-        return str(gguf_tokenizer_dir(src.path))
-    for name in ("tokenizer.json", "tokenizer.model"):
-        if (src.path / name).is_file():
-            return str(src.path / name)
-    return None
-
-
-def gguf_tokenizer_dir(path: Path) -> Path:
-    """A directory with the GGUF's vocabulary as tokenizer.json (+ tokenizer_config.json), built once with
-    transformers and cached under ``<cache>/tokenizers/gguf-<name>-<size>``."""
-    from llama_jreg.interop.smollm2 import cache_dir, install_dir
-
-    st = path.stat()
-    out = cache_dir() / "tokenizers" / f"gguf-{path.stem}-{st.st_size}-{int(st.st_mtime)}"
-    if (out / "tokenizer.json").is_file():
-        return out
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    except Exception as e:  # noqa: BLE001 - transformers raises many kinds for an unreadable vocabulary
-        raise UserError(f"init_from={path}: cannot read the GGUF vocabulary ({str(e).splitlines()[0]}); "
-                        "set data.tokenizer") from None
-    return install_dir(out, lambda tmp: tok.save_pretrained(str(tmp)))
-
-
 def apply_init_from(cfg, overrides: list[str]):
     """``cfg`` (a TrainConfig with ``init_from`` set) with the source's architecture and tokenizer. Reads
     configs only. Raises UserError when an explicit ``model.*`` override contradicts the source."""
     src = resolve_source(cfg.init_from)
+    try:
+        source_model = src.model_config()
+    except UserError as e:
+        raise UserError(f"init_from={cfg.init_from}: {e}") from None
     group, keys = explicit_model_keys(overrides)
     user = cfg.model
     checked = set(ARCH_KEYS) if group is not None else keys & set(ARCH_KEYS)
     for key in ARCH_KEYS:
         if key not in checked:
             continue
-        mine, theirs = getattr(user, key), getattr(src.model, key)
+        mine, theirs = getattr(user, key), getattr(source_model, key)
         if key == "head_dim":
-            mine, theirs = user.hd, src.model.hd
+            mine, theirs = user.hd, source_model.hd
         if mine != theirs:
             how = f"model={group} sets {key}={mine}" if key not in keys else f"model.{key}={mine}"
             raise UserError(f"{how} contradicts init_from={cfg.init_from} ({key}={theirs}); the architecture comes "
                             f"from init_from: drop {'model=' + group if key not in keys else 'model.' + key}")
-    max_seq_len = src.model.max_seq_len
+    max_seq_len = source_model.max_seq_len
     if "max_seq_len" in keys or group is not None:
-        if user.max_seq_len > src.model.max_seq_len:
+        if user.max_seq_len > source_model.max_seq_len:
             raise UserError(f"model.max_seq_len={user.max_seq_len} is longer than init_from={cfg.init_from}'s context "
-                            f"({src.model.max_seq_len}); lower it")
+                            f"({source_model.max_seq_len}); lower it")
         max_seq_len = user.max_seq_len
-    name = src.model.name if src.model.name in SIZES else "custom"
-    cfg.model = dataclasses.replace(src.model, name=name, attn_backend=user.attn_backend, max_seq_len=max_seq_len)
+    name = source_model.name if source_model.name in SIZES else "custom"
+    cfg.model = dataclasses.replace(source_model, name=name, attn_backend=user.attn_backend, max_seq_len=max_seq_len)
     given = {o.lstrip("+~").partition("=")[0] for o in overrides}
     if "data.vocab_size" not in given:
         cfg.data.vocab_size = cfg.model.vocab_size
     if "data.induction.vocab_size" not in given:
         cfg.data.induction.vocab_size = cfg.model.vocab_size
     if not cfg.data.tokenizer and cfg.data.source != "induction":
-        tok = source_tokenizer(src)
+        tok = src.tokenizer()
         if tok is None:
             raise UserError(f"init_from={cfg.init_from} has no tokenizer (tokenizer.json / tokenizer.model); set "
                             "data.tokenizer to the one the model was trained with")
         cfg.data.tokenizer = tok
     if cfg.data.tokenizer and cfg.data.source != "induction":
-        from llama_jreg.data.tokenizer import load_tokenizer
-
         tok = load_tokenizer(cfg.data.tokenizer)  # checked here, before anything is written
         if tok.vocab_size > cfg.model.vocab_size:
             raise UserError(f"tokenizer {cfg.data.tokenizer} has {tok.vocab_size} tokens but init_from={cfg.init_from} "
@@ -221,16 +114,8 @@ def apply_init_from(cfg, overrides: list[str]):
 def load_init_weights(model: Llama, path: str | Path) -> dict[str, Any]:
     """Copy the source's weights into ``model`` (built from the source's config); returns the record
     (source, kind, sha256 of every weight file)."""
-    from llama_jreg.analysis.load import load_checkpoint
-    from llama_jreg.interop.hf import load_hf_llama
-    from llama_jreg.train.checkpoint import sha256_file
-
     src = resolve_source(path)
-    if src.kind == "checkpoint":
-        loaded, _, _ = load_checkpoint(src.path)
-    else:
-        loaded, _ = load_hf_llama(src.path, dtype=torch.float32)
-    sd = loaded.state_dict()
+    sd = src.state_dict(torch.float32)
     want = model.state_dict()
     wrong = [k for k in want if k not in sd or sd[k].shape != want[k].shape]
     if wrong:
@@ -239,7 +124,7 @@ def load_init_weights(model: Llama, path: str | Path) -> dict[str, Any]:
     with torch.no_grad():
         for k, v in want.items():
             v.copy_(sd[k].to(v.dtype))
-    del loaded, sd
+    del sd
     return {"init_from": str(path), "source": str(src.path), "kind": src.kind,
             "weights_sha256": {p.name: sha256_file(p) for p in src.weight_files()}}
 

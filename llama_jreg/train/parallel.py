@@ -44,15 +44,11 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from llama_jreg.config import TrainConfig
 from llama_jreg.model import Llama
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+from llama_jreg.train.distributed import is_distributed
 
 
 def parallelize(model: Llama, cfg: TrainConfig, device: torch.device, precision: str = "fp32") -> nn.Module:
@@ -103,24 +99,3 @@ def no_sync(model: nn.Module, skip: bool):
             model.set_requires_gradient_sync(True)
         return
     yield
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over ranks in place (no-op with one process)."""
-    if is_distributed():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-def broadcast_object(obj, src: int = 0):
-    """Rank ``src``'s Python object on every rank."""
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()

@@ -40,10 +40,11 @@ from llama_jreg.loss import IGNORE_INDEX
 from llama_jreg.model import Llama
 from llama_jreg.train import checkpoint as ckpt
 from llama_jreg.train.allocator import tune_cpu_allocator
+from llama_jreg.train.distributed import all_reduce_sum, barrier, broadcast_object
 from llama_jreg.train.init_from import init_model
 from llama_jreg.train.metrics import MetricsLogger, device_peak_flops, flops_per_token, memory_usage
 from llama_jreg.train.optim import Schedule, build_optimizer
-from llama_jreg.train.parallel import all_reduce_sum, barrier, broadcast_object, no_sync, parallelize, unwrap
+from llama_jreg.train.parallel import no_sync, parallelize, unwrap
 from llama_jreg.train.profiling import StepProfiler
 
 # fault injection for tests: comma-separated 1-indexed steps whose loss is made NaN
