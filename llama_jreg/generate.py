@@ -20,7 +20,8 @@ import torch
 
 from llama_jreg import UserError
 from llama_jreg.attention import attention_over_cache
-from llama_jreg.model import Llama, apply_rope
+from llama_jreg.model import Llama
+from llama_jreg.ops import apply_rope
 
 
 @dataclass

@@ -11,7 +11,7 @@
 * ``rmsnorm``: forward + backward of one norm: ``llama_jreg.model.RMSNorm`` (in eager training one autograd
   node with a hand-written backward) vs autograd of the same fp32 formula vs torch's ``F.rms_norm``;
 * ``rope``: RoPE forward (the rotation) of ``tiny``'s queries, (B, H, T, hd) = (tokens / 256, 8, 256, 32):
-  the model's concatenation-free rotation (``llama_jreg.model._rotate``, also RoPE's backward) vs
+  the model's concatenation-free rotation (``llama_jreg.ops.rotate``, also RoPE's backward) vs
   ``x * cos + rotate_half(x) * sin`` with ``rotate_half`` = ``cat(-x2, x1)`` (HF's formula);
 * ``mlp``: forward + backward of the SwiGLU MLP: gate/up as one matmul over concatenated weights vs two
   matmuls (``llama_jreg.model.SwiGLU``);
@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llama_jreg.data.synthetic import BigramModel
 from llama_jreg.loss import auto_chunk_tokens, linear_cross_entropy
-from llama_jreg.model import Llama, RMSNorm, SwiGLU, _rotate, _rotate_formula, config_for_size, rope_tables
+from llama_jreg.model import Llama, RMSNorm, SwiGLU, config_for_size, rope_tables
+from llama_jreg.ops import rotate, rotate_formula
 from llama_jreg.train.allocator import tune_cpu_allocator
 
 
@@ -113,8 +114,8 @@ def bench_rope(args) -> None:
     cos, sin = cos[:256], sin[:256]
     x = torch.randn(max(1, args.tokens // 256), cfg.n_heads, 256, cfg.hd)
     report(f"RoPE rotation, {tuple(x.shape)}",
-           interleaved({"concatenation-free (llama_jreg.model._rotate)": lambda: _rotate(x, cos, sin),
-                        "x cos + cat(-x2, x1) sin": lambda: _rotate_formula(x, cos, sin)},
+           interleaved({"concatenation-free (llama_jreg.ops.rotate)": lambda: rotate(x, cos, sin),
+                        "x cos + cat(-x2, x1) sin": lambda: rotate_formula(x, cos, sin)},
                        args.rounds, args.iters * 4))
 
 

@@ -7,10 +7,11 @@ import torch
 from omegaconf import OmegaConf
 
 import llama_jreg.model as model_mod
-from llama_jreg import UserError
+from llama_jreg import UserError, ops
 from llama_jreg.attention import HAS_FLASH_ATTN, attention
 from llama_jreg.config import CONFIG_DIR
-from llama_jreg.model import SIZES, Llama, ModelConfig, RMSNorm, config_for_size, stream_cosines, token_cosine
+from llama_jreg.model import SIZES, Llama, ModelConfig, RMSNorm, config_for_size
+from llama_jreg.ops import stream_cosines, token_cosine
 
 
 def tiny(**kw) -> ModelConfig:
@@ -254,14 +255,14 @@ def test_rmsnorm_node_gradcheck_and_mixed_dtypes():
     with torch.no_grad():
         norm.weight.normal_(1.0, 0.3)
     x = torch.randn(2, 5, 12, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, w: model_mod._RMSNorm.apply(a, w, 1e-5), (x, norm.weight))
-    assert torch.autograd.gradgradcheck(lambda a, w: model_mod._RMSNorm.apply(a, w, 1e-5), (x, norm.weight))
+    assert torch.autograd.gradcheck(lambda a, w: ops.rms_norm(a, w, 1e-5), (x, norm.weight))
+    assert torch.autograd.gradgradcheck(lambda a, w: ops.rms_norm(a, w, 1e-5), (x, norm.weight))
     assert norm(x).grad_fn.name().startswith("_RMSNorm")  # the node is what eager training runs
 
     w = torch.nn.Parameter(torch.randn(48) * 0.3 + 1)
     x = (torch.randn(4, 48) * 3).bfloat16().requires_grad_()
     xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
-    out, ref = model_mod._RMSNorm.apply(x, w, 1e-5), _rmsnorm_reference(xr, wr, 1e-5)
+    out, ref = ops.rms_norm(x, w, 1e-5), _rmsnorm_reference(xr, wr, 1e-5)
     assert out.dtype == ref.dtype == torch.float32
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     g = torch.randn_like(out)
@@ -279,15 +280,15 @@ def test_rope_rotation_matches_the_rotate_half_formula(dtype):
     cos, sin = model_mod.rope_tables(cfg)
     cos, sin = cos[:20], sin[:20]
     x = torch.randn(2, 3, 20, cfg.hd).to(dtype)
-    ref = model_mod._rotate_formula(x, cos, sin).to(dtype)
-    torch.testing.assert_close(model_mod._rotate(x, cos, sin), ref, rtol=0, atol=0)
-    inv_ref = model_mod._rotate_formula(x, cos, -sin).to(dtype)
-    torch.testing.assert_close(model_mod._rotate(x, cos, sin, inverse=True), inv_ref, rtol=0, atol=0)
+    ref = ops.rotate_formula(x, cos, sin).to(dtype)
+    torch.testing.assert_close(ops.rotate(x, cos, sin), ref, rtol=0, atol=0)
+    inv_ref = ops.rotate_formula(x, cos, -sin).to(dtype)
+    torch.testing.assert_close(ops.rotate(x, cos, sin, inverse=True), inv_ref, rtol=0, atol=0)
     if dtype == torch.float64:  # fp64 tables (cos^2 + sin^2 = 1 to fp64): the inverse undoes the rotation
         angles = torch.outer(torch.arange(20, dtype=torch.float64), model_mod.rope_inv_freq(cfg)).repeat(1, 2)
         c64, s64 = angles.cos(), angles.sin()
-        back = model_mod._rotate(model_mod._rotate(x, c64, s64), c64, s64, inverse=True)
+        back = ops.rotate(ops.rotate(x, c64, s64), c64, s64, inverse=True)
         torch.testing.assert_close(back, x, rtol=1e-12, atol=1e-12)
         xg = x.clone().requires_grad_()
-        assert torch.autograd.gradcheck(lambda a: model_mod.apply_rope(a, c64, s64), (xg,))
-        assert torch.autograd.gradgradcheck(lambda a: model_mod.apply_rope(a, c64, s64), (xg,))
+        assert torch.autograd.gradcheck(lambda a: ops.apply_rope(a, c64, s64), (xg,))
+        assert torch.autograd.gradgradcheck(lambda a: ops.apply_rope(a, c64, s64), (xg,))
