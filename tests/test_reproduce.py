@@ -70,7 +70,7 @@ def test_report_tables_findings_and_plots(sweep, tmp_path):
     results = [study.run_result(r, "induction", evals[r.name]) for r in runs]
     found = study.findings(results)
     tags = {t for t, _ in found}
-    assert tags <= {"supports", "contradicts", "noise"}
+    assert tags <= {"supports", "contradicts", "mechanical", "identical", "noise"}
     # E2 (lambda = 0 emergence) and E3 (lambda = 1 vs 0: zeta, loss, lens, early exit, induction)
     assert sum(s.startswith("C2 · E2, induction, λ = 0:") for _, s in found) == 1
     claims = [s.split(" · ")[0] for _, s in found if " · E3, induction, jump λ = 1:" in s]
@@ -102,7 +102,11 @@ def test_report_tables_findings_and_plots(sweep, tmp_path):
     one = [r for r in results if r["jreg.weight"] == 1]
     m1 = sum(r["val_loss"] for r in one) / 2
     z1 = sum(r["val_zeta_L"] for r in one) / 2
-    assert f"| {m1:.4f} ± " in srows[1] and f"| {100 * (m1 - mean) / mean:+.2f} % |" in srows[1]
+    (c4,) = [r.test for r in study.readings(results) if r.claim == "C4"]  # the loss test, paired by seed
+    assert c4.kind == "paired" and c4.diffs == pytest.approx(
+        [o["val_loss"] - b["val_loss"] for o, b in zip(sorted(one, key=lambda r: r["seed"]),
+                                                       sorted(base, key=lambda r: r["seed"]))])
+    assert f"| {m1:.4f} ± " in srows[1] and f"| {100 * (m1 - mean) / mean:+.2f} % ({study._TESTED[c4.verdict]})" in srows[1]
     assert f"| {z1:.3f} ± " in srows[1] and "(step 1)" in srows[1]
 
 
