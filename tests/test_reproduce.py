@@ -155,6 +155,8 @@ def test_compare_paired_by_seed():
     # sd = 0: the same nonzero difference in every seed is no test; equal values are "identical"
     same = study.compare({1: 1.01, 2: 2.01}, {1: 1.0, 2: 2.0})
     assert same.verdict == "no spread" and same.p is None and "no test" in same.says(3)
+    # differences of float-rounding size spread by rounding only: no test, not a "resolved" effect
+    assert study.compare({1: 3.0 + 4.4e-16, 2: 3.0 + 8.8e-16}, {1: 3.0, 2: 3.0}).verdict == "no spread"
     ident = study.compare({1: 1.0, 2: 2.0}, {1: 1.0, 2: 2.0})
     assert ident.verdict == "identical" and ident.identical and "identical values" in ident.says(3)
     assert study.compare({1: 1.0, 2: 3.0}, {1: 2.0, 2: 2.0}).verdict == "noise"  # one up, one down
