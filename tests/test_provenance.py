@@ -48,8 +48,8 @@ def test_record_start_replaces_on_a_fresh_run_and_appends_on_resume(tmp_path):
 
 
 def test_a_run_records_what_made_it_and_the_study_lists_it(tmp_path):
-    """A real run writes provenance.json at its start and appends at a resume; the study's report names the
-    commit (this checkout's HEAD and dirty flag)."""
+    """A real run writes provenance.json at its start and appends at a resume (not when a finished run is only
+    reopened); the study's report names the commit (this checkout's HEAD and dirty flag)."""
     run = tmp_path / "run"
     run_inprocess(tiny(run, "trainer.max_steps=2", "trainer.ckpt_every=2"))
     (start,) = read_provenance(run)
@@ -57,6 +57,8 @@ def test_a_run_records_what_made_it_and_the_study_lists_it(tmp_path):
     assert (start["commit"], start["dirty"], start["step"]) == (commit, dirty, 0) and commit is not None
     assert start["world_size"] == 1 and start["argv"] and start["time"].endswith("Z")
     run_inprocess(tiny(run, "trainer.max_steps=3", "trainer.ckpt_every=3", "resume=auto"))
+    assert [s["step"] for s in read_provenance(run)] == [0, 2]
+    run_inprocess(tiny(run, "trainer.max_steps=3", "trainer.ckpt_every=3", "resume=auto"))  # finished: reopened
     assert [s["step"] for s in read_provenance(run)] == [0, 2]
     res = study.run_result(run, "text")
     assert [p["commit"] for p in res["provenance"]] == [commit, commit]

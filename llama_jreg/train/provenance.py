@@ -1,5 +1,6 @@
 """What made a run: ``run.dir/provenance.json``, one entry per start of the run (the first start, then every
-resume), written by rank 0 once the run dir and its ``config.yaml`` are in place.
+resume that still has steps to train; reopening a finished run adds nothing), written by rank 0 once the run dir
+and its ``config.yaml`` are in place.
 
 Each entry: ``time`` (UTC), ``step`` (0, or the step resumed from), ``command`` (``sys.argv`` as one shell
 line) and ``argv``, ``cwd``, ``world_size``, the versions of llama_jreg / Python / torch, and the code's git
