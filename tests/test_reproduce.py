@@ -16,6 +16,7 @@ import pytest
 
 from llama_jreg.analysis import study
 from llama_jreg.cli import main as cli
+from llama_jreg.train.provenance import git_state
 from tests.test_train_helpers import REPO, TINY, env_for_subprocess, rows
 
 
@@ -329,7 +330,11 @@ def test_pipeline_end_to_end(tmp_path):
         assert f"{r['val_loss']:.4f}" in md
     (e1,) = res["e1"]
     assert e1["name"] == "SmolLM2-135M-Instruct" and len(e1["psi"]) == 30 and "SmolLM2-135M-Instruct" in md
-    assert "### What our numbers support" in md and "## Headline table" in md
+    assert "### What our numbers support" in md and "## Headline table" in md and "**Comparisons made: " in md
+    commit, dirty = git_state(REPO)  # every run says it was made by this checkout, at its first start
+    assert all([(p["commit"], p["dirty"], p["step"]) for p in r["provenance"]] == [(commit, dirty, 0)]
+               for r in res["runs"])
+    assert f"* **Code** (the runs' `provenance.json`): {commit[:12]} (" in md and "): 6 run(s)\n" in md
     timing = [json.loads(x) for x in (out / "timing.jsonl").read_text().splitlines()]
     assert {t["stage"] for t in timing} == {"train:text_jump", "train:induction_jump", "e1", "eval", "report"}
     assert all(t["lanes"] == 2 and t["rc"] == 0 for t in timing if t["stage"].startswith("train:"))
