@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import random
+import shutil
+import statistics
 import subprocess
 import sys
 
@@ -12,6 +16,7 @@ import pytest
 
 from llama_jreg.analysis import study
 from llama_jreg.cli import main as cli
+from llama_jreg.train.provenance import git_state
 from tests.test_train_helpers import REPO, TINY, env_for_subprocess, rows
 
 
@@ -52,7 +57,9 @@ def test_run_result_copies_the_metrics(sweep):
         assert [h["step"] for h in res["history"]] == [1, 2, 3]
         ej = evals[run.name]
         assert res["lens_loss"] == [r["loss"] for r in ej["lens"]] and len(res["lens_loss"]) == 3
-        assert res["lens_mid_loss"] == ej["lens"][1]["loss"]  # a 2-layer model has one intermediate stream
+        # a 2-layer model has one intermediate stream, h1, and no middle layers 2..L-1
+        assert res["lens_h1_loss"] == ej["lens"][1]["loss"] and res["lens_mid_loss"] is None
+        assert res["n_layers"] == 2 and res["tasks"] == []
         assert res["induction_accuracy"] == ej["induction"]["accuracy"]
         assert res["early_exit_saving"] == ej["saturation"]["early_exit_blocks_saved"]
         assert (res["jreg.weight"], res["seed"]) == ({"0": 0.0, "1": 1.0}[run.name.rsplit("=", 1)[1]],
@@ -64,7 +71,7 @@ def test_report_tables_findings_and_plots(sweep, tmp_path):
     results = [study.run_result(r, "induction", evals[r.name]) for r in runs]
     found = study.findings(results)
     tags = {t for t, _ in found}
-    assert tags <= {"supports", "contradicts", "noise"}
+    assert tags <= {"supports", "contradicts", "mechanical", "identical", "noise"}
     # E2 (lambda = 0 emergence) and E3 (lambda = 1 vs 0: zeta, loss, lens, early exit, induction)
     assert sum(s.startswith("C2 · E2, induction, λ = 0:") for _, s in found) == 1
     claims = [s.split(" · ")[0] for _, s in found if " · E3, induction, jump λ = 1:" in s]
@@ -76,13 +83,17 @@ def test_report_tables_findings_and_plots(sweep, tmp_path):
     md = study.render_report(meta, results, [], figs, lambda p: p.name)
     table = md.split("## Headline table")[1].split("\n## ")[0]
     body = [ln for ln in table.splitlines() if ln.startswith("| induction")]
-    assert len(body) == 4 + 2  # one row per run + one mean ± sd row per lambda
+    assert len(body) == 4 + 2 + 2  # one row per run + one mean ± sd row and one 95 % CI row per lambda
     for r in results:  # every run's numbers are in its row, as formatted
         row = next(ln for ln in body if f"| {r['jreg.weight']:g} | {r['seed']} |" in ln)
         assert f"{r['val_loss']:.4f}" in row and f"{r['val_zeta_L']:.3f}" in row and f"{r['psi_L']:.4f}" in row
     base = [r for r in results if r["jreg.weight"] == 0]
     mean = sum(r["val_loss"] for r in base) / 2
     assert f"**{mean:.4f} ± " in next(ln for ln in body if "| 0 | **mean" in ln)
+    sd = statistics.stdev(r["val_loss"] for r in base)
+    half = 12.7062047 * sd / math.sqrt(2)  # t_{0.975, 1} = tan(0.475 pi)
+    assert f"| [{mean - half:.4f}, {mean + half:.4f}] |" in next(ln for ln in body if "| 0 | 95 % CI (t, 1 df)" in ln)
+    assert "**Comparisons made: " in md and "Holm" in md
     assert all(f"({p.name})" in md for p in figs.values())
     # the summary: one row per lambda with the means over the seeds and the loss change against lambda = 0
     summary = study.summary_table(results)
@@ -92,7 +103,11 @@ def test_report_tables_findings_and_plots(sweep, tmp_path):
     one = [r for r in results if r["jreg.weight"] == 1]
     m1 = sum(r["val_loss"] for r in one) / 2
     z1 = sum(r["val_zeta_L"] for r in one) / 2
-    assert f"| {m1:.4f} ± " in srows[1] and f"| {100 * (m1 - mean) / mean:+.2f} % |" in srows[1]
+    (c4,) = [r.test for r in study.readings(results) if r.claim == "C4"]  # the loss test, paired by seed
+    assert c4.kind == "paired" and c4.diffs == pytest.approx(
+        [o["val_loss"] - b["val_loss"] for o, b in zip(sorted(one, key=lambda r: r["seed"]),
+                                                       sorted(base, key=lambda r: r["seed"]))])
+    assert f"| {m1:.4f} ± " in srows[1] and f"| {100 * (m1 - mean) / mean:+.2f} % ({study._TESTED[c4.verdict]})" in srows[1]
     assert f"| {z1:.3f} ± " in srows[1] and "(step 1)" in srows[1]
 
 
@@ -119,22 +134,139 @@ def test_readme_table_writer(tmp_path):
     assert bad.returncode == 2 and "no results-summary block" in bad.stderr.splitlines()[-1]
 
 
-def test_compare_rule():
-    a, b = study.Stat([1.0, 1.1]), study.Stat([2.0, 2.1])
-    assert study.compare(a, b).verdict == "lower" and study.compare(b, a).verdict == "higher"
-    assert study.compare(study.Stat([1.0, 2.5]), b).verdict == "noise"  # overlapping seed ranges
-    assert study.compare(study.Stat([1.0]), b).verdict == "one seed"
-    c = study.compare(study.Stat([1.0, 1.0]), study.Stat([1.0 + 1e-9, 1.0 + 1e-9]))
-    assert c.verdict == "lower"  # no spread at all: any separation counts
-    # paired by seed: a consistent per-seed shift is told apart even when the seeds themselves spread widely
+def test_compare_paired_by_seed():
+    """Paired t-test with n - 1 degrees of freedom; sd = 0 gives no verdict unless the values are identical."""
+    # a consistent shift in both seeds of a wide seed spread: t(1) = 5.2, p = 0.12: not resolved at 2 seeds
     a, b = {1: 3.8602, 2: 3.7844}, {1: 3.8375, 2: 3.7690}
-    assert study.compare(study.Stat(list(a.values())), study.Stat(list(b.values()))).verdict == "noise"
-    p = study.paired(a, b)
-    assert p.verdict == "higher" and p.diffs == pytest.approx([0.0227, 0.0154])
-    assert "higher in 2 of 2 seeds: higher" in p.says(4)
-    assert study.paired({1: 1.0, 2: 3.0}, {1: 2.0, 2: 2.0}).verdict == "noise"  # one up, one down
-    assert study.paired({1: 1.0, 2: 1.1}, {1: 1.0, 2: 1.0}).verdict == "noise"  # one seed shows no change
-    assert study.paired({1: 1.0, 3: 1.1}, {1: 1.0, 2: 1.0}) is None  # fewer than 2 common seeds
+    t = study.compare(a, b)
+    assert t.kind == "paired" and t.diffs == pytest.approx([0.0227, 0.0154]) and t.df == 1
+    tt = statistics.fmean(t.diffs) / (statistics.stdev(t.diffs) / math.sqrt(2))
+    assert t.t == pytest.approx(tt)
+    assert t.p == pytest.approx(1 - 2 / math.pi * math.atan(tt))  # t with 1 df is the Cauchy distribution
+    assert t.verdict == "noise" and t.p_sign == 0.5
+    lo, hi = t.ci95
+    assert (lo, hi) == pytest.approx((t.diff - 12.7062047 * t.se, t.diff + 12.7062047 * t.se))
+    assert "higher in 2 of 2" in t.says(4) and "not resolved" in t.says(4)
+    # 6 seeds, a shift much larger than its spread: resolved, and the exact sign-flip test agrees (2/64)
+    b6 = {s: 3.0 + 0.1 * s for s in range(6)}
+    a6 = {s: v + 0.02 + 0.001 * (-1) ** s for s, v in b6.items()}
+    t6 = study.compare(a6, b6)
+    assert t6.verdict == "higher" and t6.p < 1e-4 and t6.p_sign == pytest.approx(2 / 64)
+    assert study.compare(b6, a6).verdict == "lower"
+    # sd = 0: the same nonzero difference in every seed is no test; equal values are "identical"
+    same = study.compare({1: 1.01, 2: 2.01}, {1: 1.0, 2: 2.0})
+    assert same.verdict == "no spread" and same.p is None and "no test" in same.says(3)
+    # differences of float-rounding size spread by rounding only: no test, not a "resolved" effect
+    assert study.compare({1: 3.0 + 4.4e-16, 2: 3.0 + 8.8e-16}, {1: 3.0, 2: 3.0}).verdict == "no spread"
+    ident = study.compare({1: 1.0, 2: 2.0}, {1: 1.0, 2: 2.0})
+    assert ident.verdict == "identical" and ident.identical and "identical values" in ident.says(3)
+    assert study.compare({1: 1.0, 2: 3.0}, {1: 2.0, 2: 2.0}).verdict == "noise"  # one up, one down
+    # fewer than 2 common seeds: Welch's unpaired test; one seed per cell: no test
+    w = study.compare({1: 1.0, 3: 1.2, 5: 1.1}, {2: 2.0, 4: 2.3})
+    va, vb = statistics.variance([1.0, 1.2, 1.1]) / 3, statistics.variance([2.0, 2.3]) / 2
+    assert w.kind == "unpaired" and w.se == pytest.approx(math.sqrt(va + vb))
+    assert w.df == pytest.approx((va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 1))
+    assert study.compare({1: 1.0}, {2: 2.0}).verdict == "one seed"
+    assert study.compare({}, {2: 2.0}) is None
+
+
+def test_paired_rule_false_positive_rate_is_its_alpha():
+    """With no effect (both cells drawn from one distribution, a per-seed offset shared by the pair), the paired
+    test at 2 seeds calls a difference in about 5 % of the comparisons, and Holm over a family of 10 keeps the
+    chance of any false call in the family near 5 %."""
+    rng = random.Random(0)
+
+    def null_pair(n):
+        base = [rng.gauss(0, 1) for _ in range(n)]
+        return ({s: base[s] + rng.gauss(0, 0.1) for s in range(n)}, {s: base[s] + rng.gauss(0, 0.1) for s in range(n)})
+
+    calls = sum(study.compare(*null_pair(2)).verdict in ("higher", "lower") for _ in range(4000))
+    assert 0.035 < calls / 4000 < 0.065
+    families = 0
+    for _ in range(600):
+        tests = [study.compare(*null_pair(3)) for _ in range(10)]
+        rd = [study.Reading("C9", "x", t, "lower") for t in tests]
+        study.holm_adjust(rd)
+        assert all(t.m == 10 for t in tests)
+        families += any(t.verdict in ("higher", "lower") for t in tests)
+    assert families / 600 < 0.08
+
+
+def _result(cell: str, w: float, seed: int, lens: list[float], **kw) -> dict:
+    """A run's figures as run_result gives them (data for the analysis functions)."""
+    mode = {"jump": "jump", "final": "final"}.get(cell, "weighted")
+    return {"experiment": "text", "cell": cell, "jreg.mode": mode, "jreg.weighting": "linear", "jreg.weight": w,
+            "jreg.l0": 2, "jreg.last_k": 2, "seed": seed, "complete": True, "n_layers": len(lens) - 1,
+            "lens_loss": lens, "history": [], "tokens": 100, "max_steps": 10, "run_dir": "sweep/run",
+            **kw}
+
+
+def test_penalised_layers_and_mechanical_readings():
+    """The layers a penalty acts on directly; a better lens reading there is filed as mechanical, a better one
+    elsewhere supports C5, layer 1 is read apart from the middle layers, and Holm runs within each claim."""
+    r = _result("final", 0.1, 1, [0.0] * 7)
+    assert study.penalised_psi(r) == {6} and study.penalised_streams(r) == {5, 6}
+    assert study.penalised_streams({**r, "jreg.mode": "jump"}) == set(range(7))
+    assert study.penalised_streams({**r, "jreg.mode": "jump", "jreg.l0": 4}) == {2, 3, 4, 5, 6}
+    assert study.penalised_streams({**r, "jreg.mode": "weighted", "jreg.weighting": "last_k"}) == {4, 5, 6}
+    assert study.penalised_streams({**r, "jreg.weight": 0.0}) == set()
+    # 6 seeds; `final` lowers h3 and h5 (= h_(L-1), which it acts on) by 0.5 and raises h1 by 0.3
+    rng = random.Random(1)
+    base, fin = [], []
+    for s in range(6):
+        lens = [8.0, 6.0, 5.5, 5.0, 4.6, 4.3, 4.0]
+        noise = [rng.gauss(0, 0.01) for _ in lens]
+        base.append(_result("jump", 0.0, s, [x + e for x, e in zip(lens, noise)], val_loss=4.0 + 0.01 * s))
+        shift = [0.0, 0.3, 0.0, -0.5, 0.0, -0.5, 0.0]
+        fin.append(_result("final", 0.1, s, [x + e + d + rng.gauss(0, 0.01) for x, e, d in zip(lens, noise, shift)],
+                           val_loss=4.0 + 0.01 * s + rng.gauss(0, 0.001)))
+    rd = [x for x in study.readings(base + fin) if x.claim == "C5"]
+    by = {x.key[3]: x for x in rd}
+    assert set(by) == {"lens_h1", "lens_mid_free", "lens_mid_acted"}
+    assert "middle layers h2–h4" in by["lens_mid_free"].text and "middle layers h5" in by["lens_mid_acted"].text
+    assert by["lens_mid_free"].tag == "supports"
+    assert float(by["lens_mid_free"].note.split("largest change of one layer: h3 ")[1]) == pytest.approx(-0.5, abs=0.03)
+    assert by["lens_mid_acted"].tag == "mechanical" and "[mechanical" in by["lens_mid_acted"].text
+    assert by["lens_h1"].tag == "contradicts" and "layer 1 (h1)" in by["lens_h1"].text
+    assert {x.test.m for x in rd} == {3}  # one Holm family: C5's three tests
+    found = study.findings(base + fin)
+    assert any(t == "mechanical" and "h5" in s for t, s in found)
+    table = study.lens_change_table(base + fin)
+    row = next(ln for ln in table.splitlines() if ln.startswith("| text | final |"))
+    cols = [c.strip() for c in row.strip("|").split("|")][3:]
+    assert float(cols[2]) == pytest.approx(-0.5, abs=0.03)  # h3: not acted on, no mark
+    assert cols[4].endswith(" (m)") and float(cols[4][:-4]) == pytest.approx(-0.5, abs=0.03)  # h5 = h_(L-1)
+    assert float(cols[0]) == pytest.approx(0.3, abs=0.03)  # h1: worse, never marked
+    md = study.render_report({"title": "t", "command": "c", "machine": "m", "date": "d", "wall": "w"},
+                             base + fin, [], {}, str)
+    assert "### What the penalty does by construction" in md and "**Comparisons made: " in md
+    assert "over the 2 claims tested at most 10 %" in md  # C4 (val loss) and C5
+
+
+def test_task_rows_reach_the_summary_and_findings(sweep, tmp_path):
+    """`kind=task` rows of a run's metrics.jsonl (the in-training task evaluation) become task_<name>_accuracy
+    (the last evaluation), a column of the summary and headline tables, and C6 comparisons."""
+    runs, evals = sweep
+    results = []
+    for i, run in enumerate(runs):
+        copy = tmp_path / run.name
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints"))
+        w = float(run.name.rsplit("=", 1)[1])
+        with open(copy / "metrics.jsonl", "a") as f:
+            for step, acc in ((2, 0.1), (3, 0.25 + 0.5 * w + 0.01 * i)):
+                f.write(json.dumps({"kind": "task", "step": step, "task": "cloze", "accuracy": acc, "n": 40,
+                                    "seconds": 0.5}) + "\n")
+        results.append(study.run_result(copy, "text", evals[run.name]))
+    for i, r in enumerate(results):
+        assert r["tasks"] == ["cloze"] and r["task_cloze_step"] == 3 and r["task_cloze_n"] == 40
+        assert r["task_cloze_accuracy"] == 0.25 + 0.5 * r["jreg.weight"] + 0.01 * i
+    summary = study.summary_table(results)
+    assert summary.splitlines()[0].endswith("| task: cloze |")
+    acc1 = [r["task_cloze_accuracy"] for r in results if r["jreg.weight"] == 1]
+    assert summary.splitlines()[3].endswith(f"| {statistics.fmean(acc1):.3f} ± {statistics.stdev(acc1):.3f} |")
+    assert "| task: cloze |" in study.headline_table(results).splitlines()[0]
+    c6 = [s for t, s in study.findings(results) if s.startswith("C6 · E3, text, jump λ = 1: cloze accuracy")]
+    assert len(c6) == 1 and "(task evaluation, step 3)" in c6[0] and "paired by seed (n = 2)" in c6[0]
 
 
 def test_cpu_plan_keeps_its_run_names(tmp_path):
@@ -198,7 +330,11 @@ def test_pipeline_end_to_end(tmp_path):
         assert f"{r['val_loss']:.4f}" in md
     (e1,) = res["e1"]
     assert e1["name"] == "SmolLM2-135M-Instruct" and len(e1["psi"]) == 30 and "SmolLM2-135M-Instruct" in md
-    assert "### What our numbers support" in md and "## Headline table" in md
+    assert "### What our numbers support" in md and "## Headline table" in md and "**Comparisons made: " in md
+    commit, dirty = git_state(REPO)  # every run says it was made by this checkout, at its first start
+    assert all([(p["commit"], p["dirty"], p["step"]) for p in r["provenance"]] == [(commit, dirty, 0)]
+               for r in res["runs"])
+    assert f"* **Code** (the runs' `provenance.json`): {commit[:12]} (" in md and "): 6 run(s)\n" in md
     timing = [json.loads(x) for x in (out / "timing.jsonl").read_text().splitlines()]
     assert {t["stage"] for t in timing} == {"train:text_jump", "train:induction_jump", "e1", "eval", "report"}
     assert all(t["lanes"] == 2 and t["rc"] == 0 for t in timing if t["stage"].startswith("train:"))

@@ -46,6 +46,7 @@ from llama_jreg.train.metrics import MetricsLogger, device_peak_flops, flops_per
 from llama_jreg.train.optim import Schedule, build_optimizer
 from llama_jreg.train.parallel import no_sync, parallelize, unwrap
 from llama_jreg.train.profiling import StepProfiler
+from llama_jreg.train.provenance import record_start
 
 # fault injection for tests: comma-separated 1-indexed steps whose loss is made NaN
 INJECT_NONFINITE_ENV = "LLAMA_JREG_INJECT_NONFINITE"
@@ -175,6 +176,8 @@ class Trainer:
             self.wandb_run_id = broadcast_object(_new_run_id() if self.is_main else None)
         self.last_saved_step = self.step if self.resumed_from is not None else -1
         self._write_run_file("config.yaml")  # only now: a failed start leaves an existing run's config intact
+        record_start(self.run_dir, self.step, self.resumed_from is not None, self.world,  # not for a finished run
+                     enabled=self.is_main and self.step < t.max_steps)
         self.metrics.start_wandb(cfg.logger, self.run_dir, self.wandb_run_id, _plain_config(cfg))
 
         self.inject_nonfinite = {int(s) for s in os.environ.get(INJECT_NONFINITE_ENV, "").split(",") if s.strip()}
