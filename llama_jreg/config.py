@@ -35,6 +35,9 @@ class OptimConfig:
     decay_norms_and_embeddings: bool = False  # weight decay off for norms and embeddings by default
     fused: bool | None = None  # None = fused AdamW on CUDA and CPU, foreach elsewhere
     grad_clip: float = 1.0  # 0 = off
+    # z-loss (PaLM, OLMo): adds z_loss * mean over target tokens of logsumexp(logits)^2 to the training loss,
+    # inside the fused LM head + loss (llama_jreg/loss.py); logged as z_loss. 0 = off (bit-identical)
+    z_loss: float = 0.0
 
 
 @dataclass
@@ -179,6 +182,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UserError(f"unknown trainer.device={t.device!r}; choose auto, cpu or cuda")
     if cfg.optim.lr <= 0:
         raise UserError(f"optim.lr={cfg.optim.lr} must be > 0")
+    if not cfg.optim.z_loss >= 0:  # also refuses nan
+        raise UserError(f"optim.z_loss={cfg.optim.z_loss} must be >= 0 (0 = off; 1e-4 is the usual value)")
     if cfg.schedule.name not in ("cosine", "wsd", "constant"):
         raise UserError(f"unknown schedule {cfg.schedule.name!r}; choose schedule=cosine|wsd|constant")
     if cfg.logger.name not in ("none", "wandb"):

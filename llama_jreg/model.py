@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from llama_jreg import UserError
 from llama_jreg.attention import BACKENDS, attention, check_backend
-from llama_jreg.loss import linear_cross_entropy
+from llama_jreg.loss import linear_cross_entropy, linear_cross_entropy_z
 
 
 @dataclass
@@ -131,8 +131,13 @@ class ModelOutput(NamedTuple):
     cos_post_norm: torch.Tensor | None = None
     # [h_0, ..., h_L] residual streams (pre final norm), only with return_hidden=True
     hidden: list[torch.Tensor] | None = None
-    # summed fp32 cross-entropy over the target tokens (label -100 ignored), only when ``labels`` were given
+    # summed fp32 cross-entropy over the target tokens (label -100 ignored), only when ``labels`` were given;
+    # with ``z_loss > 0`` the summed training loss CE + z_loss * lse^2 (its parts: ``ce`` and ``lse_sq``)
     loss: torch.Tensor | None = None
+    # with labels and z_loss > 0 only: the summed CE and the summed squared log-sum-exp of the target tokens'
+    # logits, both detached (for logging)
+    ce: torch.Tensor | None = None
+    lse_sq: torch.Tensor | None = None
 
 
 class _TokenCosine(torch.autograd.Function):
@@ -481,12 +486,14 @@ class Llama(nn.Module):
         return_hidden: bool = False,
         labels: torch.Tensor | None = None,
         loss_chunk_tokens: int | None = None,
+        z_loss: float = 0.0,
     ) -> ModelOutput:
         """tokens: (B, T) int64. ``stats``: False (default), True/"detached" (fp32 cosines for logging, no
         gradient) or "grad" (cosines that carry gradient, for JREG). ``labels`` (B, T) with -100 = ignore:
         return the summed cross-entropy in ``loss`` through the fused chunked LM head + loss
         (``llama_jreg.loss.linear_cross_entropy``; ``loss_chunk_tokens`` tokens per chunk, None = auto,
-        0 = materialised logits) and no logits."""
+        0 = materialised logits) and no logits. ``z_loss``: add ``z_loss * logsumexp(logits)^2`` per target token
+        to that sum, in the same fused pass (``ce`` and ``lse_sq`` then hold its two parts)."""
         T = tokens.shape[1]
         if T > self.cfg.max_seq_len:
             raise UserError(
@@ -513,13 +520,17 @@ class Llama(nn.Module):
                 streams.append(h)
         hidden = streams if return_hidden else None
         h_final = self.norm(h)
+        ce = lse_sq = None
         if labels is None:
             logits, loss = self.output(h_final), None
+        elif z_loss:
+            logits = None
+            loss, ce, lse_sq = linear_cross_entropy_z(h_final, self.output.weight, labels, z_loss, loss_chunk_tokens)
         else:
             logits, loss = None, linear_cross_entropy(h_final, self.output.weight, labels, loss_chunk_tokens)
         if mode == 0:
-            return ModelOutput(logits, hidden=hidden, loss=loss)
+            return ModelOutput(logits, hidden=hidden, loss=loss, ce=ce, lse_sq=lse_sq)
         layer_cos = stream_cosines(streams) if over_streams else torch.stack(layer_cos)
         with torch.no_grad():  # post-final-norm variant of the last layer: for logging only
             post = token_cosine(prev.detach(), h_final.detach())
-        return ModelOutput(logits, layer_cos, post, hidden, loss)
+        return ModelOutput(logits, layer_cos, post, hidden, loss, ce, lse_sq)
