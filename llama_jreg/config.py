@@ -151,6 +151,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         )
     if d.seq_len < 2 or d.micro_batch_size < 1:
         raise UserError("data.seq_len must be >= 2 and data.micro_batch_size >= 1")
+    if d.document_mask and d.source == "induction":
+        raise UserError("data.document_mask=true needs documents separated by EOS, and data=induction has one "
+                        "sequence per row and no EOS; drop data.document_mask")
+    if d.document_positions and not d.document_mask:
+        raise UserError("data.document_positions=true restarts RoPE positions per document and needs "
+                        "data.document_mask=true; set both, or drop data.document_positions")
     if d.source == "local" and not d.files:
         raise UserError("data=local needs files: add data.files=[path/to/corpus.jsonl,...]")
     if d.source == "hf" and not d.hf_path:

@@ -283,6 +283,10 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _documents(self, b: dict) -> dict:
+        """The model's ``doc_ids`` / ``position_ids`` arguments from a batch (``data.document_mask``; else none)."""
+        return {k: b[k].to(self.device, non_blocking=True) for k in ("doc_ids", "position_ids") if k in b}
+
     def forward_backward(self, batches: list[dict], weight: float, want_stats: bool, nan: bool = False) -> dict:
         """Forward + backward of this rank's micro-batches with the step's loss normalisation; leaves the
         gradients of the whole global batch in ``.grad`` (synchronised on the last micro-batch only).
@@ -323,7 +327,7 @@ class Trainer:
             with no_sync(self.model, skip=i < n_micro - 1):
                 with self._autocast():
                     out = self.model(x, stats=stats, labels=y, loss_chunk_tokens=cfg.trainer.loss_chunk_tokens,
-                                     z_loss=z_coef)
+                                     z_loss=z_coef, **self._documents(b))
                 ce = out.loss if out.ce is None else out.ce
                 loss = out.loss / tokens_per_rank
                 if use_jreg:
@@ -427,7 +431,7 @@ class Trainer:
         b = self.val[0]
         y = b["labels"].to(self.device)
         with self._autocast():
-            out = self.llama(b["input_ids"].to(self.device), stats=True)
+            out = self.llama(b["input_ids"].to(self.device), stats=True, **self._documents(b))
         return [float(v) for v in J.psi(out.cos, y != IGNORE_INDEX)]
 
     def log_jump(self, out: dict) -> None:
@@ -464,7 +468,7 @@ class Trainer:
             y = b["labels"].to(self.device)
             with self._autocast():
                 ce = self.llama(b["input_ids"].to(self.device), labels=y,
-                                loss_chunk_tokens=self.cfg.trainer.loss_chunk_tokens).loss
+                                loss_chunk_tokens=self.cfg.trainer.loss_chunk_tokens, **self._documents(b)).loss
             if i < n:
                 sums[0] += ce.double()
                 sums[1] += (y != IGNORE_INDEX).sum().double()
