@@ -148,17 +148,17 @@ def _build_streaming(cfg: DataConfig, seed: int, rank: int, world_size: int, mod
     source = make_source(cfg)
     tok = streaming_tokenizer(cfg, source)
     tok.check_fits(model_vocab)
-    held_docs, val_tokens = holdout_validation(source, tok, cfg.seq_len, cfg.val_sequences)
+    # validation = the stream's first tokens (the prepared rule); training starts at token `start` of row `rows`
+    rows, start, val_tokens = holdout_validation(source, tok, cfg)
     val = PackedSequences([val_tokens], cfg.seq_len)
-    if len(val) < 1:
-        raise UserError(f"{source.describe()} has {val_tokens.size} tokens, fewer than one sequence of "
-                        f"data.seq_len+1={cfg.seq_len + 1}; add text or lower data.seq_len")
 
     def make_dataset():  # every rank reads the whole training stream (the loader deals out the windows)
-        return source.dataset().skip(held_docs)
+        return source.dataset().skip(rows)
 
     fingerprint = _hash({"streaming": source.identity(), "tokenizer": tok.sha256, "seq_len": cfg.seq_len,
-                         "val_sequences": cfg.val_sequences, "loader": LOADER_VERSION, "order": STREAMING_VERSION})
+                         "validation_tokens": int(val_tokens.size), "loader": LOADER_VERSION,
+                         "order": STREAMING_VERSION})
     loader = StreamingLoader(make_dataset, tok, seq_len=cfg.seq_len, batch_size=cfg.micro_batch_size, rank=rank,
-                             world_size=world_size, fingerprint=fingerprint, read_error=source.read_error)
+                             world_size=world_size, fingerprint=fingerprint, read_error=source.read_error,
+                             start_pos=start)
     return DataBundle(tok, loader, fingerprint, {}, val, cfg.micro_batch_size, cfg.val_sequences, None)
