@@ -102,3 +102,11 @@ def test_bench_ops_prints_every_table():
         assert title in out, out
     assert re.search(r"^\| fused \(our default\) \| [\d.]+ \| [\d.]+ \|$", out, re.M), out
     assert re.search(r"^\| materialised logits \(chunk 0\) \| [\d.]+ \| [\d.]+ \|$", out, re.M), out
+
+
+def test_bench_cpu_document_mask_variant():
+    out = _run(["scripts/bench_cpu.py", "--rounds", "1", "--steps", "1", "--warmup", "1", "--batch", "1",
+                "--seq", "32", "--threads", "1", "--no-hf", "--no-profile", "--document-mask", "--doc-len", "8"])
+    assert re.search(r"^\| ours jreg=0, document mask \| [\d.]+ \|", out, re.M), out
+    assert re.search(r"^\| ours jreg=0 with vs without data.document_mask \| [+-][\d.]+% \|", out, re.M), out
+    assert re.search(r"^\| ours jreg=0, document mask \| [\d.]+ \|$", out, re.M), out  # saved-tensor memory row
