@@ -394,6 +394,7 @@ def main() -> None:
     ap.add_argument("--document-mask", action="store_true",
                     help="also time jreg=0 with document masking (data.document_mask) on the same batches")
     ap.add_argument("--doc-len", type=int, default=64, help="--document-mask: mean document length (tokens)")
+    ap.add_argument("--no-jreg", action="store_true", help="skip the jreg=0.1 variants")
     ap.add_argument("--no-profile", action="store_true", help="skip the profiled JREG share")
     ap.add_argument("--profile-steps", type=int, default=3)
     args = ap.parse_args()
@@ -410,11 +411,13 @@ def main() -> None:
     t0 = time.perf_counter()
     variants = []
     if not args.compile_only:
-        variants += [Ours("ours jreg=0.1 (jump)", args, ["jreg=jump", "jreg.weight=0.1"]),
-                     Ours("ours jreg=0", args, ["jreg=off"])]
+        if not args.no_jreg:
+            variants.append(Ours("ours jreg=0.1 (jump)", args, ["jreg=jump", "jreg.weight=0.1"]))
+        variants.append(Ours("ours jreg=0", args, ["jreg=off"]))
     if args.compile or args.compile_only:
-        variants += [Ours("ours+compile jreg=0.1", args, ["jreg=jump", "jreg.weight=0.1", "trainer.compile=true"]),
-                     Ours("ours+compile jreg=0", args, ["jreg=off", "trainer.compile=true"])]
+        if not args.no_jreg:
+            variants.append(Ours("ours+compile jreg=0.1", args, ["jreg=jump", "jreg.weight=0.1", "trainer.compile=true"]))
+        variants.append(Ours("ours+compile jreg=0", args, ["jreg=off", "trainer.compile=true"]))
     if args.document_mask and not args.compile_only:
         variants.append(DocumentMasked("ours jreg=0, document mask", args, ["jreg=off"]))
     if args.jreg_toggle:  # the JREG A/B on one trainer: its jreg=0.1 steps vs its steps with JREG switched off
@@ -546,7 +549,7 @@ def main() -> None:
         med = statistics.median(times[v.name])
         print(f"| {v.name} | {step_flops / med / 1e9:.1f} | {100 * floor / med:.0f}% | {med / floor:.2f}x |")
 
-    if not args.no_profile:
+    if not args.no_profile and (hf_here is not None or not args.no_jreg):
         prof_vs = ([hf_here] if hf_here else []) + [v for v in variants if isinstance(v, Ours) and v.cfg.jreg.enabled]
         profs = [op_profile(v, pool, args.profile_steps) for v in prof_vs]
         print()
