@@ -86,6 +86,22 @@ def test_gradients_of_a_packed_row_equal_the_sum_over_its_documents():
         torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_activation_checkpointing_keeps_the_mask():
+    plain = _model("sdpa").train()
+    ckpt = copy.deepcopy(plain)
+    ckpt.checkpoint_blocks = True  # what trainer.activation_checkpointing=true sets
+    x, y, _ = _packed_row(seed=2)
+    doc, pos = document_ids(x, EOS)
+    losses = []
+    for m in (plain, ckpt):
+        out = m(x, labels=y, doc_ids=doc, position_ids=pos, stats="grad")
+        (out.loss + out.cos.sum()).backward()
+        losses.append(out.loss.detach())
+    assert torch.equal(losses[0], losses[1])
+    for (name, pa), pb in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_varlen_offsets_for_flash_attn():
     doc = torch.tensor([[0, 0, 1, 1, 1, 2], [0, 1, 1, 1, 1, 1]])
     cu, longest = A.varlen_offsets(doc)
