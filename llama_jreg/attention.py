@@ -12,8 +12,9 @@ Backends:
   * ``auto``  - ``flash`` when flash-attn is importable and the inputs are CUDA bf16/fp16, else ``sdpa``.
 
 Document masking (``data.document_mask``): with a :class:`DocumentMask` a query attends only to earlier keys of
-its own document inside the packed row (block-diagonal causal). ``sdpa`` and ``eager`` take it as one boolean
-(B, 1, T, T) mask, built once per forward and shared by all layers; ``flash`` runs flash-attn's varlen kernel
+its own document inside the packed row (block-diagonal causal). ``sdpa`` and ``eager`` take it as one additive
+(B, 1, T, T) mask in the compute dtype (0 or -inf), built once per forward and shared by all layers (a boolean
+mask would be turned into such a tensor by SDPA in every layer, and saved for backward in every layer); ``flash`` runs flash-attn's varlen kernel
 over the documents as separate sequences (``cu_seqlens``: their offsets in the flattened B*T tokens), which
 never forms the T x T mask. Without a mask every backend runs exactly as before.
 """
@@ -43,8 +44,8 @@ except Exception:  # noqa: BLE001 - any import failure means "not available"
 class DocumentMask(NamedTuple):
     """Which keys each query may see when rows pack several documents (see the module docstring).
 
-    ``doc_ids``: the (B, T) ids it was built from. ``dense``: (B, 1, T, T) bool, True where query t may attend
-    key s (same document and s <= t), for ``sdpa`` / ``eager``; ``cu_seqlens`` (int32, documents + 1) and
+    ``doc_ids``: the (B, T) ids it was built from. ``dense``: (B, 1, T, T) additive mask, 0 where query t may
+    attend key s (same document and s <= t) and -inf elsewhere, for ``sdpa`` / ``eager``; ``cu_seqlens`` (int32, documents + 1) and
     ``max_seqlen`` describe the same documents as flash-attn's varlen batch. Only the part the backend needs
     is built (``attention`` builds a missing one itself)."""
 
@@ -54,15 +55,16 @@ class DocumentMask(NamedTuple):
     max_seqlen: int = 0
 
 
-def document_mask(doc_ids: torch.Tensor, backend: str) -> DocumentMask:
+def document_mask(doc_ids: torch.Tensor, backend: str, dtype: torch.dtype = torch.float32) -> DocumentMask:
     """The :class:`DocumentMask` of (B, T) per-token document ids (any integers; a new document starts wherever
-    the id changes along a row) for the resolved ``backend``."""
+    the id changes along a row) for the resolved ``backend`` and the attention's compute ``dtype``."""
     if backend == "flash":
         return DocumentMask(doc_ids, None, *varlen_offsets(doc_ids))
     T = doc_ids.shape[1]
     same = doc_ids[:, :, None] == doc_ids[:, None, :]
     causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
-    return DocumentMask(doc_ids, (same & causal).unsqueeze(1))
+    bias = torch.zeros(same.shape, dtype=dtype, device=doc_ids.device).masked_fill_(~(same & causal), float("-inf"))
+    return DocumentMask(doc_ids, bias.unsqueeze(1))
 
 
 def varlen_offsets(doc_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -88,7 +90,7 @@ def check_backend(backend: str) -> None:
         )
 
 
-def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     n_rep = q.shape[1] // k.shape[1]
     if n_rep > 1:
         k = k.repeat_interleave(n_rep, dim=1)
@@ -96,15 +98,19 @@ def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Ten
     T, S = q.shape[2], k.shape[2]
     acc = torch.promote_types(q.dtype, torch.float32)  # softmax in fp32 (or fp64 for fp64 inputs)
     scores = (q @ k.transpose(-2, -1)).to(acc) / math.sqrt(q.shape[-1])
-    mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T) if allowed is None else allowed
-    scores = scores.masked_fill(~mask, float("-inf"))
+    if bias is not None:  # documents: the additive block-diagonal causal mask
+        scores = scores + bias.to(acc)
+    else:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+        scores = scores.masked_fill(~mask, float("-inf"))
     probs = scores.softmax(dim=-1).to(v.dtype)
     return probs @ v
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
-    if allowed is not None:  # block-diagonal causal: the mask carries the causality
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=k.shape[1] != q.shape[1])
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    if bias is not None:  # block-diagonal causal: the additive mask carries the causality
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
+                                              enable_gqa=k.shape[1] != q.shape[1])
     if k.shape[1] != q.shape[1]:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -146,7 +152,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 
     """Causal (grouped-query) attention, within documents when ``docs`` is given; see the module docstring."""
     name = resolve_backend(backend, q)
     if docs is not None and (docs.cu_seqlens is None if name == "flash" else docs.dense is None):
-        docs = document_mask(docs.doc_ids, name)  # built for another backend than the one that runs
+        docs = document_mask(docs.doc_ids, name, q.dtype)  # built for another backend than the one that runs
     if name == "sdpa":
         return _sdpa(q, k, v, None if docs is None else docs.dense)
     if name == "eager":

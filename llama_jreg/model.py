@@ -530,7 +530,7 @@ class Llama(nn.Module):
         if doc_ids is not None:  # one mask for all layers, in the form the backend that will run takes
             dev = h.device.type
             dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
-            docs = document_mask(doc_ids, resolve_backend_for(self.cfg.attn_backend, h.device, dtype))
+            docs = document_mask(doc_ids, resolve_backend_for(self.cfg.attn_backend, h.device, dtype), dtype)
         streams = [h] if return_hidden or over_streams else None
         layer_cos = []
         for layer in self.layers:

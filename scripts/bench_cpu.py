@@ -576,8 +576,9 @@ def main() -> None:
             if "compile" in v.name:
                 continue
             print(f"| {v.name} | {saved_tensor_bytes(v, pool[0]) / 2**20:.2f} |")
-        names = [v.name for v in variants if isinstance(v, Ours) and "compile" not in v.name]
-        if len(names) == 2:
+        names = [v.name for v in variants if isinstance(v, Ours) and not isinstance(v, DocumentMasked)
+                 and "compile" not in v.name]
+        if len(names) == 2:  # jreg=0.1 and jreg=0
             a, b = (saved_tensor_bytes(v, pool[0]) for v in variants if v.name in names)
             print(f"\nJREG activation-memory overhead: {(a - b) / 2**20:+.3f} MiB ({100 * (a - b) / b:+.2f}%)")
     print(f"\n# load average at end (1/5/15 min): {os.getloadavg()}; total {time.perf_counter() - t0:.0f}s")

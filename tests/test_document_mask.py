@@ -86,6 +86,20 @@ def test_gradients_of_a_packed_row_equal_the_sum_over_its_documents():
         torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_bf16_autocast_with_documents_follows_fp32(backend):
+    """Under bf16 autocast the mask is built in bf16 (the attention's compute dtype) and the loss stays close
+    to fp32's."""
+    model = _model(backend)
+    x, y, _ = _packed_row(seed=3)
+    doc, pos = document_ids(x, EOS)
+    with torch.no_grad():
+        want = model(x, labels=y, doc_ids=doc, position_ids=pos).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model(x, labels=y, doc_ids=doc, position_ids=pos).loss
+    assert torch.isfinite(got) and abs(float(got) / float(want) - 1) < 2e-2
+
+
 def test_activation_checkpointing_keeps_the_mask():
     plain = _model("sdpa").train()
     ckpt = copy.deepcopy(plain)
