@@ -510,10 +510,12 @@ def main() -> None:
     for v in variants:
         print(f"| {v.name} | {statistics.median(faults[v.name]):,.0f} | {statistics.median(sys_s[v.name]):.3f} |")
 
-    print()
-    print("| JREG overhead (jreg=0.1 jump vs jreg=0) | ratio of medians | median paired per-round ratio | "
-          "ratio of bests | ratio of median CPU-s |")
-    print("|---|---|---|---|---|")
+    if not args.no_jreg:
+        print()
+        print("| JREG overhead (jreg=0.1 jump vs jreg=0) | ratio of medians | median paired per-round ratio | "
+              "ratio of bests | ratio of median CPU-s |")
+        print("|---|---|---|---|---|")
+
     def overhead(label: str, on: str, off: str) -> None:
         rs = (*ratios(on, off), statistics.median(cpu[on]) / statistics.median(cpu[off]))
         print(f"| {label} | " + " | ".join(f"{100 * (r - 1):+.1f}%" for r in rs) + " |")
