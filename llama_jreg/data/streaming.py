@@ -24,9 +24,9 @@ a split stream; still far faster than training consumes it).
 State (the same on every rank): the dataset's ``state_dict()`` taken *before* the document being packed, the
 position inside that document (a fresh stream -- and every new epoch -- starts at the training part's first
 token, ``start_pos`` of its first document), the (at most ``seq_len``) tokens already gathered for the next
-window, the epoch and ``cursor``, the number of windows all ranks have consumed. Resuming re-reads that one document and
-continues exactly, with any number of processes and any ``data.micro_batch_size`` (the next turn starts where
-the last one ended).
+window, the epoch and ``cursor``, the number of windows all ranks have consumed. Resuming re-reads that one
+document and continues exactly, with any number of processes and any ``data.micro_batch_size`` (the next turn
+starts where the last one ended).
 """
 
 from __future__ import annotations
