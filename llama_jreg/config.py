@@ -36,6 +36,9 @@ class OptimConfig:
     decay_norms_and_embeddings: bool = False  # weight decay off for norms and embeddings by default
     fused: bool | None = None  # None = fused AdamW on CUDA and CPU, foreach elsewhere
     grad_clip: float = 1.0  # 0 = off
+    # z-loss (PaLM, OLMo): adds z_loss * mean over target tokens of logsumexp(logits)^2 to the training loss,
+    # inside the fused LM head + loss (llama_jreg/loss.py); logged as z_loss. 0 = off (bit-identical)
+    z_loss: float = 0.0
 
 
 @dataclass
@@ -149,6 +152,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         )
     if d.seq_len < 2 or d.micro_batch_size < 1:
         raise UserError("data.seq_len must be >= 2 and data.micro_batch_size >= 1")
+    if d.document_mask and d.source == "induction":
+        raise UserError("data.document_mask=true needs documents separated by EOS, and data=induction has one "
+                        "sequence per row and no EOS; drop data.document_mask")
+    if d.document_positions and not d.document_mask:
+        raise UserError("data.document_positions=true restarts RoPE positions per document and needs "
+                        "data.document_mask=true; set both, or drop data.document_positions")
     if d.source == "local" and not d.files:
         raise UserError("data=local needs files: add data.files=[path/to/corpus.jsonl,...]")
     if d.source == "hf" and not d.hf_path:
@@ -180,6 +189,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UserError(f"unknown trainer.device={t.device!r}; choose auto, cpu or cuda")
     if cfg.optim.lr <= 0:
         raise UserError(f"optim.lr={cfg.optim.lr} must be > 0")
+    if not cfg.optim.z_loss >= 0:  # also refuses nan
+        raise UserError(f"optim.z_loss={cfg.optim.z_loss} must be >= 0 (0 = off; 1e-4 is the usual value)")
     if cfg.schedule.name not in ("cosine", "wsd", "constant"):
         raise UserError(f"unknown schedule {cfg.schedule.name!r}; choose schedule=cosine|wsd|constant")
     if cfg.logger.name not in ("none", "wandb"):

@@ -17,6 +17,12 @@ Numerics: the matmuls run in the input dtype (the autocast dtype under autocast,
 and the loss in fp32; label ``-100`` is ignored. ``tests/test_loss.py`` checks loss and gradients against
 ``F.cross_entropy`` (fp64 to 1e-12, fp32 to 1e-5, bf16 autocast loosely), and that the chunk size does not
 change the result beyond fp32 rounding.
+
+z-loss (``optim.z_loss``, PaLM / OLMo): ``linear_cross_entropy_z`` adds ``coef * sum_t lse_t^2`` (``lse_t`` the
+log-sum-exp of token t's logits, target tokens only) in the same pass: the chunk's log-sum-exp is already there,
+and the gradient of ``lse^2`` with respect to the logits is ``2 lse softmax``, so the in-place gradient becomes
+``(1 + 2 coef lse) softmax - onehot`` -- no extra matmul, no extra logits. It keeps the softmax normaliser near
+1 (lse near 0), which keeps bf16 logits in range. With ``coef == 0`` nothing of it runs.
 """
 
 from __future__ import annotations
@@ -47,8 +53,10 @@ def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 
 
 def _chunked_loss_and_grads(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int,
-                            want_h: bool, want_w: bool):
-    """(summed loss, dL/dh or None, dL/dW or None) in one pass over token chunks."""
+                            want_h: bool, want_w: bool, z_coef: float = 0.0):
+    """(summed loss, dL/dh or None, dL/dW or None, (CE_sum, lse2_sum) or None) in one pass over token chunks.
+
+    The loss is ``CE_sum + z_coef * lse2_sum``; with ``z_coef == 0`` it is CE_sum and lse^2 is not computed."""
     dev = h.device.type
     cdtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
     acc = torch.promote_types(cdtype, torch.float32)  # softmax / loss dtype: fp32 (fp64 stays fp64)
@@ -58,6 +66,7 @@ def _chunked_loss_and_grads(h: torch.Tensor, weight: torch.Tensor, labels: torch
         wdtype = torch.promote_types(weight.dtype, torch.float32)
         grad_w = torch.zeros(weight.shape, dtype=wdtype, device=h.device) if want_w else None
         total = torch.zeros((), dtype=acc, device=h.device)
+        zsum = torch.zeros((), dtype=acc, device=h.device) if z_coef else None
         # one logits buffer reused by every chunk (no fresh allocation per chunk) when no cast is needed
         buf = (torch.empty(min(chunk, h.shape[0]), w.shape[0], dtype=acc, device=h.device)
                if cdtype == acc else None)
@@ -72,9 +81,14 @@ def _chunked_loss_and_grads(h: torch.Tensor, weight: torch.Tensor, labels: torch
             zmax = z.amax(1, keepdim=True)
             z.sub_(zmax).exp_()
             sumexp = z.sum(1)
-            total += ((zmax.squeeze(1) + sumexp.log() - target) * valid).sum()
+            lse = zmax.squeeze(1) + sumexp.log()
+            total += ((lse - target) * valid).sum()
+            if z_coef:
+                zsum += (lse.square() * valid).sum()
             if want_h or want_w:
-                z.mul_((valid / sumexp).unsqueeze(1))  # softmax, zero on ignored rows
+                # softmax, zero on ignored rows (times 1 + 2 z_coef lse: the z-loss gradient 2 lse softmax)
+                scale = valid / sumexp if not z_coef else valid * (1 + 2 * z_coef * lse) / sumexp
+                z.mul_(scale.unsqueeze(1))
                 z.scatter_add_(1, idx, -valid.unsqueeze(1))  # - onehot(target)
                 zc = z.to(cdtype)
                 if want_h and grad_h.dtype == cdtype:
@@ -86,21 +100,29 @@ def _chunked_loss_and_grads(h: torch.Tensor, weight: torch.Tensor, labels: torch
                         grad_w.addmm_(zc.t(), hc)
                     else:
                         grad_w += zc.t() @ hc
-    return total, grad_h, None if grad_w is None else grad_w.to(weight.dtype)
+    parts = None
+    if zsum is not None:
+        parts = (total, zsum)
+        total = total + z_coef * zsum
+    return total, grad_h, None if grad_w is None else grad_w.to(weight.dtype), parts
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int):
-        total, grad_h, grad_w = _chunked_loss_and_grads(h, weight, labels, chunk, *ctx.needs_input_grad[:2])
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int, z_coef: float):
+        total, grad_h, grad_w, parts = _chunked_loss_and_grads(h, weight, labels, chunk, *ctx.needs_input_grad[:2],
+                                                               z_coef=z_coef)
         ctx.save_for_backward(grad_h, grad_w)
-        return total
+        if parts is None:
+            return total
+        ctx.mark_non_differentiable(*parts)
+        return (total, *parts)
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):
+    def backward(ctx, g: torch.Tensor, *_unused):
         grad_h, grad_w = ctx.saved_tensors
         return (None if grad_h is None else grad_h * g.to(grad_h.dtype),
-                None if grad_w is None else grad_w * g.to(grad_w.dtype), None, None)
+                None if grad_w is None else grad_w * g.to(grad_w.dtype), None, None, None)
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
@@ -115,4 +137,31 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     chunk = chunk_tokens or auto_chunk_tokens(weight.shape[0], h.device)
     if not torch.is_grad_enabled():  # evaluation: same loop, no gradients built
         return _chunked_loss_and_grads(h2, weight, y, chunk, False, False)[0]
-    return _LinearCrossEntropy.apply(h2, weight, y, chunk)
+    return _LinearCrossEntropy.apply(h2, weight, y, chunk, 0.0)
+
+
+def lse_square_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``sum_t logsumexp(logits_t)^2`` in fp32 over the target tokens (label != -100), materialised (the
+    reference of the z-loss term)."""
+    lse = torch.logsumexp(logits.to(torch.promote_types(logits.dtype, torch.float32)).flatten(0, -2), dim=-1)
+    return (lse.square() * (labels.flatten() != IGNORE_INDEX)).sum()
+
+
+def linear_cross_entropy_z(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, z_coef: float,
+                           chunk_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(CE_sum + z_coef * lse2_sum, CE_sum, lse2_sum)``: the LM loss with z-loss (differentiable, fp32 scalar),
+    then its two parts detached (for logging): the summed cross-entropy and the summed squared log-sum-exp of
+    the target tokens' logits; still without the full logits. ``z_coef`` must be > 0 (without z-loss,
+    ``linear_cross_entropy`` is the loss, bit for bit as before). ``chunk_tokens`` as in ``linear_cross_entropy`` (0 = materialised logits and autograd: the reference)."""
+    if not z_coef > 0:
+        raise ValueError(f"z_coef={z_coef} must be > 0; call linear_cross_entropy without z-loss")
+    h2, y = h.reshape(-1, h.shape[-1]), labels.reshape(-1)
+    if chunk_tokens == 0:
+        logits = F.linear(h2, weight)
+        ce, zsum = cross_entropy_sum(logits, y), lse_square_sum(logits, y)
+        return ce + z_coef * zsum, ce.detach(), zsum.detach()
+    chunk = chunk_tokens or auto_chunk_tokens(weight.shape[0], h.device)
+    if not torch.is_grad_enabled():
+        total, _, _, parts = _chunked_loss_and_grads(h2, weight, y, chunk, False, False, z_coef=z_coef)
+        return (total, *parts)
+    return _LinearCrossEntropy.apply(h2, weight, y, chunk, z_coef)

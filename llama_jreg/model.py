@@ -35,8 +35,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llama_jreg import UserError
-from llama_jreg.attention import BACKENDS, attention, check_backend
-from llama_jreg.loss import linear_cross_entropy
+from llama_jreg.attention import (
+    BACKENDS,
+    DocumentMask,
+    attention,
+    check_backend,
+    document_mask,
+    resolve_backend_for,
+)
+from llama_jreg.loss import linear_cross_entropy, linear_cross_entropy_z
 from llama_jreg.ops import apply_rope, rms_norm, rms_normalise, stream_cosines, token_cosine
 
 
@@ -132,8 +139,13 @@ class ModelOutput(NamedTuple):
     cos_post_norm: torch.Tensor | None = None
     # [h_0, ..., h_L] residual streams (pre final norm), only with return_hidden=True
     hidden: list[torch.Tensor] | None = None
-    # summed fp32 cross-entropy over the target tokens (label -100 ignored), only when ``labels`` were given
+    # summed fp32 cross-entropy over the target tokens (label -100 ignored), only when ``labels`` were given;
+    # with ``z_loss > 0`` the summed training loss CE + z_loss * lse^2 (its parts: ``ce`` and ``lse_sq``)
     loss: torch.Tensor | None = None
+    # with labels and z_loss > 0 only: the summed CE and the summed squared log-sum-exp of the target tokens'
+    # logits, both detached (for logging)
+    ce: torch.Tensor | None = None
+    lse_sq: torch.Tensor | None = None
 
 
 class RMSNorm(nn.Module):
@@ -194,7 +206,8 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.hd, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.hd, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                docs: DocumentMask | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         # q and k in one matmul (the weights stay Linear modules wq/wk: checkpoints and HF interop are
         # unchanged). v gets its own matmul: attention saves v for backward, and a view into a fused qkv
@@ -206,7 +219,7 @@ class Attention(nn.Module):
         k = k.view(B, T, self.n_kv_heads, self.hd).transpose(1, 2)
         v = v.view(B, T, self.n_kv_heads, self.hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = attention(q, k, v, self.backend)
+        out = attention(q, k, v, self.backend, docs)
         return self.wo(out.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
 
 
@@ -230,9 +243,11 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, stats: int = 0):
-        """stats: 0 = none, 1 = detached (logging only), 2 = with gradient (JREG)."""
-        h = x + self.attn(self.attn_norm(x), cos, sin)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, stats: int = 0,
+                docs: DocumentMask | None = None):
+        """stats: 0 = none, 1 = detached (logging only), 2 = with gradient (JREG). docs: attention within
+        documents (``llama_jreg.attention.DocumentMask``)."""
+        h = x + self.attn(self.attn_norm(x), cos, sin, docs)
         out = h + self.mlp(self.mlp_norm(h))
         if stats == 0:
             return out, None
@@ -297,12 +312,21 @@ class Llama(nn.Module):
         return_hidden: bool = False,
         labels: torch.Tensor | None = None,
         loss_chunk_tokens: int | None = None,
+        z_loss: float = 0.0,
+        doc_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> ModelOutput:
         """tokens: (B, T) int64. ``stats``: False (default), True/"detached" (fp32 cosines for logging, no
         gradient) or "grad" (cosines that carry gradient, for JREG). ``labels`` (B, T) with -100 = ignore:
         return the summed cross-entropy in ``loss`` through the fused chunked LM head + loss
         (``llama_jreg.loss.linear_cross_entropy``; ``loss_chunk_tokens`` tokens per chunk, None = auto,
-        0 = materialised logits) and no logits."""
+        0 = materialised logits) and no logits. ``z_loss``: add ``z_loss * logsumexp(logits)^2`` per target token
+        to that sum, in the same fused pass (``ce`` and ``lse_sq`` then hold its two parts).
+
+        Packed documents (``data.document_mask``): ``doc_ids`` (B, T) int, the document of each token (a new one
+        starts wherever the id changes along a row): attention stays inside each document, so every token's
+        output is what it would be with its document alone in the row. ``position_ids`` (B, T) int: the RoPE
+        position of each token (default 0..T-1; e.g. restarting at 0 in every document)."""
         T = tokens.shape[1]
         if T > self.cfg.max_seq_len:
             raise UserError(
@@ -313,29 +337,41 @@ class Llama(nn.Module):
         # cosines with gradient over all residual streams at once (eager), unless the blocks compute them
         over_streams = mode == 2 and not self.stats_in_blocks
         block_mode = 0 if over_streams else mode
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        if position_ids is None:
+            cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        else:  # (B, 1, T, hd): per-row positions, broadcast over the heads
+            cos, sin = self.rope_cos[position_ids].unsqueeze(1), self.rope_sin[position_ids].unsqueeze(1)
         h = self.tok_embeddings(tokens)
+        docs = None
+        if doc_ids is not None:  # one mask for all layers, in the form the backend that will run takes
+            dev = h.device.type
+            dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+            docs = document_mask(doc_ids, resolve_backend_for(self.cfg.attn_backend, h.device, dtype), dtype)
         streams = [h] if return_hidden or over_streams else None
         layer_cos = []
         for layer in self.layers:
             prev = h
             if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
-                h, c = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, block_mode, use_reentrant=False)
+                h, c = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, block_mode, docs, use_reentrant=False)
             else:
-                h, c = layer(h, cos, sin, block_mode)
+                h, c = layer(h, cos, sin, block_mode, docs)
             if c is not None:
                 layer_cos.append(c)
             if streams is not None:
                 streams.append(h)
         hidden = streams if return_hidden else None
         h_final = self.norm(h)
+        ce = lse_sq = None
         if labels is None:
             logits, loss = self.output(h_final), None
+        elif z_loss:
+            logits = None
+            loss, ce, lse_sq = linear_cross_entropy_z(h_final, self.output.weight, labels, z_loss, loss_chunk_tokens)
         else:
             logits, loss = None, linear_cross_entropy(h_final, self.output.weight, labels, loss_chunk_tokens)
         if mode == 0:
-            return ModelOutput(logits, hidden=hidden, loss=loss)
+            return ModelOutput(logits, hidden=hidden, loss=loss, ce=ce, lse_sq=lse_sq)
         layer_cos = stream_cosines(streams) if over_streams else torch.stack(layer_cos)
         with torch.no_grad():  # post-final-norm variant of the last layer: for logging only
             post = token_cosine(prev.detach(), h_final.detach())
-        return ModelOutput(logits, layer_cos, post, hidden, loss)
+        return ModelOutput(logits, layer_cos, post, hidden, loss, ce, lse_sq)

@@ -4,6 +4,7 @@
     python scripts/bench_cpu.py --compile            # also trainer.compile=true (per-block torch.compile)
     python scripts/bench_cpu.py --rounds 8 --steps 2 --model tiny --batch 8 --seq 256 --threads 2
     python scripts/bench_cpu.py --compile --set model.vocab_size=32000   # a Llama-2-sized vocabulary
+    python scripts/bench_cpu.py --document-mask --no-hf  # also jreg=0 with data.document_mask's attention mask
 
 What is timed: one optimizer step = forward + backward + grad clipping (max-norm 1.0) + AdamW (the same param
 groups / lr / betas / eps / weight decay on both sides) + ``zero_grad``. Ours is
@@ -37,6 +38,12 @@ JREG is at the noise limit of a 2-core machine, so the JREG variants are also pr
 JREG's own ops (token cosines forward/backward, Psi and R) as a share of the step (``jreg_cpu_share``;
 eager only: under ``trainer.compile`` the cosine is traced into each block's compiled graph and cannot be
 separated).
+
+Document masking (``--document-mask``): the ``jreg=0`` trainer once more, its batches carrying the
+``doc_ids`` / ``position_ids`` that ``data.document_mask=true`` + ``data.document_positions=true`` add (rows cut
+into documents of geometric length, mean ``--doc-len`` tokens, seeded; the ids are made before timing, as the
+loader makes them outside the step): attention then runs SDPA with a (B, 1, T, T) block-diagonal causal mask
+instead of ``is_causal``. Its cost does not depend on where the boundaries fall.
 """
 
 from __future__ import annotations
@@ -97,7 +104,8 @@ class Ours:
         tr, b = self.trainer, batches[0]
         y = b["labels"]
         use_jreg = self.cfg.jreg.enabled
-        out = tr.model(b["input_ids"], stats="grad" if use_jreg else False, labels=y)
+        docs = {k: b[k] for k in ("doc_ids", "position_ids") if k in b}
+        out = tr.model(b["input_ids"], stats="grad" if use_jreg else False, labels=y, **docs)
         loss = out.loss / (y != IGNORE_INDEX).sum()
         if use_jreg:
             loss = loss + self.cfg.jreg.weight * J.regularizer(J.psi(out.cos, y != IGNORE_INDEX), self.cfg.jreg)
@@ -112,6 +120,34 @@ class Ours:
     def close(self):
         self.trainer.close()
         self.tmp.cleanup()
+
+
+class DocumentMasked(Ours):
+    """``Ours`` whose batches carry document ids and positions (see the module docstring)."""
+
+    def __init__(self, name: str, args, extra: list[str]):
+        super().__init__(name, args, extra)
+        self.doc_len = args.doc_len
+        self._cache: dict[int, list[dict]] = {}
+
+    def _docs(self, batches: list[dict]) -> list[dict]:
+        from llama_jreg.data.loader import document_ids
+
+        if id(batches) not in self._cache:
+            g = torch.Generator().manual_seed(len(self._cache))
+            out = []
+            for b in batches:
+                ends = torch.rand(b["input_ids"].shape, generator=g) < 1 / self.doc_len  # a document's last token
+                doc, pos = document_ids(torch.where(ends, -1, b["input_ids"]), -1)
+                out.append({**b, "doc_ids": doc, "position_ids": pos})
+            self._cache[id(batches)] = out
+        return self._cache[id(batches)]
+
+    def step(self, batches: list[dict]) -> float:
+        return super().step(self._docs(batches))
+
+    def forward_loss(self, batches: list[dict]) -> torch.Tensor:
+        return super().forward_loss(self._docs(batches))
 
 
 class JregToggled:
@@ -355,6 +391,10 @@ def main() -> None:
     ap.add_argument("--jreg-toggle", action="store_true",
                     help="also time each JREG trainer with JREG switched off (same model and memory): the JREG A/B "
                          "without the difference between two separately built trainers")
+    ap.add_argument("--document-mask", action="store_true",
+                    help="also time jreg=0 with document masking (data.document_mask) on the same batches")
+    ap.add_argument("--doc-len", type=int, default=64, help="--document-mask: mean document length (tokens)")
+    ap.add_argument("--no-jreg", action="store_true", help="skip the jreg=0.1 variants")
     ap.add_argument("--no-profile", action="store_true", help="skip the profiled JREG share")
     ap.add_argument("--profile-steps", type=int, default=3)
     args = ap.parse_args()
@@ -371,11 +411,15 @@ def main() -> None:
     t0 = time.perf_counter()
     variants = []
     if not args.compile_only:
-        variants += [Ours("ours jreg=0.1 (jump)", args, ["jreg=jump", "jreg.weight=0.1"]),
-                     Ours("ours jreg=0", args, ["jreg=off"])]
+        if not args.no_jreg:
+            variants.append(Ours("ours jreg=0.1 (jump)", args, ["jreg=jump", "jreg.weight=0.1"]))
+        variants.append(Ours("ours jreg=0", args, ["jreg=off"]))
     if args.compile or args.compile_only:
-        variants += [Ours("ours+compile jreg=0.1", args, ["jreg=jump", "jreg.weight=0.1", "trainer.compile=true"]),
-                     Ours("ours+compile jreg=0", args, ["jreg=off", "trainer.compile=true"])]
+        if not args.no_jreg:
+            variants.append(Ours("ours+compile jreg=0.1", args, ["jreg=jump", "jreg.weight=0.1", "trainer.compile=true"]))
+        variants.append(Ours("ours+compile jreg=0", args, ["jreg=off", "trainer.compile=true"]))
+    if args.document_mask and not args.compile_only:
+        variants.append(DocumentMasked("ours jreg=0, document mask", args, ["jreg=off"]))
     if args.jreg_toggle:  # the JREG A/B on one trainer: its jreg=0.1 steps vs its steps with JREG switched off
         variants += [JregToggled(f"{v.name.replace(' (jump)', '')}, JREG switched off", v) for v in list(variants)
                      if v.cfg.jreg.enabled]
@@ -466,10 +510,12 @@ def main() -> None:
     for v in variants:
         print(f"| {v.name} | {statistics.median(faults[v.name]):,.0f} | {statistics.median(sys_s[v.name]):.3f} |")
 
-    print()
-    print("| JREG overhead (jreg=0.1 jump vs jreg=0) | ratio of medians | median paired per-round ratio | "
-          "ratio of bests | ratio of median CPU-s |")
-    print("|---|---|---|---|---|")
+    if not args.no_jreg:
+        print()
+        print("| JREG overhead (jreg=0.1 jump vs jreg=0) | ratio of medians | median paired per-round ratio | "
+              "ratio of bests | ratio of median CPU-s |")
+        print("|---|---|---|---|---|")
+
     def overhead(label: str, on: str, off: str) -> None:
         rs = (*ratios(on, off), statistics.median(cpu[on]) / statistics.median(cpu[off]))
         print(f"| {label} | " + " | ".join(f"{100 * (r - 1):+.1f}%" for r in rs) + " |")
@@ -481,6 +527,12 @@ def main() -> None:
     for v in variants:
         if isinstance(v, JregToggled):
             overhead(f"{v.other.name} vs the same trainer with JREG switched off", v.other.name, v.name)
+    if "ours jreg=0, document mask" in times:
+        print()
+        print(f"| document mask overhead (jreg=0; documents of mean {args.doc_len} tokens) | ratio of medians | "
+              "median paired per-round ratio | ratio of bests | ratio of median CPU-s |")
+        print("|---|---|---|---|---|")
+        overhead("ours jreg=0 with vs without data.document_mask", "ours jreg=0, document mask", "ours jreg=0")
 
     # achieved model FLOP/s against this machine's own matmul rate: how far each step is from the floor
     from llama_jreg.train.metrics import flops_per_token
@@ -499,7 +551,7 @@ def main() -> None:
         med = statistics.median(times[v.name])
         print(f"| {v.name} | {step_flops / med / 1e9:.1f} | {100 * floor / med:.0f}% | {med / floor:.2f}x |")
 
-    if not args.no_profile:
+    if not args.no_profile and (hf_here is not None or not args.no_jreg):
         prof_vs = ([hf_here] if hf_here else []) + [v for v in variants if isinstance(v, Ours) and v.cfg.jreg.enabled]
         profs = [op_profile(v, pool, args.profile_steps) for v in prof_vs]
         print()
@@ -526,8 +578,9 @@ def main() -> None:
             if "compile" in v.name:
                 continue
             print(f"| {v.name} | {saved_tensor_bytes(v, pool[0]) / 2**20:.2f} |")
-        names = [v.name for v in variants if isinstance(v, Ours) and "compile" not in v.name]
-        if len(names) == 2:
+        names = [v.name for v in variants if isinstance(v, Ours) and not isinstance(v, DocumentMasked)
+                 and "compile" not in v.name]
+        if len(names) == 2:  # jreg=0.1 and jreg=0
             a, b = (saved_tensor_bytes(v, pool[0]) for v in variants if v.name in names)
             print(f"\nJREG activation-memory overhead: {(a - b) / 2**20:+.3f} MiB ({100 * (a - b) / b:+.2f}%)")
     print(f"\n# load average at end (1/5/15 min): {os.getloadavg()}; total {time.perf_counter() - t0:.0f}s")

@@ -15,6 +15,11 @@
   ``x * cos + rotate_half(x) * sin`` with ``rotate_half`` = ``cat(-x2, x1)`` (HF's formula);
 * ``mlp``: forward + backward of the SwiGLU MLP: gate/up as one matmul over concatenated weights vs two
   matmuls (``llama_jreg.model.SwiGLU``);
+* ``zloss``: the fused LM head + cross-entropy at the auto chunk size, vocab 8,192, without and with z-loss
+  (``linear_cross_entropy`` vs ``linear_cross_entropy_z``, ``optim.z_loss``);
+* ``docmask``: attention forward + backward of ``tiny``'s shapes, (B, H, T, hd) = (tokens / 256, 8, 256, 32)
+  with 4 kv heads, SDPA causal vs SDPA with ``data.document_mask``'s block-diagonal causal mask (documents of
+  geometric length, mean 64 tokens), and building that mask (once per forward, shared by the layers);
 * ``bigram``: building the ``data=induction`` random bigram at vocab 8,192;
 * ``generate``: greedy decoding of ``--gen-tokens`` tokens after a 16-token prompt with ``tiny`` (batch 1):
   ``llama_jreg.generate`` (KV cache) vs re-running the full forward for every new token.
@@ -38,8 +43,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from llama_jreg.attention import attention, document_mask
 from llama_jreg.data.synthetic import BigramModel
-from llama_jreg.loss import auto_chunk_tokens, linear_cross_entropy
+from llama_jreg.loss import auto_chunk_tokens, linear_cross_entropy, linear_cross_entropy_z
 from llama_jreg.model import Llama, RMSNorm, SwiGLU, config_for_size, rope_tables
 from llama_jreg.ops import rotate, rotate_formula
 from llama_jreg.train.allocator import tune_cpu_allocator
@@ -83,6 +89,47 @@ def bench_loss(args) -> None:
                          for c in sorted({128, 512, auto, args.tokens})})
         report(f"LM head + CE fwd+bwd, {args.tokens} tokens x {args.dim}, vocab {vocab}",
                interleaved(variants, args.rounds, max(1, args.iters // 4)))
+
+
+def bench_zloss(args) -> None:
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(args.tokens, args.dim, generator=g).requires_grad_()
+    w = (torch.randn(8192, args.dim, generator=g) * 0.02).requires_grad_()
+    y = torch.randint(0, 8192, (args.tokens,), generator=g)
+
+    def plain():
+        h.grad = w.grad = None
+        linear_cross_entropy(h, w, y).backward()
+
+    def with_z():
+        h.grad = w.grad = None
+        linear_cross_entropy_z(h, w, y, 1e-4)[0].backward()
+
+    report(f"LM head + CE fwd+bwd, {args.tokens} tokens x {args.dim}, vocab 8192, auto chunk",
+           interleaved({"fused CE (optim.z_loss=0)": plain, "fused CE + z-loss (optim.z_loss=1e-4)": with_z},
+                       args.rounds, max(1, args.iters // 4)))
+
+
+def bench_docmask(args) -> None:
+    from llama_jreg.data.loader import document_ids
+
+    g = torch.Generator().manual_seed(0)
+    B = max(1, args.tokens // 256)
+    q = torch.randn(B, 8, 256, 32, generator=g).requires_grad_()
+    k, v = (torch.randn(B, 4, 256, 32, generator=g).requires_grad_() for _ in range(2))
+    ends = torch.rand(B, 256, generator=g) < 1 / 64
+    doc, _ = document_ids(torch.where(ends, -1, 0), -1)
+    docs = document_mask(doc, "sdpa")
+    grad = torch.randn(B, 8, 256, 32, generator=g)
+
+    def run(d):
+        q.grad = k.grad = v.grad = None
+        attention(q, k, v, "sdpa", d).backward(grad)
+
+    report(f"attention fwd+bwd, q {tuple(q.shape)}, 4 kv heads, documents of mean 64 tokens",
+           interleaved({"SDPA causal": lambda: run(None), "SDPA, document mask": lambda: run(docs),
+                        "building the document mask (once per forward)": lambda: document_mask(doc, "sdpa")},
+                       args.rounds, args.iters))
 
 
 def bench_adamw(args) -> None:
@@ -161,7 +208,7 @@ def bench_generate(args) -> None:
         print(f"# {name}: {n / statistics.median(v) * 1e3:,.0f} tokens/s")
 
 
-BENCHES = {"loss": bench_loss, "adamw": bench_adamw, "rmsnorm": bench_rmsnorm, "rope": bench_rope, "mlp": bench_mlp,
+BENCHES = {"loss": bench_loss, "zloss": bench_zloss, "docmask": bench_docmask, "adamw": bench_adamw, "rmsnorm": bench_rmsnorm, "rope": bench_rope, "mlp": bench_mlp,
            "bigram": bench_bigram, "generate": bench_generate}
 
 

@@ -155,6 +155,11 @@ def _full_dir(tmp: Path) -> Path:
 CASES = [
     # ---- configs
     ("negative-jreg-weight", lambda w, t: ["train", "jreg.weight=-1"], "jreg.weight=-1.0 must be >= 0", "no run dir"),
+    ("negative-z-loss", lambda w, t: ["train", "optim.z_loss=-1"], "optim.z_loss=-1.0 must be >= 0", "no run dir"),
+    ("document-mask-on-induction", lambda w, t: ["train", "data=induction", "data.document_mask=true"],
+     "data=induction has one sequence per row and no EOS", "no run dir"),
+    ("document-positions-without-mask", lambda w, t: ["train", "data.document_positions=true"],
+     "needs data.document_mask=true", "no run dir"),
     ("unknown-size", lambda w, t: ["train", "model=huge"], "model/huge", "no run dir"),
     ("unknown-jreg-mode", lambda w, t: ["train", "jreg.mode=sideways"], "unknown jreg.mode='sideways'", "no run dir"),
     ("negative-loss-chunk", lambda w, t: ["train", "trainer.loss_chunk_tokens=-1"],
@@ -286,8 +291,8 @@ CASES = [
 ]
 
 # the default run (`make test`) keeps one or more cases of every kind; the rest run with the slow tests
-FAST = {"negative-jreg-weight", "unknown-size", "unknown-jreg-mode", "unknown-key", "wrong-type",
-        "seq-longer-than-context", "heads-not-dividing-width", "flash-without-flash-attn", "sweep-list-without-m",
+FAST = {"negative-jreg-weight", "negative-z-loss", "unknown-size", "unknown-jreg-mode", "unknown-key",
+        "wrong-type", "seq-longer-than-context", "heads-not-dividing-width", "flash-without-flash-attn", "sweep-list-without-m",
         "run-dir-escapes-root", "missing-data-file", "tokenizer-hash-mismatch", "prepare-into-other-preparation",
         "resume-truncated-checkpoint", "resume-auto-with-other-data", "export-hf-into-non-empty-dir",
         "jump-non-llama-hf-dir", "init-from-non-llama", "init-from-contradicting-override", "unknown-command", "unknown-option",

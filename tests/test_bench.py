@@ -95,10 +95,22 @@ def test_bench_gpu_time_limit_skips_the_rows_left():
 
 
 def test_bench_ops_prints_every_table():
-    out = _run(["scripts/bench_ops.py", "--only", "loss", "adamw", "rmsnorm", "rope", "mlp", "generate",
-                "--rounds", "1", "--iters", "1", "--tokens", "64", "--threads", "1", "--gen-tokens", "8"])
+    out = _run(["scripts/bench_ops.py", "--only", "loss", "zloss", "docmask", "adamw", "rmsnorm", "rope", "mlp",
+                "generate", "--rounds", "1", "--iters", "1", "--tokens", "64", "--threads", "1", "--gen-tokens", "8"])
     for title in ("LM head + CE fwd+bwd, 64 tokens x 256, vocab 8192", "vocab 32000", "AdamW step",
-                  "RMSNorm fwd+bwd", "RoPE rotation", "SwiGLU MLP fwd+bwd", "greedy generation of 8 tokens"):
+                  "RMSNorm fwd+bwd", "RoPE rotation", "SwiGLU MLP fwd+bwd", "greedy generation of 8 tokens",
+                  "attention fwd+bwd, q (1, 8, 256, 32)"):
         assert title in out, out
     assert re.search(r"^\| fused \(our default\) \| [\d.]+ \| [\d.]+ \|$", out, re.M), out
     assert re.search(r"^\| materialised logits \(chunk 0\) \| [\d.]+ \| [\d.]+ \|$", out, re.M), out
+    for row in ("fused CE \\+ z-loss \\(optim.z_loss=1e-4\\)", "SDPA, document mask", "building the document mask"):
+        assert re.search(rf"^\| {row}[^|]* \| [\d.]+ \| [\d.]+ \|$", out, re.M), out
+
+
+def test_bench_cpu_document_mask_variant():
+    out = _run(["scripts/bench_cpu.py", "--rounds", "1", "--steps", "1", "--warmup", "1", "--batch", "1",
+                "--seq", "32", "--threads", "1", "--no-hf", "--no-jreg", "--document-mask", "--doc-len", "8"])
+    assert "ours jreg=0.1" not in out
+    assert re.search(r"^\| ours jreg=0, document mask \| [\d.]+ \|", out, re.M), out
+    assert re.search(r"^\| ours jreg=0 with vs without data.document_mask \| [+-][\d.]+% \|", out, re.M), out
+    assert re.search(r"^\| ours jreg=0, document mask \| [\d.]+ \|$", out, re.M), out  # saved-tensor memory row

@@ -65,6 +65,10 @@ def test_yaml_round_trip(tmp_path):
     (["run.root=/tmp/root", "run.dir=/etc/x"], "outside run.root"),
     (["data.vocab_size=99999"], "larger than model.vocab_size"),
     (["model.attn_backend=flash"], "flash-attn is not installed"),
+    (["optim.z_loss=nan"], "optim.z_loss=nan must be >= 0"),
+    (["optim.z_loss=-1e-4"], "optim.z_loss=-0.0001 must be >= 0"),
+    (["data=induction", "data.document_mask=true"], "data=induction has one sequence per row and no EOS"),
+    (["data.document_positions=true"], "needs data.document_mask=true"),
 ])
 def test_bad_values_fail_with_one_clear_line(overrides, match):
     with pytest.raises(UserError, match=match) as e:

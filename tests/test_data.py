@@ -350,15 +350,60 @@ def test_streaming_ranks_share_one_order_and_resume_with_another_world_size(corp
 # ---------------------------------------------------------------- bad input
 
 
-def test_streaming_one_document_is_all_validation(tmp_path, prepared):
+def _stream_windows(loader, n: int) -> list[list[int]]:
+    """The next ``n`` windows (inputs + the last label) of a one-rank loader, in order."""
+    out = []
+    while len(out) < n:
+        b = next(loader)
+        out += [x + [y[-1]] for x, y in zip(b["input_ids"].tolist(), b["labels"].tolist())]
+    return out[:n]
+
+
+@pytest.mark.parametrize("kind", ["one-txt-file", "jsonl-with-blank-rows"])
+def test_streaming_holds_out_the_tokens_preparation_holds_out(tmp_path, prepared, kind):
+    """Streaming validates on exactly the prepared validation tokens and trains on the tokens after them, in
+    stream order (the prepared loader's windows by index), also when validation ends inside a document (one
+    .txt file) and when rows are empty or blank (no document, as in preparation)."""
+    _, out, _ = prepared
+    if kind == "one-txt-file":
+        one = tmp_path / "one.txt"
+        one.write_text(" ".join(make_docs(n=3)))
+        files = [str(one)]
+    else:
+        docs = make_docs(n=12, words=36, seed=4)
+        docs[1:1] = ["", "   \n"]
+        docs.insert(7, "")
+        files = [write_jsonl(tmp_path / "blank.jsonl", docs)]
+    cfg = local_cfg(files, tmp_path, streaming=True, tokenizer=str(out / "tokenizer.model"))
+    stream = build_data(cfg, seed=0, model_vocab=512)
+    prep = build_data(DataConfig(**{**cfg.__dict__, "streaming": False}), seed=0, model_vocab=512)
+    assert len(stream.validation) == len(prep.validation) == cfg.val_sequences
+    assert np.array_equal(stream.validation.arrays[0], np.concatenate(prep.validation.arrays))
+    n = len(prep.train.samples)
+    assert n >= 8
+    want = [prep.train.samples.window(i).tolist() for i in range(n)]
+    assert _stream_windows(stream.train, n) == want
+
+
+def test_streaming_one_file_is_the_same_on_two_ranks_and_after_resume(tmp_path, prepared):
+    """One .txt file (training starts inside its only document): 2 ranks deal out the 1-rank order, and a
+    state taken on 2 ranks resumes on 1 (and a new epoch starts again after the validation tokens)."""
     _, out, _ = prepared
     one = tmp_path / "one.txt"
     one.write_text(" ".join(make_docs(n=3)))
     cfg = local_cfg([str(one)], tmp_path, streaming=True, tokenizer=str(out / "tokenizer.model"))
-    with pytest.raises(UserError, match="no training document after the ones held out.*data.streaming=false"):
-        next(build_data(cfg, seed=0, model_vocab=512).train)
-    b = build_data(DataConfig(**{**cfg.__dict__, "streaming": False}), seed=0, model_vocab=512)
-    assert len(b.validation) == cfg.val_sequences and next(b.train)["input_ids"].shape == (4, 32)
+    ref_loader = build_data(cfg, seed=0, model_vocab=512).train
+    ref = rows(take(ref_loader, 40))
+    assert ref_loader.epoch >= 1
+    two = [build_data(cfg, seed=0, rank=r, world_size=2, model_vocab=512).train for r in range(2)]
+    got = []
+    for _ in range(3):
+        got += [row for lo in two for row in rows([next(lo)])]
+    state = json.loads(json.dumps(two[1].state_dict()))
+    one_rank = build_data(cfg, seed=0, model_vocab=512).train
+    one_rank.load_state_dict(state)
+    got += rows(take(one_rank, 34))
+    assert got == ref
 
 
 def test_missing_files(tmp_path):

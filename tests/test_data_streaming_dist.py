@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_data import make_docs, write_jsonl
-from tests.test_train_helpers import by_step, run_inprocess, run_torchrun, tiny
+from tests.test_train_helpers import by_step, rows, run_inprocess, run_torchrun, tiny
 
 STEPS = 6
 
@@ -40,11 +40,33 @@ def inprocess(run_dir: Path, *extra: str) -> dict:
         return run_inprocess(tiny(run_dir, *extra))
 
 
+@pytest.fixture(scope="module")
+def one_txt_file(streaming, tmp_path_factory):
+    """The same run on one plain .txt file: one document, validation = its first tokens, training the rest."""
+    root = tmp_path_factory.mktemp("one_txt")
+    one = root / "one.txt"
+    one.write_text(" ".join(make_docs(n=30, words=120, seed=5)), encoding="utf-8")
+    return [f"data.files=[{one}]" if o.startswith("data.files=") else o for o in streaming]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_streaming_resume_at_another_world_size(streaming, tmp_path):
     """2 processes (steps 1-2) -> 1 process (steps 3-4) -> 2 processes (steps 5-6) train on exactly the
     sequences of one uninterrupted process: same losses, and the same place in the stream at the end."""
+    _resume_at_another_world_size(streaming, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_streaming_one_txt_file_at_another_world_size(one_txt_file, tmp_path):
+    """The same with one .txt file, where training starts inside the document that validation begins."""
+    _resume_at_another_world_size(one_txt_file, tmp_path)
+    evals = rows(tmp_path / "run", "eval")
+    assert evals and all(r["val_loss"] > 0 for r in evals)
+
+
+def _resume_at_another_world_size(streaming: list[str], tmp_path: Path) -> None:
     ref = tmp_path / "ref"
     inprocess(ref, *streaming)
 

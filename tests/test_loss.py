@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from llama_jreg.config import load_config
-from llama_jreg.loss import auto_chunk_tokens, cross_entropy_sum, linear_cross_entropy
+from llama_jreg.loss import (
+    auto_chunk_tokens,
+    cross_entropy_sum,
+    linear_cross_entropy,
+    linear_cross_entropy_z,
+    lse_square_sum,
+)
 from llama_jreg.model import Llama, ModelConfig
 from llama_jreg.train.trainer import Trainer
 from tests.test_train_helpers import tiny
@@ -153,3 +159,98 @@ def test_trainer_fused_and_materialised_loss_give_the_same_step(tmp_path):
     assert fused.evaluate() == pytest.approx(plain.evaluate(), rel=1e-5)
     fused.close()
     plain.close()
+
+
+# ---------------------------------------------------------------- z-loss (optim.z_loss)
+
+def _z_reference(h, w, y, coef):
+    """CE_sum + coef * sum lse^2 over materialised logits, differentiated by autograd (fp64 in, fp64 out)."""
+    h, w = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    logits = F.linear(h, w)
+    keep = y != -100
+    lse = torch.logsumexp(logits, dim=-1)
+    loss = F.cross_entropy(logits, y, ignore_index=-100, reduction="sum") + coef * (lse.square() * keep).sum()
+    loss.backward()
+    return loss.detach(), (lse.square() * keep).sum().detach(), h.grad, w.grad
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 37, 64])
+def test_z_loss_and_its_gradients_match_autograd_fp64(chunk):
+    h, w, y = _inputs()
+    with torch.no_grad():
+        w.mul_(6)  # logits of a few units: lse far from 0, so the z-term and its gradient are not small
+    coef = 0.3
+    want_loss, want_z, want_gh, want_gw = _z_reference(h, w, y, coef)
+    assert float(want_z) > 10 * len(y)  # the term is real
+    loss, ce, zsum = linear_cross_entropy_z(h, w, y, coef, chunk)
+    (loss * 2.5).backward()
+    torch.testing.assert_close(loss.detach(), want_loss, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(zsum, want_z, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ce + coef * zsum, want_loss, rtol=1e-12, atol=1e-12)
+    assert not ce.requires_grad and not zsum.requires_grad
+    torch.testing.assert_close(h.grad, 2.5 * want_gh, rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(w.grad, 2.5 * want_gw, rtol=1e-11, atol=1e-11)
+    assert h.grad[y == -100].abs().max() == 0
+    # the gradient differs from plain CE's: the z-term acts
+    _, plain_gh, _ = _reference(h, w, y)
+    assert (h.grad / 2.5 - plain_gh).abs().max() > 1e-2
+
+
+def test_z_loss_chunked_fp32_agrees_with_the_reference_path_and_no_grad():
+    h, w, y = _inputs(N=300, D=64, V=1000, dtype=torch.float32, n_ignored=40)
+    results = []
+    for chunk in (0, 16, 128, None):
+        hh, ww = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+        loss, ce, zsum = linear_cross_entropy_z(hh, ww, y, 1e-2, chunk)
+        loss.backward()
+        assert loss.dtype == torch.float32
+        results.append((loss.detach(), zsum, hh.grad, ww.grad))
+        with torch.no_grad():
+            again = linear_cross_entropy_z(h, w, y, 1e-2, chunk)
+        assert not again[0].requires_grad
+        torch.testing.assert_close(again[0], loss.detach(), rtol=1e-6, atol=1e-4)
+    ref = results[0]
+    for got in results[1:]:
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_z_loss_zero_is_refused_by_the_z_function():
+    h, w, y = _inputs()
+    with pytest.raises(ValueError, match="z_coef"):
+        linear_cross_entropy_z(h, w, y, 0.0)
+
+
+def test_trainer_z_loss_step_matches_the_written_out_objective(tmp_path):
+    """optim.z_loss=c: the step's gradients are those of (CE_sum + c * sum lse^2) / N_target over materialised
+    logits; lm_loss stays the plain CE and z_loss = c * mean lse^2 is logged."""
+    coef = 0.05
+    tr = Trainer(load_config(tiny(tmp_path / "z", "trainer.max_steps=2", "jreg=off", f"optim.z_loss={coef}")))
+    ref = copy.deepcopy(tr.llama)
+    batches = tr._next_batches() + tr._next_batches()
+    fb = tr.forward_backward(batches, 0.0, False)
+    n = sum(int((b["labels"] != -100).sum()) for b in batches)
+    ce_total = z_total = 0.0
+    for b in batches:
+        logits = ref(b["input_ids"]).logits
+        ce, z = cross_entropy_sum(logits, b["labels"]), lse_square_sum(logits, b["labels"])
+        ((ce + coef * z) / n).backward()
+        ce_total += float(ce.detach())
+        z_total += float(z.detach())
+    assert fb["lm_loss"] == pytest.approx(ce_total / n, rel=1e-5)
+    assert fb["z_loss"] == pytest.approx(coef * z_total / n, rel=1e-5)
+    assert fb["loss"] == pytest.approx(fb["lm_loss"] + fb["z_loss"], rel=1e-12)
+    for (name, pa), pb in zip(tr.llama.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6, msg=name)
+    tr.close()
+
+
+def test_a_run_with_z_loss_logs_it_in_every_train_row(tmp_path):
+    from tests.test_train_helpers import rows, run_inprocess
+
+    run_inprocess(tiny(tmp_path / "r", "trainer.max_steps=3", "jreg=off", "optim.z_loss=1e-3"))
+    train = rows(tmp_path / "r")
+    assert [r["step"] for r in train] == [1, 2, 3]
+    for r in train:
+        assert r["z_loss"] > 0 and r["loss"] == pytest.approx(r["lm_loss"] + r["z_loss"], rel=1e-12)
+    assert all(r["val_loss"] > 0 for r in rows(tmp_path / "r", "eval"))  # validation: the plain CE, as before

@@ -41,7 +41,7 @@ def _grads(model) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("jump_step", [False, True])
 def test_jreg_off_is_plain_lm_bit_for_bit(tmp_path, jump_step):
-    tr = _trainer(tmp_path, "jreg=off")
+    tr = _trainer(tmp_path, "jreg=off", "optim.z_loss=0")  # z-loss off too: no term, no extra computation
     ref = copy.deepcopy(tr.llama)
     batches = _batches(0, 3, ignore=[5, 0, 17])
     fb = tr.forward_backward(batches, weight=J.weight_at(tr.cfg.jreg, 0), want_stats=jump_step)
@@ -57,7 +57,7 @@ def test_jreg_off_is_plain_lm_bit_for_bit(tmp_path, jump_step):
         ce_total += float(ce.detach().double())
     got, want = _grads(tr.llama), _grads(ref)
     assert all(torch.equal(got[k], want[k]) for k in want)
-    assert fb["loss"] == fb["lm_loss"] and fb["jreg_loss"] == 0.0
+    assert fb["loss"] == fb["lm_loss"] and fb["jreg_loss"] == 0.0 and fb["z_loss"] == 0.0
     assert fb["lm_loss"] == pytest.approx(ce_total / n, rel=1e-12)
 
 

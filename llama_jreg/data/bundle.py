@@ -14,9 +14,11 @@ from llama_jreg import UserError
 from llama_jreg.data.config import DataConfig
 from llama_jreg.data.loader import (
     LOADER_VERSION,
+    DocumentBatches,
     GlobalOrderLoader,
     PackedSequences,
     SampleSet,
+    add_document_ids,
     fixed_batches,
 )
 from llama_jreg.data.prepare import (
@@ -48,6 +50,8 @@ class DataBundle:
     micro_batch_size: int = 8
     val_limit: int | None = None
     prepared_dir: Path | None = None
+    # data.document_mask: (EOS id, data.document_positions); batches then carry doc_ids (and position_ids)
+    documents: tuple[int, bool] | None = None
 
     def val_batches(self, n: int) -> list[dict[str, torch.Tensor]]:
         """``n`` fixed micro-batches of the validation set, identical on every rank and every call.
@@ -55,7 +59,8 @@ class DataBundle:
         They cycle through the first ``data.val_sequences`` validation sequences (``num_val`` for induction).
         """
         assert self.validation is not None
-        return fixed_batches(self.validation, n, self.micro_batch_size, self.val_limit)
+        batches = fixed_batches(self.validation, n, self.micro_batch_size, self.val_limit)
+        return batches if self.documents is None else [add_document_ids(b, *self.documents) for b in batches]
 
 
 def _hash(obj: Any) -> str:
@@ -73,8 +78,13 @@ def build_data(data_cfg: DataConfig, *, seed: int, rank: int = 0, world_size: in
     if cfg.source == "induction":
         return _build_induction(cfg, seed, rank, world_size, model_vocab)
     if cfg.streaming:
-        return _build_streaming(cfg, seed, rank, world_size, model_vocab)
-    return _build_prepared(cfg, seed, rank, world_size, model_vocab)
+        bundle = _build_streaming(cfg, seed, rank, world_size, model_vocab)
+    else:
+        bundle = _build_prepared(cfg, seed, rank, world_size, model_vocab)
+    if cfg.document_mask:  # documents end with EOS in both token streams (prepare.py, streaming.py)
+        bundle.documents = (bundle.tokenizer.eos_id, cfg.document_positions)
+        bundle.train = DocumentBatches(bundle.train, *bundle.documents)
+    return bundle
 
 
 def _build_prepared(cfg: DataConfig, seed: int, rank: int, world_size: int, model_vocab: int) -> DataBundle:
@@ -138,17 +148,17 @@ def _build_streaming(cfg: DataConfig, seed: int, rank: int, world_size: int, mod
     source = make_source(cfg)
     tok = streaming_tokenizer(cfg, source)
     tok.check_fits(model_vocab)
-    held_docs, val_tokens = holdout_validation(source, tok, cfg.seq_len, cfg.val_sequences)
+    # validation = the stream's first tokens (the prepared rule); training starts at token `start` of row `rows`
+    rows, start, val_tokens = holdout_validation(source, tok, cfg)
     val = PackedSequences([val_tokens], cfg.seq_len)
-    if len(val) < 1:
-        raise UserError(f"{source.describe()} has {val_tokens.size} tokens, fewer than one sequence of "
-                        f"data.seq_len+1={cfg.seq_len + 1}; add text or lower data.seq_len")
 
     def make_dataset():  # every rank reads the whole training stream (the loader deals out the windows)
-        return source.dataset().skip(held_docs)
+        return source.dataset().skip(rows)
 
     fingerprint = _hash({"streaming": source.identity(), "tokenizer": tok.sha256, "seq_len": cfg.seq_len,
-                         "val_sequences": cfg.val_sequences, "loader": LOADER_VERSION, "order": STREAMING_VERSION})
+                         "validation_tokens": int(val_tokens.size), "loader": LOADER_VERSION,
+                         "order": STREAMING_VERSION})
     loader = StreamingLoader(make_dataset, tok, seq_len=cfg.seq_len, batch_size=cfg.micro_batch_size, rank=rank,
-                             world_size=world_size, fingerprint=fingerprint, read_error=source.read_error)
+                             world_size=world_size, fingerprint=fingerprint, read_error=source.read_error,
+                             start_pos=start)
     return DataBundle(tok, loader, fingerprint, {}, val, cfg.micro_batch_size, cfg.val_sequences, None)

@@ -38,6 +38,11 @@ class DataConfig:
     micro_batch_size: int = 8  # sequences per rank per micro-batch
     val_fraction: float = 0.01  # share of the prepared token stream held out for validation (its head)
     val_sequences: int = 64  # fixed validation set size (sequences); validation always holds them if the corpus can
+    # packed documents: attention does not cross the EOS that ends each document inside a sequence (the batches
+    # carry per-token document ids derived from EOS; llama_jreg/attention.py), and with document_positions the
+    # RoPE positions restart at 0 in every document
+    document_mask: bool = False
+    document_positions: bool = False
     # preparation
     streaming: bool = False  # tokenise on the fly from `datasets` streaming instead of prepared shards
     prepared_dir: str | None = None  # where shards + manifest go; default: <cache_dir>/prepared/<fingerprint>

@@ -152,3 +152,46 @@ def fixed_batches(samples: SampleSet, n: int, batch_size: int, limit: int | None
     if size < 1:
         raise UserError("the validation split holds no complete sequence; raise data.val_fraction or lower data.seq_len")
     return [samples.batch(np.arange(i * batch_size, (i + 1) * batch_size) % size) for i in range(n)]
+
+
+def document_ids(input_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token ``(doc_ids, position_ids)`` of packed (B, T) rows whose documents each end with EOS.
+
+    A document runs up to and including its EOS; the next token starts a new one (with a tokenizer that adds
+    BOS, that is the BOS). ``doc_ids`` counts the EOS tokens before each token of its row; ``position_ids``
+    is the token's position inside its document (0 at each document start and at the row's first token,
+    which may be in the middle of a document cut by the window)."""
+    is_eos = input_ids == eos_id
+    doc = is_eos.long().cumsum(1) - is_eos.long()
+    starts = torch.zeros_like(is_eos)
+    starts[:, 0] = True
+    starts[:, 1:] = is_eos[:, :-1]
+    t = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+    first = torch.where(starts, t, torch.zeros_like(t)).cummax(1).values
+    return doc, t - first
+
+
+def add_document_ids(batch: dict[str, torch.Tensor], eos_id: int, positions: bool) -> dict[str, torch.Tensor]:
+    """``batch`` with ``doc_ids`` (and, with ``positions``, ``position_ids``) from :func:`document_ids`."""
+    doc, pos = document_ids(batch["input_ids"], eos_id)
+    batch["doc_ids"] = doc
+    if positions:
+        batch["position_ids"] = pos
+    return batch
+
+
+class DocumentBatches:
+    """A train loader whose batches also carry the document ids of ``add_document_ids`` (``data.document_mask``).
+    Everything else -- ``state_dict``, ``load_state_dict``, ``cursor``, ... -- is the wrapped loader's."""
+
+    def __init__(self, loader, eos_id: int, positions: bool):
+        self.loader, self.eos_id, self.positions = loader, eos_id, positions
+
+    def __iter__(self) -> DocumentBatches:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        return add_document_ids(next(self.loader), self.eos_id, self.positions)
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["loader"], name)

@@ -37,7 +37,9 @@ user-facing keys (KEY=VALUE):
   trainer.loss_chunk_tokens (null=auto, 0=full logits)  model.attn_backend  model.rope_scaling (linear|llama3)
   trainer.profile_from=STEP trainer.profile_steps=N (torch.profiler -> run.dir/profile/)
   trainer.malloc_tuning (CPU: keep freed memory in the heap, default true)
-  optim.lr  optim.weight_decay  optim.fused  schedule.warmup_steps  logger.project  logger.group  logger.tags
+  optim.lr  optim.weight_decay  optim.fused  optim.z_loss (e.g. 1e-4; 0=off)  schedule.warmup_steps
+  data.document_mask (attention within documents)  data.document_positions (RoPE restarts per document)
+  data.streaming  logger.project  logger.group  logger.tags
   run.dir   resume=auto|PATH
   init_from=PATH  continued pre-training: start from the weights (only) of a checkpoint / run dir / HF Llama
             dir / .gguf; the architecture and, without data.tokenizer, the tokenizer come from it

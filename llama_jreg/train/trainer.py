@@ -12,13 +12,15 @@ Loss (per optimizer step, over all micro-batches m of all ranks):
 
     lm_loss   = sum_m CE_sum(m) / N_target          N_target = target tokens (labels != -100) of the step
     jreg_loss = mean_m R(Psi(m))                    Psi(m) from the micro-batch's per-layer token cosines
-    loss      = lm_loss + weight(step) * jreg_loss
+    z_loss    = optim.z_loss * sum_m LSE2_sum(m) / N_target    LSE2 = logsumexp(logits)^2 per target token
+    loss      = lm_loss + z_loss + weight(step) * jreg_loss
 
-Each micro-batch back-propagates ``CE_sum(m) / (N_target / W) + weight * R(m) / n_micro_per_rank``; DDP /
+Each micro-batch back-propagates ``(CE_sum(m) + z * LSE2_sum(m)) / (N_target / W) + weight * R(m) / n_micro``
+(``n_micro`` per rank; the first term is one fused pass of the LM head, ``llama_jreg/loss.py``); DDP /
 FSDP2 average gradients over the W ranks, so the update is exactly the gradient of ``loss``, independent of
 how the global batch is split into ranks and micro-batches. With ``jreg.weight == 0`` the model runs without
 gradient-carrying statistics and no JREG term is built: loss and gradients are bit-identical to plain LM
-training (tests/test_train_loss.py).
+training (tests/test_train_loss.py); so is ``optim.z_loss == 0``.
 """
 
 from __future__ import annotations
@@ -234,7 +236,7 @@ class Trainer:
                     tps = window_tokens / max(elapsed, 1e-9)
                     mem, mem_kind = memory_usage(self.device)
                     row = {"kind": "train", "step": self.step, "tokens": self.tokens, "loss": out["loss"],
-                           "lm_loss": out["lm_loss"], "jreg_loss": out["jreg_loss"],
+                           "lm_loss": out["lm_loss"], "z_loss": out["z_loss"], "jreg_loss": out["jreg_loss"],
                            "jreg_weight": out["jreg_weight"], "lr": out["lr"], "grad_norm": out["grad_norm"],
                            "tokens_per_s": tps, "step_time_s": elapsed * self.tokens_per_step / max(window_tokens, 1),
                            "tflops": tps * self.flops_per_token / self.world / 1e12,
@@ -285,6 +287,10 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _documents(self, b: dict) -> dict:
+        """The model's ``doc_ids`` / ``position_ids`` arguments from a batch (``data.document_mask``; else none)."""
+        return {k: b[k].to(self.device, non_blocking=True) for k in ("doc_ids", "position_ids") if k in b}
+
     def forward_backward(self, batches: list[dict], weight: float, want_stats: bool, nan: bool = False) -> dict:
         """Forward + backward of this rank's micro-batches with the step's loss normalisation; leaves the
         gradients of the whole global batch in ``.grad`` (synchronised on the last micro-batch only).
@@ -314,8 +320,9 @@ class Trainer:
         tokens_per_rank = n_target / self.world  # DDP/FSDP average over ranks: divide by this, not n_target
         n_micro = len(batches)  # per rank; R(m) / n_micro averaged over ranks = mean over all micro-batches
 
-        # sums for logging: [ce_sum, R_sum, n_stat_tokens, psi*n (L), psi_post*n]
-        sums = torch.zeros(3 + L + 1, dtype=torch.float64, device=self.device)
+        # sums for logging: [ce_sum, R_sum, n_stat_tokens, psi*n (L), psi_post*n, lse2_sum]
+        z_coef = cfg.optim.z_loss
+        sums = torch.zeros(3 + L + 2, dtype=torch.float64, device=self.device)
         for i, b in enumerate(batches):
             x = b["input_ids"].to(self.device, non_blocking=True)
             y = b["labels"].to(self.device, non_blocking=True)
@@ -323,9 +330,10 @@ class Trainer:
             psi = None
             with no_sync(self.model, skip=i < n_micro - 1):
                 with self._autocast():
-                    out = self.model(x, stats=stats, labels=y, loss_chunk_tokens=cfg.trainer.loss_chunk_tokens)
-                ce = out.loss
-                loss = ce / tokens_per_rank
+                    out = self.model(x, stats=stats, labels=y, loss_chunk_tokens=cfg.trainer.loss_chunk_tokens,
+                                     z_loss=z_coef, **self._documents(b))
+                ce = out.loss if out.ce is None else out.ce
+                loss = out.loss / tokens_per_rank
                 if use_jreg:
                     with torch.profiler.record_function("jreg_term"):  # named for scripts/bench_cpu.py
                         psi = J.psi(out.cos, mask)
@@ -336,6 +344,8 @@ class Trainer:
                     loss = loss * float("nan")
                 loss.backward()
             sums[0] += ce.detach().double()
+            if out.lse_sq is not None:
+                sums[4 + L] += out.lse_sq.double()
             if want_stats:  # Psi for the jump row only on jump-logging steps (reusing JREG's Psi when built)
                 with torch.no_grad():
                     n = mask.sum().double()
@@ -356,15 +366,16 @@ class Trainer:
         v = sums.tolist()
         L = self.cfg.model.n_layers
         lm_loss = v[0] / fb["n_target"]
+        z_loss = self.cfg.optim.z_loss * v[4 + L] / fb["n_target"]
         jreg_loss = v[1] / (fb["n_micro"] * self.world) if self.cfg.jreg.enabled else 0.0
         psi_all = psi_post = None
         if fb["want_stats"]:
             n = max(v[2], 1.0)
             psi_all = [x / n for x in v[3:3 + L]]
             psi_post = v[3 + L] / n
-        out = {"loss": float("nan") if fb["nan"] else lm_loss + fb["weight"] * jreg_loss, "lm_loss": lm_loss,
-               "jreg_loss": jreg_loss, "n_target": fb["n_target"], "stop": fb["stop"],
-               "psi": psi_all, "psi_post_norm_L": psi_post}
+        out = {"loss": float("nan") if fb["nan"] else lm_loss + z_loss + fb["weight"] * jreg_loss,
+               "lm_loss": lm_loss, "z_loss": z_loss, "jreg_loss": jreg_loss, "n_target": fb["n_target"],
+               "stop": fb["stop"], "psi": psi_all, "psi_post_norm_L": psi_post}
         if grad_norm is not None:
             out["grad_norm"] = v[-1]
         return out
@@ -410,7 +421,8 @@ class Trainer:
         self.step += 1
         self.tokens += self.tokens_per_step
 
-        return {"loss": total, "lm_loss": lm_loss, "jreg_loss": jreg_loss, "jreg_weight": weight, "lr": lr,
+        return {"loss": total, "lm_loss": lm_loss, "z_loss": fb["z_loss"], "jreg_loss": jreg_loss,
+                "jreg_weight": weight, "lr": lr,
                 "grad_norm": grad_norm, "psi": fb["psi"], "psi_post_norm_L": fb["psi_post_norm_L"],
                 "stop": fb["stop"]}
 
@@ -423,7 +435,7 @@ class Trainer:
         b = self.val[0]
         y = b["labels"].to(self.device)
         with self._autocast():
-            out = self.llama(b["input_ids"].to(self.device), stats=True)
+            out = self.llama(b["input_ids"].to(self.device), stats=True, **self._documents(b))
         return [float(v) for v in J.psi(out.cos, y != IGNORE_INDEX)]
 
     def log_jump(self, out: dict) -> None:
@@ -460,7 +472,7 @@ class Trainer:
             y = b["labels"].to(self.device)
             with self._autocast():
                 ce = self.llama(b["input_ids"].to(self.device), labels=y,
-                                loss_chunk_tokens=self.cfg.trainer.loss_chunk_tokens).loss
+                                loss_chunk_tokens=self.cfg.trainer.loss_chunk_tokens, **self._documents(b)).loss
             if i < n:
                 sums[0] += ce.double()
                 sums[1] += (y != IGNORE_INDEX).sum().double()
