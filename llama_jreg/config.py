@@ -62,6 +62,10 @@ class TrainerConfig:
     # full: model.safetensors + optimizer.pt gathered on rank 0; auto: sharded under parallel=fsdp, else full.
     # Resume reads either format (llama_jreg/train/checkpoint.py)
     checkpoint_format: str = "auto"
+    # write the sharded checkpoint's shards in a background thread while training continues; the checkpoint
+    # exists (manifest, rename) only once the write completed (at the next save or the end of the run).
+    # Needs the sharded format (auto picks it)
+    async_checkpoint: bool = False
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     compile: bool = False
     # tokens per chunk of the fused LM head + cross-entropy (llama_jreg/loss.py); null = auto (32 MiB of fp32
@@ -171,6 +175,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                         "would be profiled; choose a step <= max_steps")
     if t.checkpoint_format not in ("auto", "sharded", "full"):
         raise UserError(f"unknown trainer.checkpoint_format={t.checkpoint_format!r}; choose auto, sharded or full")
+    if t.async_checkpoint and t.checkpoint_format == "full":
+        raise UserError("trainer.async_checkpoint=true writes sharded checkpoints only; set "
+                        "trainer.checkpoint_format=sharded (or auto), or trainer.async_checkpoint=false")
     if t.precision not in ("auto", "fp32", "bf16"):
         raise UserError(f"unknown trainer.precision={t.precision!r}; choose auto, fp32 or bf16")
     if t.nonfinite not in ("skip", "halt"):

@@ -140,7 +140,8 @@ class Trainer:
         self.model = parallelize(model, cfg, self.device, self.precision)
         # FSDP2 with bf16: its MixedPrecisionPolicy casts the parameters (fp32 masters), no autocast
         self.fsdp_mixed_precision = cfg.parallel.name == "fsdp" and self.world > 1 and self.precision == "bf16"
-        self.checkpoint_format = ckpt.resolve_format(t.checkpoint_format, cfg.parallel.name)
+        self.checkpoint_format = ckpt.resolve_format(t.checkpoint_format, cfg.parallel.name, t.async_checkpoint)
+        self.background_ckpt = ckpt.AsyncCheckpointer() if t.async_checkpoint else None  # the save in flight
         self.llama = unwrap(self.model)
         self.optimizer = build_optimizer(self.llama, cfg.optim, self.device)
         self.schedule = Schedule(self.optimizer, cfg.schedule, cfg.optim.lr, t.max_steps)
@@ -256,6 +257,8 @@ class Trainer:
                     self.save()
             if self.step != self.last_saved_step:
                 self.save()
+            if self.background_ckpt is not None:
+                self.background_ckpt.wait()  # the last checkpoint exists before the run reports it
         finally:
             if progress is not None:
                 progress.close()
@@ -481,6 +484,7 @@ class Trainer:
             loader=self.train_iter, trainer_state=state, config_yaml=self.config_yaml,
             tokenizer_path=str(tok) if tok else None, wandb_run_id=self.wandb_run_id,
             fingerprint=self.data.fingerprint, keep_last=self.cfg.trainer.keep_last, fmt=self.checkpoint_format,
+            background=self.background_ckpt,
         )
         self.last_saved_step = self.step
         self.last["last_checkpoint"] = str(path)
@@ -543,6 +547,8 @@ class Trainer:
         }
 
     def close(self) -> None:
+        if self.background_ckpt is not None:
+            self.background_ckpt.close()  # a run that failed mid-save leaves that checkpoint unfinished
         self.metrics.finish()
         torch.use_deterministic_algorithms(self._was_deterministic)
 
