@@ -152,9 +152,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         )
     if d.seq_len < 2 or d.micro_batch_size < 1:
         raise UserError("data.seq_len must be >= 2 and data.micro_batch_size >= 1")
-    if d.source == "local" and not d.files:
+    if d.mixture:
+        from llama_jreg.data.mixture import check_mixture
+
+        check_mixture(d)
+    elif d.source == "local" and not d.files:
         raise UserError("data=local needs files: add data.files=[path/to/corpus.jsonl,...]")
-    if d.source == "hf" and not d.hf_path:
+    if d.source == "hf" and not d.hf_path and not d.mixture:
         raise UserError("data=hf needs a dataset: add data.hf_path=NAME (e.g. HuggingFaceFW/fineweb-edu)")
     if d.vocab_size is not None and d.vocab_size > cfg.model.vocab_size:
         raise UserError(

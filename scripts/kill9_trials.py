@@ -21,6 +21,9 @@ Kinds of kill (chosen at random per kill):
 * ``in-save`` - after a random number of logged steps, wait until a ``checkpoints/step_*.tmp-*`` directory
   exists (a save is in progress), then a random 0-150 ms more (so some kills fall after the rename, in the
   keep-last clean-up, or in the next step);
+* ``in-background`` - (``--async`` only) after a random number of logged steps, wait until a save is being
+  written in the background while training goes on (a ``step_N.tmp-*`` dir exists and metrics.jsonl has rows
+  past step N), then a random 0-150 ms more;
 * ``early``   - (resume launches only) a random 0-1.5 x the measured start-up time after launch: during
   imports, resume discovery, checkpoint loading or the metrics clean-up.
 
@@ -321,6 +324,24 @@ def _wait_tmp(run: Path, proc: subprocess.Popen, timeout: float) -> bool:
     return False
 
 
+def _wait_background(run: Path, proc: subprocess.Popen, timeout: float) -> bool:
+    """Until a ``step_N.tmp-`` dir exists while metrics.jsonl has rows past step N (an asynchronous save is
+    being written while training goes on)."""
+    root = run / "checkpoints"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            steps = [int(n[5:13]) for n in os.listdir(root) if n.startswith("step_") and ".tmp-" in n]
+        except FileNotFoundError:
+            steps = []
+        if steps and count_train_rows(run) > min(steps):
+            return True
+        time.sleep(0.002)
+    return False
+
+
 def run_reference(work: Path, steps: int, ckpt_every: int, keep_last: int, fsync_delay: float) -> tuple[dict, float]:
     run = work / "reference"
     shutil.rmtree(run, ignore_errors=True)
@@ -363,6 +384,10 @@ def _drive(proc, k: int, n_kills: int, rng: random.Random, run: Path, steps: int
         time.sleep(rng.uniform(0, 1.5 * startup))
     elif kind == "random":
         _wait_rows(run, proc, target, 600)
+        time.sleep(rng.uniform(0, 0.15))
+    elif kind == "in-background":
+        _wait_rows(run, proc, target, 600)
+        _wait_background(run, proc, 600)
         time.sleep(rng.uniform(0, 0.15))
     else:  # in-save
         _wait_rows(run, proc, target, 600)
@@ -494,6 +519,8 @@ def run_trials(trials: int, seed: int, steps: int = 24, ckpt_every: int = 3, kee
     log(f"work dir {work}; code {code_version()} (frozen copy in {CODE}); {FORMAT} checkpoints"
         f"{' written in the background' if ASYNC else ''}; {trials} trials, seed {seed}, "
         f"{steps} steps, ckpt_every {ckpt_every}, keep_last {keep_last}, fsync delay {fsync_delay * 1000:.0f} ms")
+    if not ASYNC:
+        kinds = tuple(k for k in kinds if k != "in-background")
     ref, ref_s = run_reference(work, steps, ckpt_every, keep_last, fsync_delay)
     startup = measure_startup(work, steps, ckpt_every, keep_last, fsync_delay) if "early" in kinds else 0.0
     log(f"reference run: {ref_s:.1f} s; start-up to the first step: {startup:.1f} s")
@@ -530,8 +557,10 @@ def main(argv: list[str]) -> int:
                    help="trainer.async_checkpoint=true (implies --format sharded)")
     a = p.parse_args(argv)
     t0 = time.time()
+    kinds = ("random", "in-save", "in-background", "early") if a.async_save else ("random", "in-save", "early")
     trials = run_trials(a.trials, a.seed, a.steps, a.ckpt_every, a.keep_last, a.fsync_delay, a.max_kills,
-                        Path(a.workdir) if a.workdir else None, a.keep, fmt=a.format, async_save=a.async_save)
+                        Path(a.workdir) if a.workdir else None, a.keep, kinds=kinds, fmt=a.format,
+                        async_save=a.async_save)
     print()
     print(table(trials))
     print()

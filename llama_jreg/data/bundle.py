@@ -57,6 +57,29 @@ class DataBundle:
         assert self.validation is not None
         return fixed_batches(self.validation, n, self.micro_batch_size, self.val_limit)
 
+    def val_sources(self) -> list[tuple[str, float]] | None:
+        """(name, share of the weights) of each source of a mixture, in the order ``val_batches`` lists their
+        batches (``n`` each); None for a single source."""
+        return None
+
+
+@dataclass
+class MixtureBundle(DataBundle):
+    """A ``data.mixture``: ``train`` is a :class:`~llama_jreg.data.mixture.MixtureLoader`; ``parts`` are the
+    sources' own bundles (their validation sets)."""
+
+    names: list[str] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    parts: list[DataBundle] = field(default_factory=list)
+
+    def val_batches(self, n: int) -> list[dict[str, torch.Tensor]]:
+        """``n`` fixed validation micro-batches of every source, source after source."""
+        return [b for part in self.parts for b in part.val_batches(n)]
+
+    def val_sources(self) -> list[tuple[str, float]] | None:
+        total = sum(self.weights)
+        return [(name, w / total) for name, w in zip(self.names, self.weights)]
+
 
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
@@ -70,6 +93,11 @@ def build_data(data_cfg: DataConfig, *, seed: int, rank: int = 0, world_size: in
     cfg = data_cfg
     if cfg.seq_len < 2 or cfg.micro_batch_size < 1:
         raise UserError("data.seq_len must be >= 2 and data.micro_batch_size >= 1")
+    if cfg.mixture:
+        from llama_jreg.data.mixture import build_mixture
+
+        return build_mixture(cfg, seed=seed, rank=rank, world_size=world_size, model_vocab=model_vocab,
+                             build_one=lambda c, *a: (_build_streaming if c.streaming else _build_prepared)(c, *a))
     if cfg.source == "induction":
         return _build_induction(cfg, seed, rank, world_size, model_vocab)
     if cfg.streaming:

@@ -192,6 +192,8 @@ class MetricsLogger:
             if isinstance(v, list):
                 for i, x in enumerate(v):
                     data[f"{kind}/{k}/layer_{i + 1:02d}"] = x
+            elif isinstance(v, dict):  # tokens_by_source
+                data.update({f"{kind}/{k}/{name}": x for name, x in v.items()})
             else:
                 data[f"{kind}/{k}"] = v
         if kind == "jump" and row.get("psi"):

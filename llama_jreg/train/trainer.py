@@ -121,6 +121,7 @@ class Trainer:
                                    model_vocab=cfg.model.vocab_size)
         self.train_iter = self.data.train
         self.val = self.data.val_batches(max(1, t.eval_batches))
+        self.val_sources = self.data.val_sources()  # data.mixture: (name, weight share) per source, else None
         B, T = cfg.data.micro_batch_size, cfg.data.seq_len
         gbs = t.global_batch_size or B * self.world
         if gbs % (B * self.world) != 0:
@@ -239,6 +240,8 @@ class Trainer:
                            "memory": mem, "memory_kind": mem_kind,
                            "data_wait_frac": window_wait / max(elapsed, 1e-9),
                            "nonfinite_skipped": self.nonfinite_total}
+                    if hasattr(self.train_iter, "tokens_by_source"):  # data.mixture
+                        row["tokens_by_source"] = self.train_iter.tokens_by_source()
                     self.metrics.log(row)
                     if progress is not None:
                         progress.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{tps:,.0f}")
@@ -448,10 +451,13 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean CE over the ``trainer.eval_batches`` fixed validation batches, split over ranks."""
+        """Mean CE over the ``trainer.eval_batches`` fixed validation batches, split over ranks. A data.mixture
+        has that many batches per source: ``val_loss/<name>`` per source, ``val_loss`` their weighted mean."""
         self.model.eval()
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
-        n = self.cfg.trainer.eval_batches
+        groups = self.val_sources or [(None, 1.0)]
+        n = len(self.val)
+        per_group = n // len(groups)
+        sums = torch.zeros(2 * len(groups), dtype=torch.float64, device=self.device)
         per_rank = -(-n // self.world)
         for j in range(per_rank):
             i = self.rank + j * self.world
@@ -461,12 +467,17 @@ class Trainer:
                 ce = self.llama(b["input_ids"].to(self.device), labels=y,
                                 loss_chunk_tokens=self.cfg.trainer.loss_chunk_tokens).loss
             if i < n:
-                sums[0] += ce.double()
-                sums[1] += (y != IGNORE_INDEX).sum().double()
+                g = 2 * (i // per_group)
+                sums[g] += ce.double()
+                sums[g + 1] += (y != IGNORE_INDEX).sum().double()
         all_reduce_sum(sums)
-        val_loss = float(sums[0] / sums[1].clamp_min(1.0))
-        self.metrics.log({"kind": "eval", "step": self.step, "tokens": self.tokens, "val_loss": val_loss,
-                          "val_ppl": math.exp(min(val_loss, 700.0))})
+        losses = [float(sums[2 * k] / sums[2 * k + 1].clamp_min(1.0)) for k in range(len(groups))]
+        val_loss = sum(w * loss for (_, w), loss in zip(groups, losses))
+        row = {"kind": "eval", "step": self.step, "tokens": self.tokens, "val_loss": val_loss,
+               "val_ppl": math.exp(min(val_loss, 700.0))}
+        if self.val_sources:
+            row.update({f"val_loss/{name}": loss for (name, _), loss in zip(groups, losses)})
+        self.metrics.log(row)
         self.last["val_loss"] = val_loss
         return val_loss
 
