@@ -3,7 +3,7 @@ the training stall of a sharded save written synchronously vs in the background 
 
     torchrun --standalone --nproc_per_node 2 scripts/bench_ckpt.py [--model medium] [--parallel fsdp]
     python scripts/bench_ckpt.py --model tiny                    # one process
-    torchrun --standalone --nproc_per_node 2 scripts/bench_ckpt.py --formats sharded,async --train-seq 64
+    torchrun --standalone --nproc_per_node 2 scripts/bench_ckpt.py --formats sharded,async,async --train-seq 16
 
 The model (``configs/model/<name>.yaml`` plus ``--set key=value`` model overrides) is built and wrapped as the
 trainer does (``parallel.parallelize``), AdamW's state is created by one optimizer step on zero gradients, and
@@ -16,7 +16,9 @@ checkpoint's size on disk is the manifest's sum.
 The training stall is the time the training thread cannot take a step because of the save: for ``full`` and
 ``sharded`` the whole save; for ``async`` (sharded, ``background=AsyncCheckpointer()``) the call that stages
 the state and starts the write, plus the later ``wait()`` that writes the manifest and renames (called once
-every rank's background write is done, as the next save usually finds it). Meanwhile the benchmark keeps
+every rank's background write is done, as the next save usually finds it). The first asynchronous save of
+a run allocates the CPU buffers it copies the state into; later ones reuse them (list ``async`` twice to see
+both; the second prints as ``async#2``). Meanwhile the benchmark keeps
 training: with ``--train-seq S`` real optimizer steps (batch 1 x S random tokens) run while the shards are
 written, and their mean time is printed next to that of the same steps before any save; without it the
 training thread polls. The background seconds are from the start of the save to the end of the slowest
@@ -82,15 +84,14 @@ def _phase(fn) -> dict:
     return {"s": seconds, "peak_gib": peak / gib, "rise_gib": (peak - rss0) / gib if resettable else None}
 
 
-def _async_phase(save, train_step) -> tuple[dict, dict]:
-    """An asynchronous save: the blocking start, training steps (or polling) until every rank's background
-    write is done, then the blocking commit. Returns (phase dict as ``_phase``, stall figures)."""
+def _async_phase(save, train_step, bg) -> tuple[dict, dict]:
+    """An asynchronous save with ``bg`` (an ``AsyncCheckpointer``): the blocking start, training steps (or
+    polling) until every rank's background write is done, then the blocking commit. Returns (phase dict as
+    ``_phase``, stall figures)."""
     import torch.distributed as dist
 
-    from llama_jreg.train import checkpoint as ckpt
     from llama_jreg.train.parallel import all_reduce_sum, barrier, is_distributed
 
-    bg = ckpt.AsyncCheckpointer()
     barrier()
     resettable = _reset_peak()
     rss0 = _status_kib("VmRSS")
@@ -118,7 +119,6 @@ def _async_phase(save, train_step) -> tuple[dict, dict]:
     background = torch.tensor([done_at[0] - t0 if done_at else seconds], dtype=torch.float64)
     if is_distributed():
         dist.all_reduce(background, op=dist.ReduceOp.MAX)
-    bg.close()
     barrier()
     gib = 1024 * 1024
     phase = {"s": seconds, "peak_gib": peak / gib, "rise_gib": (peak - rss0) / gib if resettable else None}
@@ -178,19 +178,22 @@ def main(argv: list[str] | None = None) -> int:
     base_steps: list[float] = []
     if a.train_seq and "async" in a.formats.split(","):
         train_step()  # warm-up
-        base_steps = [train_step() for _ in range(3)]
+        base_steps = [train_step() for _ in range(2)]
 
     root = Path(broadcast_object(a.dir or (tempfile.mkdtemp(prefix="bench_ckpt_") if rank == 0 else None)))
     results = []
-    for fmt in a.formats.split(","):
-        run = root / fmt
+    bg = ckpt.AsyncCheckpointer()  # one per run, as in training: its staging buffers are reused by later saves
+    for index, fmt in enumerate(a.formats.split(",")):
+        run = root / f"{index}-{fmt}"
         kw = dict(model=llama, optimizer=opt, schedule=sched, loader=_Cursor())
         save_kw = dict(trainer_state={"step": 1, "tokens": 0, "world_size": world}, config_yaml="{}\n",
                        tokenizer_path=None, wandb_run_id="bench", fingerprint="bench", keep_last=1)
         extra: dict = {}
         if fmt == "async":
-            save, extra = _async_phase(lambda run=run, kw=kw, save_kw=save_kw, bg=None: ckpt.save_checkpoint(
-                run, 1, **kw, **save_kw, fmt="sharded", background=bg), train_step if a.train_seq else None)
+            extra = {"async_save": sum(f == "async" for f in a.formats.split(",")[:index]) + 1}
+            save, more = _async_phase(lambda run=run, kw=kw, save_kw=save_kw, bg=None: ckpt.save_checkpoint(
+                run, 1, **kw, **save_kw, fmt="sharded", background=bg), train_step if a.train_seq else None, bg)
+            extra.update(more)
         else:
             save = _phase(lambda run=run, fmt=fmt, kw=kw, save_kw=save_kw: ckpt.save_checkpoint(
                 run, 1, **kw, **save_kw, fmt=fmt))
@@ -199,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         load = _phase(lambda path=path, kw=kw: ckpt.load_checkpoint(path, **kw, fingerprint="bench"))
         size = sum(m["bytes"] for m in json.loads((path / "manifest.json").read_text())["files"].values())
         row = {"format": fmt, "rank": rank, "save": save, "load": load, "bytes": size, **extra}
+        if fmt == "async" and extra["async_save"] > 1:
+            fmt = f"async#{extra['async_save']}"  # a later save: the staging buffers exist already
         rows = [None] * world
         if world > 1:
             dist.all_gather_object(rows, row)
@@ -210,13 +215,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{fmt:8s} rank {r['rank']}: save {r['save']['s']:7.2f} s  peak RSS {_peak(r['save'])} GiB | "
                       f"load {r['load']['s']:7.2f} s  peak RSS {_peak(r['load'])} GiB | {r['bytes'] / 2**30:.2f} GiB "
                       f"on disk | training stall {r['stall_s']:7.2f} s", flush=True)
-                if fmt == "async":
+                if fmt.startswith("async"):
                     steps = r["steps_during"]
                     print(f"{'':8s}         stall = start {r['start_s']:.2f} s + commit {r['commit_s']:.2f} s; "
                           f"background write + hash {r['background_s']:.2f} s; {len(steps)} training steps meanwhile"
                           + (f", {sum(steps) / len(steps):.2f} s each" if steps else "")
                           + (f" (before any save: {sum(base_steps) / len(base_steps):.2f} s each)" if base_steps
                              else ""), flush=True)
+    bg.close()
     if rank == 0:
         print(f"model={a.model} ({n_params / 1e6:.0f}M parameters), parallel={a.parallel}, {world} process(es), "
               f"torch {torch.__version__}, {os.cpu_count()} CPUs", flush=True)

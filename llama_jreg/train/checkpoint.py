@@ -411,10 +411,26 @@ class AsyncCheckpointer:
         self._pg = None  # a gloo group of its own: the background collectives never meet the loop's
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-jreg-ckpt")
         self.last_start_s = 0.0  # seconds the training thread spent in the latest save_checkpoint call
+        self._staged = None  # CPU copies of this rank's model + optimizer state, reused by every save
+        self._staged_layout = None
         self.last_wait_s = 0.0  # seconds the training thread spent in the latest wait()
         # one process: DCP warns (from its writer thread) that it saves without a process group, as meant. A
         # filter for that message alone, set once: catch_warnings() is not thread-safe
         warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+
+    def stage(self, state: dict) -> dict:
+        """Copy ``state`` into CPU buffers kept from one save to the next (allocated at the first save, or
+        when the layout changes; pinned when CUDA is there). Reusing them makes a save's copy several times
+        cheaper than into fresh memory (measured: 0.6 s instead of 4.7 s for 1.6 GB on CPU), at the price of one
+        resident copy of the state. Safe: the next save waits for the previous write before copying."""
+        from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
+
+        layout = _layout(state)
+        if self._staged is None or layout != self._staged_layout:
+            self._staged = None
+            self._staged = _create_cpu_state_dict(state, pin_memory=torch.cuda.is_available())
+            self._staged_layout = layout
+        return _copy_state_dict(state, self._staged, type_check=False)
 
     def process_group(self):
         if self._pg is None and is_distributed():
@@ -469,6 +485,42 @@ class AsyncCheckpointer:
         self._executor.shutdown(wait=True)
 
 
+def _layout(obj, path: str = "") -> list:
+    """(path, shape, dtype) of every tensor of a nested state dict (staging buffers fit when this is equal)."""
+    if isinstance(obj, dict):
+        return [x for k in sorted(obj, key=str) for x in _layout(obj[k], f"{path}/{k}")]
+    if isinstance(obj, (list, tuple)):
+        return [x for i, v in enumerate(obj) for x in _layout(v, f"{path}/{i}")]
+    if isinstance(obj, torch.Tensor):
+        local = obj.to_local() if hasattr(obj, "to_local") else obj
+        return [(path, tuple(obj.shape), tuple(local.shape), obj.dtype)]
+    return []
+
+
+def _already_staged_class():
+    from torch.distributed.checkpoint.staging import AsyncStager
+
+    class AlreadyStaged(AsyncStager):
+        """``dcp.async_save``'s stager for a state dict that ``AsyncCheckpointer.stage`` already copied."""
+
+        _synchronize_after_execute = False
+
+        def stage(self, state_dict):
+            return state_dict
+
+        def synchronize_staging(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    return AlreadyStaged
+
+
+def _AlreadyStaged():  # noqa: N802 - a lazily built class (torch.distributed.checkpoint imported on use)
+    return _already_staged_class()()
+
+
 def _start_sharded_async(tmp: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                          background: AsyncCheckpointer) -> tuple[str | None, Future | None]:
     """Stage this rank's shards in CPU memory and start writing them in the background (collective). Returns
@@ -487,10 +539,11 @@ def _start_sharded_async(tmp: Path, model: torch.nn.Module, optimizer: torch.opt
     upload = None
     try:
         writer = dcp.FileSystemWriter(str(tmp / SHARDED_DIR), sync_files=True)
-        # FileSystemWriter stages: every tensor is copied into new CPU memory before this returns, so the next
-        # optimizer step cannot change what is written
-        response = dcp.async_save({"model": model_sd, "optim": optim_sd}, storage_writer=writer,
-                                  process_group=pg, no_dist=not dist_on)
+        # staged here: every tensor is copied into CPU memory before this returns, so the next optimizer step
+        # cannot change what is written
+        staged = background.stage({"model": model_sd, "optim": optim_sd})
+        response = dcp.async_save(staged, storage_writer=writer, process_group=pg, no_dist=not dist_on,
+                                  async_stager=_AlreadyStaged())
         upload = getattr(response, "upload_completion", response)
     except Exception as e:  # noqa: BLE001
         err = _describe(e).splitlines()[0][:300] if str(e) else type(e).__name__
