@@ -34,6 +34,7 @@ import json
 import math
 import os
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -302,3 +303,27 @@ def describe_shares(tokens_by_source: dict[str, int], weights: dict[str, float])
     return ", ".join(f"{n}: {tokens_by_source[n] / total:.4f} (weight {weights[n] / wsum:.4f})"
                      for n in tokens_by_source)
 
+
+
+def prepare_mixture(cfg: DataConfig, log=print) -> list[tuple[str, Path | None]]:
+    """``llama-jreg prepare-data`` of a mixture: the shared tokenizer, then every source read from prepared
+    shards (streamed sources have nothing to prepare). Returns (name, prepared dir or None) per source."""
+    from llama_jreg.data.prepare import prepare, split_summary
+
+    check_mixture(cfg)
+    tokenizer = mixture_tokenizer(cfg)
+    log(f"mixture tokenizer: {tokenizer}")
+    out: list[tuple[str, Path | None]] = []
+    for src in cfg.mixture:
+        one = source_config(cfg, src, tokenizer)
+        if one.streaming:
+            log(f"{src.name}: streamed (nothing to prepare)")
+            out.append((src.name, None))
+            continue
+        try:
+            directory, manifest = prepare(one, log=log)
+        except UserError as e:
+            raise UserError(f"data.mixture source {src.name!r}: {e}") from None
+        log(f"{src.name}: {directory} ({split_summary(manifest['stream']['tokens'], one, src.name)})")
+        out.append((src.name, directory))
+    return out

@@ -374,6 +374,11 @@ def main(argv: list[str] | None = None) -> int:
     from llama_jreg.config import load_config
 
     cfg = load_config(args.overrides)
+    if cfg.data.mixture:
+        from llama_jreg.data.mixture import prepare_mixture
+
+        prepare_mixture(cfg.data)
+        return 0
     if cfg.data.source == "induction":
         print("data=induction is generated on the fly; there is nothing to prepare")
         return 0

@@ -37,6 +37,8 @@ user-facing keys (KEY=VALUE):
   trainer.loss_chunk_tokens (null=auto, 0=full logits)  model.attn_backend  model.rope_scaling (linear|llama3)
   trainer.profile_from=STEP trainer.profile_steps=N (torch.profiler -> run.dir/profile/)
   trainer.malloc_tuning (CPU: keep freed memory in the heap, default true)
+  trainer.checkpoint_format (auto|sharded|full)  trainer.async_checkpoint (sharded, written in the background)
+  data.mixture=[{name: web, weight: 0.7, files: [web/*.jsonl]}, {name: code, weight: 0.3, hf_path: NAME}]
   optim.lr  optim.weight_decay  optim.fused  schedule.warmup_steps  logger.project  logger.group  logger.tags
   run.dir   resume=auto|PATH
   init_from=PATH  continued pre-training: start from the weights (only) of a checkpoint / run dir / HF Llama
