@@ -27,7 +27,7 @@ full otherwise). Resume reads whichever format a checkpoint has, at any world si
 
 Asynchronous save (``trainer.async_checkpoint=true``, sharded format only): ``save_checkpoint(..., background=
 AsyncCheckpointer())`` writes the small files, copies (stages) every rank's model and optimizer shards into
-fresh CPU memory and returns; a background thread per rank writes the shards (``dcp.async_save`` on a gloo
+CPU buffers (allocated once, reused by every later save) and returns; a background thread per rank writes the shards (``dcp.async_save`` on a gloo
 process group of its own, so its collectives never interleave with the training loop's) and hashes its share
 of the files. The manifest and the rename happen only in ``AsyncCheckpointer.wait`` (the next save, the end
 of training, a signal stop), after every rank's background write has completed; so a process killed during
@@ -293,6 +293,23 @@ def _write_full_state(tmp: Path, step: int, model_sd: dict, optim_sd: dict, tied
     _fsync_file(tmp / "optimizer.pt")
 
 
+def _write_errors() -> tuple:
+    """What a failed write raises: any Exception, and DCP's CheckpointException (a BaseException, which a
+    plain ``except Exception`` lets through as a traceback)."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    return (Exception, CheckpointException)
+
+
+def _describe_write_error(e: BaseException) -> str:
+    """One line for a failed write; for DCP's CheckpointException the innermost cause (e.g. the OSError)."""
+    text = str(e)
+    if "Traceback" in text:  # CheckpointException: its message holds every rank's traceback; the last line
+        last = [line.strip() for line in text.splitlines() if line.strip()]
+        return last[-1][:300] if last else type(e).__name__
+    return (_describe(e).splitlines() or [type(e).__name__])[0][:300]
+
+
 def _write_sharded_state(tmp: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> str | None:
     """Every rank writes its shards of model + optimizer into ``tmp/state`` (DCP). Collective; returns the error
     (the same on every rank) or None."""
@@ -309,8 +326,8 @@ def _write_sharded_state(tmp: Path, model: torch.nn.Module, optimizer: torch.opt
         dcp.save({"model": model_sd, "optim": optim_sd}, storage_writer=writer)
         if not is_distributed() or dist.get_rank() == 0:
             _fsync_file(tmp / SHARDED_DIR / ".metadata")
-    except Exception as e:  # noqa: BLE001 - DCP raises CheckpointException (on every rank) for any write failure
-        err = _describe(e).splitlines()[0][:300] if str(e) else type(e).__name__
+    except _write_errors() as e:  # DCP raises CheckpointException (on every rank) for any write failure
+        err = _describe_write_error(e)
     return _agree(err)
 
 
@@ -450,8 +467,8 @@ class AsyncCheckpointer:
         files: dict = {}
         try:
             files = pending.future.result()
-        except Exception as e:  # noqa: BLE001 - DCP's CheckpointException, an OSError while hashing, ...
-            err = (_describe(e).splitlines() or [type(e).__name__])[0][:300]
+        except _write_errors() as e:  # DCP's CheckpointException, an OSError while hashing, ...
+            err = _describe_write_error(e)
         parts = [(err, files)]
         if is_distributed():
             parts = [None] * dist.get_world_size()
@@ -497,12 +514,12 @@ def _layout(obj, path: str = "") -> list:
     return []
 
 
-def _already_staged_class():
+def _already_staged():
+    """A ``dcp.async_save`` stager for a state dict that ``AsyncCheckpointer.stage`` already copied (built on
+    use: torch.distributed.checkpoint is imported only when a checkpoint is written)."""
     from torch.distributed.checkpoint.staging import AsyncStager
 
     class AlreadyStaged(AsyncStager):
-        """``dcp.async_save``'s stager for a state dict that ``AsyncCheckpointer.stage`` already copied."""
-
         _synchronize_after_execute = False
 
         def stage(self, state_dict):
@@ -514,11 +531,7 @@ def _already_staged_class():
         def close(self) -> None:
             pass
 
-    return AlreadyStaged
-
-
-def _AlreadyStaged():  # noqa: N802 - a lazily built class (torch.distributed.checkpoint imported on use)
-    return _already_staged_class()()
+    return AlreadyStaged()
 
 
 def _start_sharded_async(tmp: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -543,14 +556,14 @@ def _start_sharded_async(tmp: Path, model: torch.nn.Module, optimizer: torch.opt
         # cannot change what is written
         staged = background.stage({"model": model_sd, "optim": optim_sd})
         response = dcp.async_save(staged, storage_writer=writer, process_group=pg, no_dist=not dist_on,
-                                  async_stager=_AlreadyStaged())
+                                  async_stager=_already_staged())
         upload = getattr(response, "upload_completion", response)
-    except Exception as e:  # noqa: BLE001
-        err = _describe(e).splitlines()[0][:300] if str(e) else type(e).__name__
+    except _write_errors() as e:
+        err = _describe_write_error(e)
     err = _agree(err)
     if err:
         if upload is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*_write_errors()):
                 upload.result()
         return err, None
     del model_sd, optim_sd
@@ -562,8 +575,8 @@ def _start_sharded_async(tmp: Path, model: torch.nn.Module, optimizer: torch.opt
             upload.result()
             if rank == 0:
                 _fsync_file(tmp / SHARDED_DIR / ".metadata")
-        except Exception as e:  # noqa: BLE001
-            werr = _describe(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        except _write_errors() as e:
+            werr = _describe_write_error(e)
         names = [None]
         if dist_on:
             errs: list = [None] * world
