@@ -188,7 +188,8 @@ def test_kill9_inside_a_sharded_save_then_resume_auto(tmp_path):
 
 @pytest.mark.slow
 def test_bench_ckpt_script_runs(tmp_path):
-    """scripts/bench_ckpt.py at a tiny size on 2 ranks: one row per format and rank, timings and peaks > 0."""
+    """scripts/bench_ckpt.py at a tiny size on 2 ranks: one row per format and rank, timings and peaks > 0;
+    the asynchronous rows split the stall into start + commit and took real training steps meanwhile."""
     import subprocess
     import sys
 
@@ -198,15 +199,21 @@ def test_bench_ckpt_script_runs(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "scripts" / "bench_ckpt.py"), "--model", "tiny", "--set", "n_layers=2", "--set", "dim=64",
            "--set", "n_heads=4", "--set", "n_kv_heads=2", "--set", "ffn_dim=128", "--set", "vocab_size=128",
-           "--json", str(out)]
+           "--formats", "full,sharded,async,async", "--train-seq", "8", "--json", str(out)]
     proc = subprocess.run(cmd, cwd=REPO, env=env_for_subprocess(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["world"] == 2 and sorted((r["format"], r["rank"]) for r in res["rows"]) == [
-        ("full", 0), ("full", 1), ("sharded", 0), ("sharded", 1)]
+        ("async", 0), ("async", 0), ("async", 1), ("async", 1), ("full", 0), ("full", 1), ("sharded", 0), ("sharded", 1)]
     for r in res["rows"]:
         assert r["save"]["s"] > 0 and r["load"]["s"] > 0 and r["save"]["peak_gib"] > 0 and r["bytes"] > 0
-    assert "sharded  rank 1: save" in proc.stdout
+        assert 0 < r["stall_s"] <= r["save"]["s"]
+        if r["format"] == "async":
+            assert r["stall_s"] == pytest.approx(r["start_s"] + r["commit_s"]) and r["background_s"] > 0
+            assert all(t > 0 for t in r["steps_during"])
+    assert sorted(r["async_save"] for r in res["rows"] if r["format"] == "async") == [1, 1, 2, 2]
+    assert len(res["base_steps"]) == 2
+    assert "sharded  rank 1: save" in proc.stdout and "async#2  rank 1: save" in proc.stdout
 
 
 # ------------------------------------------------------------------------------------------- async save

@@ -237,13 +237,16 @@ def source_config(cfg: DataConfig, src: MixtureSource, tokenizer: str | None) ->
 def _mixed_documents(cfg: DataConfig, sources: list, weights: list[float]):
     """The first characters of every source, each contributing its weight's share of data.tokenizer_train_chars."""
     total = sum(weights)
-    for source, w in zip(sources, weights):
+    for src, source, w in zip(cfg.mixture, sources, weights):
         budget, used = cfg.tokenizer_train_chars * w / total, 0
-        for text in source.documents():
-            yield text
-            used += len(text)
-            if used >= budget:
-                break
+        try:
+            for text in source.documents():
+                yield text
+                used += len(text)
+                if used >= budget:
+                    break
+        except UserError as e:  # name the source in the one error line
+            raise UserError(f"data.mixture source {src.name!r}: {e}") from None
 
 
 def mixture_tokenizer(cfg: DataConfig) -> str:
