@@ -427,10 +427,8 @@ class AsyncCheckpointer:
         self.pending: _Pending | None = None
         self._pg = None  # a gloo group of its own: the background collectives never meet the loop's
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-jreg-ckpt")
-        self.last_start_s = 0.0  # seconds the training thread spent in the latest save_checkpoint call
         self._staged = None  # CPU copies of this rank's model + optimizer state, reused by every save
         self._staged_layout = None
-        self.last_wait_s = 0.0  # seconds the training thread spent in the latest wait()
         # one process: DCP warns (from its writer thread) that it saves without a process group, as meant. A
         # filter for that message alone, set once: catch_warnings() is not thread-safe
         warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
@@ -457,9 +455,6 @@ class AsyncCheckpointer:
     def wait(self) -> Path | None:
         """Finalise the save in flight (if any) and return its path. Collective. Raises UserError on every rank
         when any rank failed (the ``.tmp-`` dir is removed; earlier checkpoints are intact)."""
-        import time
-
-        t0 = time.perf_counter()
         pending, self.pending = self.pending, None
         if pending is None:
             return None
@@ -486,17 +481,14 @@ class AsyncCheckpointer:
                 shutil.rmtree(pending.tmp, ignore_errors=True)
             raise _failed(pending.final, err)
         barrier()
-        self.last_wait_s = time.perf_counter() - t0
         return pending.final
 
     def close(self) -> None:
         """Wait for this rank's background thread (not collective, nothing finalised); stop the thread."""
         pending, self.pending = self.pending, None
         if pending is not None:
-            try:
+            with contextlib.suppress(*_write_errors()):  # the run is ending with an error already
                 pending.future.result()
-            except Exception:  # noqa: BLE001 - the run is ending with an error already
-                pass
             warnings.warn(f"checkpoint {pending.final.name} was still being written when the run stopped; it is "
                           "discarded (resume=auto takes the previous complete checkpoint)", stacklevel=2)
         self._executor.shutdown(wait=True)
@@ -616,15 +608,12 @@ def save_checkpoint(
     With ``background`` (sharded only) the previous save in flight is finalised first, then this one is
     started and the function returns once the state is staged: the returned path exists only after
     ``background.wait()``."""
-    import time
-
     if fmt not in FORMATS:
         raise ValueError(f"unknown checkpoint format {fmt!r}")
     if background is not None and fmt != "sharded":
         raise ValueError("an asynchronous save needs the sharded format")
     if background is not None:
         background.wait()  # at most one save in flight
-    t0 = time.perf_counter()
     rank = dist.get_rank() if is_distributed() else 0
     is_main = rank == 0
     root = checkpoints_dir(run_dir)
@@ -672,7 +661,6 @@ def save_checkpoint(
             err = _write_sharded_state(tmp, model, optimizer)
     if not err and future is not None:
         background.pending = _Pending(Path(run_dir), tmp, final, step, keep_last, future)
-        background.last_start_s = time.perf_counter() - t0
         return final
     files: dict = {}
     if not err:
