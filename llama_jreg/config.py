@@ -19,6 +19,7 @@ from omegaconf import MISSING, OmegaConf  # noqa: F401
 
 from llama_jreg import UserError
 from llama_jreg.data.config import DataConfig
+from llama_jreg.data.mixture import check_mixture
 from llama_jreg.jreg import JregConfig
 from llama_jreg.model import SIZES, ModelConfig
 from llama_jreg.train.init_from import apply_init_from
@@ -66,6 +67,10 @@ class TrainerConfig:
     # full: model.safetensors + optimizer.pt gathered on rank 0; auto: sharded under parallel=fsdp, else full.
     # Resume reads either format (llama_jreg/train/checkpoint.py)
     checkpoint_format: str = "auto"
+    # write the sharded checkpoint's shards in a background thread while training continues; the checkpoint
+    # exists (manifest, rename) only once the write completed (at the next save or the end of the run).
+    # Needs the sharded format (auto picks it)
+    async_checkpoint: bool = False
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     compile: bool = False
     # tokens per chunk of the fused LM head + cross-entropy (llama_jreg/loss.py); null = auto (32 MiB of fp32
@@ -158,9 +163,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if d.document_positions and not d.document_mask:
         raise UserError("data.document_positions=true restarts RoPE positions per document and needs "
                         "data.document_mask=true; set both, or drop data.document_positions")
-    if d.source == "local" and not d.files:
+    if d.mixture:
+        check_mixture(d)
+    elif d.source == "local" and not d.files:
         raise UserError("data=local needs files: add data.files=[path/to/corpus.jsonl,...]")
-    if d.source == "hf" and not d.hf_path:
+    if d.source == "hf" and not d.hf_path and not d.mixture:
         raise UserError("data=hf needs a dataset: add data.hf_path=NAME (e.g. HuggingFaceFW/fineweb-edu)")
     if d.vocab_size is not None and d.vocab_size > cfg.model.vocab_size:
         raise UserError(
@@ -181,6 +188,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                         "would be profiled; choose a step <= max_steps")
     if t.checkpoint_format not in ("auto", "sharded", "full"):
         raise UserError(f"unknown trainer.checkpoint_format={t.checkpoint_format!r}; choose auto, sharded or full")
+    if t.async_checkpoint and t.checkpoint_format == "full":
+        raise UserError("trainer.async_checkpoint=true writes sharded checkpoints only; set "
+                        "trainer.checkpoint_format=sharded (or auto), or trainer.async_checkpoint=false")
     if t.precision not in ("auto", "fp32", "bf16"):
         raise UserError(f"unknown trainer.precision={t.precision!r}; choose auto, fp32 or bf16")
     if t.nonfinite not in ("skip", "halt"):

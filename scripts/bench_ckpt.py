@@ -1,7 +1,9 @@
-"""Benchmark checkpoint save and load: full (gathered on rank 0) vs sharded (every rank its shards, DCP).
+"""Benchmark checkpoint save and load: full (gathered on rank 0) vs sharded (every rank its shards, DCP), and
+the training stall of a sharded save written synchronously vs in the background (``trainer.async_checkpoint``).
 
     torchrun --standalone --nproc_per_node 2 scripts/bench_ckpt.py [--model medium] [--parallel fsdp]
     python scripts/bench_ckpt.py --model tiny                    # one process
+    torchrun --standalone --nproc_per_node 2 scripts/bench_ckpt.py --formats sharded,async,async --train-seq 16
 
 The model (``configs/model/<name>.yaml`` plus ``--set key=value`` model overrides) is built and wrapped as the
 trainer does (``parallel.parallelize``), AdamW's state is created by one optimizer step on zero gradients, and
@@ -10,6 +12,17 @@ format into a temporary run dir. Per rank and phase: wall seconds (each phase st
 peak resident memory of the phase (Linux: VmHWM, reset before each phase through /proc/self/clear_refs; the
 rise over the RSS at the phase start is printed too). Rank 0 prints one table row per format; the
 checkpoint's size on disk is the manifest's sum.
+
+The training stall is the time the training thread cannot take a step because of the save: for ``full`` and
+``sharded`` the whole save; for ``async`` (sharded, ``background=AsyncCheckpointer()``) the call that stages
+the state and starts the write, plus the later ``wait()`` that writes the manifest and renames (called once
+every rank's background write is done, as the next save usually finds it). The first asynchronous save of
+a run allocates the CPU buffers it copies the state into; later ones reuse them (list ``async`` twice to see
+both; the second prints as ``async#2``). Meanwhile the benchmark keeps
+training: with ``--train-seq S`` real optimizer steps (batch 1 x S random tokens) run while the shards are
+written, and their mean time is printed next to that of the same steps before any save; without it the
+training thread polls. The background seconds are from the start of the save to the end of the slowest
+rank's write and hashing.
 """
 
 from __future__ import annotations
@@ -71,6 +84,48 @@ def _phase(fn) -> dict:
     return {"s": seconds, "peak_gib": peak / gib, "rise_gib": (peak - rss0) / gib if resettable else None}
 
 
+def _async_phase(save, train_step, bg) -> tuple[dict, dict]:
+    """An asynchronous save with ``bg`` (an ``AsyncCheckpointer``): the blocking start, training steps (or
+    polling) until every rank's background write is done, then the blocking commit. Returns (phase dict as
+    ``_phase``, stall figures)."""
+    import torch.distributed as dist
+
+    from llama_jreg.train.parallel import all_reduce_sum, barrier, is_distributed
+
+    barrier()
+    resettable = _reset_peak()
+    rss0 = _status_kib("VmRSS")
+    t0 = time.perf_counter()
+    save(bg=bg)
+    start_s = time.perf_counter() - t0
+    done_at: list[float] = []
+    bg.pending.future.add_done_callback(lambda _f: done_at.append(time.perf_counter()))
+    steps: list[float] = []
+    while True:  # the ranks agree when all are done (FSDP2 steps are collective)
+        flag = torch.tensor([0.0 if bg.pending.future.done() else 1.0], dtype=torch.float64)
+        if is_distributed():
+            all_reduce_sum(flag)
+        if flag.item() == 0:
+            break
+        if train_step is not None:
+            steps.append(train_step())
+        else:
+            time.sleep(0.05)
+    t1 = time.perf_counter()
+    bg.wait()
+    commit_s = time.perf_counter() - t1
+    seconds = time.perf_counter() - t0
+    peak = _status_kib("VmHWM")
+    background = torch.tensor([done_at[0] - t0 if done_at else seconds], dtype=torch.float64)
+    if is_distributed():
+        dist.all_reduce(background, op=dist.ReduceOp.MAX)
+    barrier()
+    gib = 1024 * 1024
+    phase = {"s": seconds, "peak_gib": peak / gib, "rise_gib": (peak - rss0) / gib if resettable else None}
+    return phase, {"stall_s": start_s + commit_s, "start_s": start_s, "commit_s": commit_s,
+                   "background_s": float(background.item()), "steps_during": steps}
+
+
 def _peak(d: dict) -> str:
     return f"{d['peak_gib']:.2f}" + (f" (+{d['rise_gib']:.2f})" if d["rise_gib"] is not None else "")
 
@@ -80,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="medium")
     p.add_argument("--set", action="append", default=[], help="a model override, e.g. --set n_layers=2")
     p.add_argument("--parallel", default="fsdp", choices=("fsdp", "ddp"))
-    p.add_argument("--formats", default="full,sharded")
+    p.add_argument("--formats", default="full,sharded", help="any of full, sharded, async (comma-separated)")
+    p.add_argument("--train-seq", type=int, default=0,
+                   help="async: train with batch 1 x this many tokens while the shards are written (0 = poll)")
     p.add_argument("--dir", help="where to write (default: a temporary dir, deleted at the end)")
     p.add_argument("--json", help="write the per-rank results here (rank 0)")
     a = p.parse_args(argv)
@@ -110,18 +167,44 @@ def main(argv: list[str] | None = None) -> int:
     opt.zero_grad(set_to_none=True)
     sched = Schedule(opt, cfg.schedule, cfg.optim.lr, 100)
 
+    def train_step() -> float:
+        """One real optimizer step (batch 1 x --train-seq random tokens); its seconds."""
+        t0 = time.perf_counter()
+        x = torch.randint(0, cfg.model.vocab_size, (1, a.train_seq + 1))
+        model(x[:, :-1], labels=x[:, 1:]).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    base_steps: list[float] = []
+    if a.train_seq and "async" in a.formats.split(","):
+        train_step()  # warm-up
+        base_steps = [train_step() for _ in range(2)]
+
     root = Path(broadcast_object(a.dir or (tempfile.mkdtemp(prefix="bench_ckpt_") if rank == 0 else None)))
     results = []
-    for fmt in a.formats.split(","):
-        run = root / fmt
+    bg = ckpt.AsyncCheckpointer()  # one per run, as in training: its staging buffers are reused by later saves
+    for index, fmt in enumerate(a.formats.split(",")):
+        run = root / f"{index}-{fmt}"
         kw = dict(model=llama, optimizer=opt, schedule=sched, loader=_Cursor())
-        save = _phase(lambda run=run, fmt=fmt, kw=kw: ckpt.save_checkpoint(
-            run, 1, **kw, trainer_state={"step": 1, "tokens": 0, "world_size": world}, config_yaml="{}\n",
-            tokenizer_path=None, wandb_run_id="bench", fingerprint="bench", keep_last=1, fmt=fmt))
+        save_kw = dict(trainer_state={"step": 1, "tokens": 0, "world_size": world}, config_yaml="{}\n",
+                       tokenizer_path=None, wandb_run_id="bench", fingerprint="bench", keep_last=1)
+        extra: dict = {}
+        if fmt == "async":
+            extra = {"async_save": sum(f == "async" for f in a.formats.split(",")[:index]) + 1}
+            save, more = _async_phase(lambda run=run, kw=kw, save_kw=save_kw, bg=None: ckpt.save_checkpoint(
+                run, 1, **kw, **save_kw, fmt="sharded", background=bg), train_step if a.train_seq else None, bg)
+            extra.update(more)
+        else:
+            save = _phase(lambda run=run, fmt=fmt, kw=kw, save_kw=save_kw: ckpt.save_checkpoint(
+                run, 1, **kw, **save_kw, fmt=fmt))
+            extra = {"stall_s": save["s"]}
         path = ckpt.list_checkpoints(run)[-1]
         load = _phase(lambda path=path, kw=kw: ckpt.load_checkpoint(path, **kw, fingerprint="bench"))
         size = sum(m["bytes"] for m in json.loads((path / "manifest.json").read_text())["files"].values())
-        row = {"format": fmt, "rank": rank, "save": save, "load": load, "bytes": size}
+        row = {"format": fmt, "rank": rank, "save": save, "load": load, "bytes": size, **extra}
+        if fmt == "async" and extra["async_save"] > 1:
+            fmt = f"async#{extra['async_save']}"  # a later save: the staging buffers exist already
         rows = [None] * world
         if world > 1:
             dist.all_gather_object(rows, row)
@@ -132,13 +215,21 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows:
                 print(f"{fmt:8s} rank {r['rank']}: save {r['save']['s']:7.2f} s  peak RSS {_peak(r['save'])} GiB | "
                       f"load {r['load']['s']:7.2f} s  peak RSS {_peak(r['load'])} GiB | {r['bytes'] / 2**30:.2f} GiB "
-                      "on disk", flush=True)
+                      f"on disk | training stall {r['stall_s']:7.2f} s", flush=True)
+                if fmt.startswith("async"):
+                    steps = r["steps_during"]
+                    print(f"{'':8s}         stall = start {r['start_s']:.2f} s + commit {r['commit_s']:.2f} s; "
+                          f"background write + hash {r['background_s']:.2f} s; {len(steps)} training steps meanwhile"
+                          + (f", {sum(steps) / len(steps):.2f} s each" if steps else "")
+                          + (f" (before any save: {sum(base_steps) / len(base_steps):.2f} s each)" if base_steps
+                             else ""), flush=True)
+    bg.close()
     if rank == 0:
         print(f"model={a.model} ({n_params / 1e6:.0f}M parameters), parallel={a.parallel}, {world} process(es), "
               f"torch {torch.__version__}, {os.cpu_count()} CPUs", flush=True)
         if a.json:
             Path(a.json).write_text(json.dumps({"model": a.model, "world": world, "params": n_params,
-                                                "rows": results}, indent=1))
+                                                "base_steps": base_steps, "rows": results}, indent=1))
         if not a.dir:
             import shutil
 

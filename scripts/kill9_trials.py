@@ -4,6 +4,8 @@ with ``resume=auto`` until it finishes, and check the result against one uninter
     python scripts/kill9_trials.py --trials 20 --seed 0            # a table + a PASS/FAIL summary
     python scripts/kill9_trials.py --trials 3 --seed 1 --steps 12  # quicker
     python scripts/kill9_trials.py --trials 5 --format sharded     # sharded checkpoints (state/, DCP)
+    python scripts/kill9_trials.py --trials 5 --async              # sharded, written in the background
+                                                                   # (trainer.async_checkpoint=true)
 
 Every launch is the real CLI entry (``llama_jreg.cli.main(["train", ...])``, as ``python -m llama_jreg train``
 runs it) in a fresh process, started by this script in ``--child`` mode, which adds two things and nothing
@@ -19,8 +21,15 @@ Kinds of kill (chosen at random per kill):
 * ``in-save`` - after a random number of logged steps, wait until a ``checkpoints/step_*.tmp-*`` directory
   exists (a save is in progress), then a random 0-150 ms more (so some kills fall after the rename, in the
   keep-last clean-up, or in the next step);
+* ``in-background`` - (``--async`` only) after a random number of logged steps, wait until a save is being
+  written in the background while training goes on (a ``step_N.tmp-*`` dir exists and metrics.jsonl has rows
+  past step N), then a random 0-150 ms more;
 * ``early``   - (resume launches only) a random 0-1.5 x the measured start-up time after launch: during
   imports, resume discovery, checkpoint loading or the metrics clean-up.
+
+With ``--async`` the shards are written in the background while training goes on, so an ``in-save`` kill
+often lands some steps after the save began: the table marks such a kill ``BACKGROUND`` (a ``step_N.tmp-``
+dir was left behind while metrics.jsonl already had rows past step N).
 
 After every kill we record whether a ``.tmp-`` / ``.old-`` directory was left behind (the kill landed inside
 a save), and compute *independently of the package* (our own sha256 of every file in the manifest) which
@@ -115,6 +124,7 @@ REQUIRED = ("scheduler.json", "trainer_state.json", "rng_rank0.pt", "loader_rank
 REQUIRED_MODEL = {"full": ("model.safetensors", "optimizer.pt"),
                   "sharded": ("state/.metadata", "state/__0_0.distcp")}  # one process: one shard file
 FORMAT = "full"  # trainer.checkpoint_format of every launch (run_trials sets it)
+ASYNC = False  # trainer.async_checkpoint of every launch (run_trials sets it)
 
 
 def complete(ckpt: Path) -> bool:
@@ -221,7 +231,8 @@ def snapshot(run: Path) -> dict:
 
 def overrides(run: Path, steps: int, ckpt_every: int, keep_last: int) -> list[str]:
     return [*TINY, f"run.dir={run}", f"trainer.max_steps={steps}", f"trainer.ckpt_every={ckpt_every}",
-            f"trainer.keep_last={keep_last}", f"trainer.checkpoint_format={FORMAT}", "resume=auto"]
+            f"trainer.keep_last={keep_last}", f"trainer.checkpoint_format={FORMAT}",
+            f"trainer.async_checkpoint={str(ASYNC).lower()}", "resume=auto"]
 
 
 CODE = REPO  # where the launched processes import llama_jreg from (run_trials points it at a frozen copy)
@@ -271,6 +282,7 @@ class Kill:
     leftovers: list[str]
     newest_complete: int  # step of the newest complete checkpoint after the kill (0 = none)
     partial_step_dirs: list[str]  # step_* dirs that are not complete (e.g. an interrupted keep-last deletion)
+    background: bool = False  # a step_N.tmp- dir was left while training had already logged rows past step N
 
 
 @dataclass
@@ -309,6 +321,24 @@ def _wait_tmp(run: Path, proc: subprocess.Popen, timeout: float) -> bool:
         except FileNotFoundError:
             pass
         time.sleep(0.001)
+    return False
+
+
+def _wait_background(run: Path, proc: subprocess.Popen, timeout: float) -> bool:
+    """Until a ``step_N.tmp-`` dir exists while metrics.jsonl has rows past step N (an asynchronous save is
+    being written while training goes on)."""
+    root = run / "checkpoints"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            steps = [int(n[5:13]) for n in os.listdir(root) if n.startswith("step_") and ".tmp-" in n]
+        except FileNotFoundError:
+            steps = []
+        if steps and count_train_rows(run) > min(steps):
+            return True
+        time.sleep(0.002)
     return False
 
 
@@ -355,6 +385,10 @@ def _drive(proc, k: int, n_kills: int, rng: random.Random, run: Path, steps: int
     elif kind == "random":
         _wait_rows(run, proc, target, 600)
         time.sleep(rng.uniform(0, 0.15))
+    elif kind == "in-background":
+        _wait_rows(run, proc, target, 600)
+        _wait_background(run, proc, 600)
+        time.sleep(rng.uniform(0, 0.15))
     else:  # in-save
         _wait_rows(run, proc, target, 600)
         _wait_tmp(run, proc, 600)
@@ -365,8 +399,10 @@ def _drive(proc, k: int, n_kills: int, rng: random.Random, run: Path, steps: int
     left = [x for x in leftovers(run) if x not in left_before]  # this process's own leftovers
     newest = newest_complete(run)
     partial = [p.name for p in step_dirs(run) if not complete(p)]
-    trial.kills.append(Kill(kind, count_train_rows(run), bool(left), left, int(newest.name[5:]) if newest else 0,
-                            partial))
+    rows_now = count_train_rows(run)
+    background = any(".tmp-" in x and rows_now > int(x[5:13]) for x in left)
+    trial.kills.append(Kill(kind, rows_now, bool(left), left, int(newest.name[5:]) if newest else 0,
+                            partial, background))
 
 
 def run_trial(i: int, rng: random.Random, work: Path, ref: dict, steps: int, ckpt_every: int, keep_last: int,
@@ -451,6 +487,7 @@ def table(trials: list[Trial]) -> str:
              "|---:|---|---|---|---:|"]
     for t in trials:
         kills = "; ".join(f"{k.kind} @ {k.after_rows}{' IN SAVE ' + ','.join(x.split('.')[-1] for x in k.leftovers) if k.in_save else ''}"
+                          + (" BACKGROUND" if k.background else "")
                           + (f" partial:{','.join(k.partial_step_dirs)}" if k.partial_step_dirs else "")
                           for k in t.kills)
         res = ", ".join(f"{e}/{a}" for e, a in t.resumes)
@@ -465,6 +502,7 @@ def summary(trials: list[Trial]) -> str:
     verdict = "PASS" if passed == len(trials) else "FAIL"
     return (f"{verdict}: {passed}/{len(trials)} trials passed; {len(kills)} kills "
             f"({sum(k.in_save for k in kills)} inside a checkpoint save, "
+            f"{sum(k.background for k in kills)} of them during a background write while training went on, "
             f"{sum(k.kind == 'early' for k in kills)} during start-up/resume, "
             f"{sum(bool(k.partial_step_dirs) for k in kills)} left a partially deleted old checkpoint)")
 
@@ -472,14 +510,17 @@ def summary(trials: list[Trial]) -> str:
 def run_trials(trials: int, seed: int, steps: int = 24, ckpt_every: int = 3, keep_last: int = 2,
                fsync_delay: float = 0.02, max_kills: int = 2, workdir: Path | None = None,
                keep: bool = False, log=print, kinds: tuple[str, ...] = ("random", "in-save", "early"),
-               fmt: str = "full") -> list[Trial]:
+               fmt: str = "full", async_save: bool = False) -> list[Trial]:
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="kill9_"))
     work.mkdir(parents=True, exist_ok=True)
-    global CODE, FORMAT
+    global CODE, FORMAT, ASYNC
     CODE = snapshot_code(work)
-    FORMAT = fmt
-    log(f"work dir {work}; code {code_version()} (frozen copy in {CODE}); {fmt} checkpoints; {trials} trials, seed {seed}, "
+    FORMAT, ASYNC = ("sharded" if async_save else fmt), async_save
+    log(f"work dir {work}; code {code_version()} (frozen copy in {CODE}); {FORMAT} checkpoints"
+        f"{' written in the background' if ASYNC else ''}; {trials} trials, seed {seed}, "
         f"{steps} steps, ckpt_every {ckpt_every}, keep_last {keep_last}, fsync delay {fsync_delay * 1000:.0f} ms")
+    if not ASYNC:
+        kinds = tuple(k for k in kinds if k != "in-background")
     ref, ref_s = run_reference(work, steps, ckpt_every, keep_last, fsync_delay)
     startup = measure_startup(work, steps, ckpt_every, keep_last, fsync_delay) if "early" in kinds else 0.0
     log(f"reference run: {ref_s:.1f} s; start-up to the first step: {startup:.1f} s")
@@ -512,10 +553,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--workdir", help="default: a fresh temporary dir (deleted when every trial passed)")
     p.add_argument("--keep", action="store_true", help="keep every run dir")
     p.add_argument("--format", choices=("full", "sharded"), default="full", help="trainer.checkpoint_format")
+    p.add_argument("--async", dest="async_save", action="store_true",
+                   help="trainer.async_checkpoint=true (implies --format sharded)")
     a = p.parse_args(argv)
     t0 = time.time()
+    kinds = ("random", "in-save", "in-background", "early") if a.async_save else ("random", "in-save", "early")
     trials = run_trials(a.trials, a.seed, a.steps, a.ckpt_every, a.keep_last, a.fsync_delay, a.max_kills,
-                        Path(a.workdir) if a.workdir else None, a.keep, fmt=a.format)
+                        Path(a.workdir) if a.workdir else None, a.keep, kinds=kinds, fmt=a.format,
+                        async_save=a.async_save)
     print()
     print(table(trials))
     print()

@@ -144,6 +144,12 @@ def _other_prep(w, tmp: Path) -> Path:
     return dst
 
 
+def _mix(w, tmp: Path, weight_a: str, weight_b: str, file_b=None, name_b: str = "b") -> str:
+    """A two-source ``data.mixture`` override (the corpus, and ``file_b`` or the other corpus)."""
+    return (f"data.mixture=[{{name: a, weight: {weight_a}, files: [{w['corpus']}]}}, "
+            f"{{name: {name_b}, weight: {weight_b}, files: [{file_b or w['other']}]}}]")
+
+
 def _full_dir(tmp: Path) -> Path:
     d = tmp / "full"
     d.mkdir()
@@ -186,6 +192,21 @@ CASES = [
      "resolves outside run.root", "nothing outside run.root"),
     ("global-batch-not-multiple", lambda w, t: ["train", *TRAIN, *w["data"], "trainer.global_batch_size=3",
                                                 f"run.dir={t / 'r'}"], "not a multiple", "shared data"),
+    ("async-checkpoint-full-format", lambda w, t: ["train", "trainer.async_checkpoint=true",
+                                                   "trainer.checkpoint_format=full"],
+     "trainer.async_checkpoint=true writes sharded checkpoints only", "no run dir"),
+    # ---- weighted mixtures (data.mixture)
+    ("mixture-weight-not-positive", lambda w, t: ["train", *TRAIN, "data=local", _mix(w, t, "-0.5", "1")],
+     "data.mixture source 'a': weight=-0.5 must be > 0", "no run dir"),
+    ("mixture-all-weights-zero", lambda w, t: ["train", *TRAIN, "data=local", _mix(w, t, "0", "0")],
+     "data.mixture: all weights are zero", "no run dir"),
+    ("mixture-missing-source", lambda w, t: ["train", *TRAIN, "data=local", _mix(w, t, "1", "1", t / "nope.jsonl")],
+     "data.mixture source 'b': ", "no run dir"),
+    ("mixture-empty-source", lambda w, t: ["train", *TRAIN, "data=local",
+                                           _mix(w, t, "1", "1", w["root"] / "empty.txt")],
+     "data.mixture source 'b': its files are empty", "no run dir"),
+    ("mixture-duplicate-name", lambda w, t: ["train", *TRAIN, "data=local", _mix(w, t, "1", "1", name_b="a")],
+     "data.mixture: the name 'a' is used twice", "no run dir"),
     # ---- data files and tokenizer
     ("missing-data-file", lambda w, t: ["train", *TRAIN, "data=local", f"data.files=[{t / 'nope.jsonl'}]",
                                         f"run.dir={t / 'r'}"], "matches no file", "the cache"),
@@ -296,7 +317,8 @@ FAST = {"negative-jreg-weight", "negative-z-loss", "unknown-size", "unknown-jreg
         "run-dir-escapes-root", "missing-data-file", "tokenizer-hash-mismatch", "prepare-into-other-preparation",
         "resume-truncated-checkpoint", "resume-auto-with-other-data", "export-hf-into-non-empty-dir",
         "jump-non-llama-hf-dir", "init-from-non-llama", "init-from-contradicting-override", "unknown-command", "unknown-option",
-        "unquoted-equals-in-a-path", "unclosed-list", "missing-argument", "sweep-report-missing-dir"}
+        "unquoted-equals-in-a-path", "unclosed-list", "missing-argument", "sweep-report-missing-dir",
+        "async-checkpoint-full-format", "mixture-weight-not-positive", "mixture-empty-source"}
 PARAMS = [pytest.param(*c, id=c[0], marks=() if c[0] in FAST else pytest.mark.slow) for c in CASES]
 
 

@@ -52,9 +52,12 @@ def _summary(stdout: str) -> dict:
     return summary_from_stdout(stdout)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
-def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, sig):
-    proc = _start(tiny(tmp_path, "trainer.max_steps=100000", "trainer.ckpt_every=100000"))
+@pytest.mark.parametrize("sig,extra", [(signal.SIGTERM, ()), pytest.param(signal.SIGINT, (), marks=pytest.mark.slow),
+                                       pytest.param(signal.SIGTERM, ("trainer.async_checkpoint=true",),
+                                                    marks=pytest.mark.slow, id="SIGTERM-async")])
+def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, sig, extra):
+    """(async: the stop waits for the background write, so the reported checkpoint is complete)"""
+    proc = _start(tiny(tmp_path, "trainer.max_steps=100000", "trainer.ckpt_every=100000", *extra))
     _wait_for_rows(tmp_path, 3, proc)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
@@ -79,12 +82,16 @@ def _limit_file_size(limit: int):
     return apply
 
 
-def test_full_disk_is_a_clear_error_and_keeps_earlier_checkpoints(tmp_path):
-    run_inprocess(tiny(tmp_path, "trainer.max_steps=6", "trainer.steps_per_run=2", "trainer.ckpt_every=2"))
+@pytest.mark.parametrize("extra", [(), ("trainer.checkpoint_format=sharded",), ("trainer.async_checkpoint=true",)],
+                         ids=["full", "sharded", "async"])
+def test_full_disk_is_a_clear_error_and_keeps_earlier_checkpoints(tmp_path, extra):
+    """(async: the background write of step 4 fails; the error comes when the step-6 save or the end of the
+    run waits for it, with the same message, and its .tmp- dir is removed)"""
+    run_inprocess(tiny(tmp_path, "trainer.max_steps=6", "trainer.steps_per_run=2", "trainer.ckpt_every=2", *extra))
     good = tmp_path / "checkpoints" / "step_00000002"
     assert ckpt.verify(good) is None
     # the weights file (~330 kB) no longer fits: the step-4 checkpoint cannot be written
-    proc = _start(tiny(tmp_path, "trainer.max_steps=6", "trainer.ckpt_every=2", "resume=auto"),
+    proc = _start(tiny(tmp_path, "trainer.max_steps=6", "trainer.ckpt_every=2", "resume=auto", *extra),
                   preexec_fn=_limit_file_size(100_000))
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, (out, err)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +19,10 @@ from llama_jreg.data.loader import (
     add_document_ids,
     fixed_batches,
 )
+from llama_jreg.data.mixture import MIXTURE_VERSION, MixtureLoader, check_mixture, source_config
 from llama_jreg.data.prepare import (
     check_complete,
+    mixture_tokenizer,
     prepare,
     read_manifest,
     tokenizer_file,
@@ -31,6 +31,7 @@ from llama_jreg.data.prepare import (
 )
 from llama_jreg.data.sources import cache_root, make_source
 from llama_jreg.data.tokenizer import HFTokenizer, Tokenizer, load_tokenizer, train_tokenizer
+from llama_jreg.files import short_hash
 
 
 @dataclass
@@ -62,9 +63,55 @@ class DataBundle:
         batches = fixed_batches(self.validation, n, self.micro_batch_size, self.val_limit)
         return batches if self.documents is None else [add_document_ids(b, *self.documents) for b in batches]
 
+    def val_sources(self) -> list[tuple[str, float]] | None:
+        """(name, share of the weights) of each source of a mixture, in the order ``val_batches`` lists their
+        batches (``n`` each); None for a single source."""
+        return None
 
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+@dataclass
+class MixtureBundle(DataBundle):
+    """A ``data.mixture``: ``train`` is a :class:`~llama_jreg.data.mixture.MixtureLoader`; ``parts`` are the
+    sources' own bundles (their validation sets)."""
+
+    names: list[str] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    parts: list[DataBundle] = field(default_factory=list)
+
+    def val_batches(self, n: int) -> list[dict[str, torch.Tensor]]:
+        """``n`` fixed validation micro-batches of every source, source after source."""
+        return [b for part in self.parts for b in part.val_batches(n)]
+
+    def val_sources(self) -> list[tuple[str, float]] | None:
+        total = sum(self.weights)
+        return [(name, w / total) for name, w in zip(self.names, self.weights)]
+
+
+def build_mixture(cfg: DataConfig, *, seed: int, rank: int, world_size: int, model_vocab: int, build_one):
+    """The :class:`MixtureBundle` of ``cfg.mixture``. ``build_one(cfg, seed, rank, world, vocab)`` builds one
+    source's bundle (``bundle._build_prepared`` / ``_build_streaming``, chosen per source)."""
+    check_mixture(cfg)
+    tokenizer = mixture_tokenizer(cfg)
+    names = [s.name for s in cfg.mixture]
+    weights = [float(s.weight) for s in cfg.mixture]
+    configs = [replace(source_config(cfg, src, tokenizer), micro_batch_size=1) for src in cfg.mixture]
+    built: dict[int, Any] = {}
+    # streamed sources first: opening them is cheap and fails early (before any source is prepared)
+    for i in sorted(range(len(configs)), key=lambda i: not configs[i].streaming):
+        try:  # one process, micro-batch 1: each next() of a source's loader is its next window
+            part = build_one(configs[i], seed, 0, 1, model_vocab)
+        except UserError as e:  # name the source in the one error line
+            raise UserError(f"data.mixture source {names[i]!r}: {e}") from None
+        part.micro_batch_size = cfg.micro_batch_size  # its validation batches
+        built[i] = part
+    parts = [built[i] for i in range(len(configs))]
+    fingerprint = short_hash({"mixture": [(n, w, p.fingerprint) for n, w, p in zip(names, weights, parts)],
+                         "version": MIXTURE_VERSION, "loader": LOADER_VERSION})
+    loader = MixtureLoader(names, [p.train for p in parts], weights, seq_len=cfg.seq_len,
+                           batch_size=cfg.micro_batch_size, seed=seed, rank=rank, world_size=world_size,
+                           fingerprint=fingerprint)
+    return MixtureBundle(parts[0].tokenizer, loader, fingerprint, {}, None, cfg.micro_batch_size, None, None,
+                         names=names, weights=weights, parts=parts)
 
 
 def build_data(data_cfg: DataConfig, *, seed: int, rank: int = 0, world_size: int = 1, model_vocab: int) -> DataBundle:
@@ -75,6 +122,9 @@ def build_data(data_cfg: DataConfig, *, seed: int, rank: int = 0, world_size: in
     cfg = data_cfg
     if cfg.seq_len < 2 or cfg.micro_batch_size < 1:
         raise UserError("data.seq_len must be >= 2 and data.micro_batch_size >= 1")
+    if cfg.mixture:
+        return build_mixture(cfg, seed=seed, rank=rank, world_size=world_size, model_vocab=model_vocab,
+                             build_one=lambda c, *a: (_build_streaming if c.streaming else _build_prepared)(c, *a))
     if cfg.source == "induction":
         return _build_induction(cfg, seed, rank, world_size, model_vocab)
     if cfg.streaming:
@@ -104,7 +154,7 @@ def _build_prepared(cfg: DataConfig, seed: int, rank: int, world_size: int, mode
     nval = validation_tokens(manifest["stream"]["tokens"], cfg, f"prepared data {directory}")
     val = PackedSequences.from_prepared(directory, manifest, cfg.seq_len, 0, nval)
     train = PackedSequences.from_prepared(directory, manifest, cfg.seq_len, nval)
-    fingerprint = _hash({"data": manifest["fingerprint"], "seq_len": cfg.seq_len, "validation_tokens": nval,
+    fingerprint = short_hash({"data": manifest["fingerprint"], "seq_len": cfg.seq_len, "validation_tokens": nval,
                          "loader": LOADER_VERSION})
     loader = GlobalOrderLoader(train, batch_size=cfg.micro_batch_size, seed=seed, rank=rank,
                                world_size=world_size, fingerprint=fingerprint)
@@ -123,7 +173,7 @@ def _build_induction(cfg: DataConfig, seed: int, rank: int, world_size: int, mod
     bigram = build_bigram(ind, seed)
     train = InductionSequences(ind, bigram, seq_len=cfg.seq_len, seed=seed, split="train")
     val = InductionSequences(ind, bigram, seq_len=cfg.seq_len, seed=seed, split="validation")
-    fingerprint = _hash({"induction": asdict(ind), "seed": seed, "seq_len": cfg.seq_len, "loader": LOADER_VERSION})
+    fingerprint = short_hash({"induction": asdict(ind), "seed": seed, "seq_len": cfg.seq_len, "loader": LOADER_VERSION})
     loader = GlobalOrderLoader(train, batch_size=cfg.micro_batch_size, seed=seed, rank=rank,
                                world_size=world_size, fingerprint=fingerprint)
     return DataBundle(None, loader, fingerprint, {}, val, cfg.micro_batch_size, None, None)
@@ -135,7 +185,7 @@ def streaming_tokenizer(cfg: DataConfig, source) -> Tokenizer | HFTokenizer:
         return load_tokenizer(cfg.tokenizer)
     if cfg.vocab_size is None:
         raise UserError("data.vocab_size is not set; set data.vocab_size (or model.vocab_size) to train a tokenizer")
-    key = _hash({"source": source.identity(), "tokenizer": tokenizer_spec(cfg)})
+    key = short_hash({"source": source.identity(), "tokenizer": tokenizer_spec(cfg)})
     path = cache_root(cfg) / "tokenizers" / f"{key}.model"
     if path.is_file():
         return Tokenizer(path)
@@ -155,7 +205,7 @@ def _build_streaming(cfg: DataConfig, seed: int, rank: int, world_size: int, mod
     def make_dataset():  # every rank reads the whole training stream (the loader deals out the windows)
         return source.dataset().skip(rows)
 
-    fingerprint = _hash({"streaming": source.identity(), "tokenizer": tok.sha256, "seq_len": cfg.seq_len,
+    fingerprint = short_hash({"streaming": source.identity(), "tokenizer": tok.sha256, "seq_len": cfg.seq_len,
                          "validation_tokens": int(val_tokens.size), "loader": LOADER_VERSION,
                          "order": STREAMING_VERSION})
     loader = StreamingLoader(make_dataset, tok, seq_len=cfg.seq_len, batch_size=cfg.micro_batch_size, rank=rank,

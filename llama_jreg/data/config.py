@@ -19,6 +19,22 @@ class InductionConfig:
 
 
 @dataclass
+class MixtureSource:
+    """One source of a weighted mixture (``data.mixture``, llama_jreg/data/mixture.py): local files or an HF
+    dataset. Keys left null take the value of the enclosing ``data`` config."""
+
+    name: str | None = None  # unique; names the source in tokens_by_source and val_loss/<name>
+    weight: float | None = None  # > 0; shares are weight / sum of weights (of windows, hence of tokens)
+    files: list[str] = field(default_factory=list)  # local files or globs (or data_files of an hf_path)
+    hf_path: str | None = None  # a hub dataset (or a datasets builder such as text / parquet with files)
+    hf_name: str | None = None
+    hf_split: str = "train"
+    text_field: str | None = None
+    text_sample_by: str | None = None
+    streaming: bool | None = None  # null: true for an hf_path source, data.streaming for local files
+
+
+@dataclass
 class DataConfig:
     source: str = "shakespeare"  # shakespeare | local | hf | induction
     # local: text / jsonl / parquet files or globs, read with HF datasets
@@ -50,3 +66,6 @@ class DataConfig:
     num_proc: int | None = None  # tokenisation processes; default: all cores
     max_documents: int | None = None  # cap (useful for tests)
     induction: InductionConfig = field(default_factory=InductionConfig)
+    # weighted mixture of sources (llama_jreg/data/mixture.py); when set, it replaces source/files/hf_*:
+    # data.mixture=[{name: web, weight: 0.7, files: [web/*.jsonl]}, {name: code, weight: 0.3, files: [code.txt]}]
+    mixture: list[MixtureSource] = field(default_factory=list)

@@ -29,7 +29,6 @@ leaves nothing half-written, and an existing preparation is never touched unless
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import multiprocessing as mp
@@ -45,18 +44,16 @@ import numpy as np
 
 from llama_jreg import UserError, __version__
 from llama_jreg.data.config import DataConfig
+from llama_jreg.data.mixture import check_mixture, source_config
 from llama_jreg.data.sources import TextSource, cache_root, make_source
 from llama_jreg.data.tokenizer import TRAINER_VERSION, Tokenizer, load_tokenizer, train_tokenizer
+from llama_jreg.files import short_hash
 
 FORMAT_VERSION = 2  # 2: one token stream, split into train/validation when loading
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.model"  # SentencePiece; an HF tokenizer is stored as tokenizer.json
 SHARD_TOKENS = 1 << 28  # tokens per shard file (512 MiB as uint16)
 BATCH_CHARS = 8 << 20  # characters handed to the tokenizer at once
-
-
-def _hash(obj: Any, n: int = 24) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
 def tokenizer_spec(cfg: DataConfig) -> dict[str, Any]:
@@ -72,7 +69,7 @@ def tokenizer_spec(cfg: DataConfig) -> dict[str, Any]:
 
 def data_fingerprint(source: TextSource, cfg: DataConfig) -> str:
     """Identity of a preparation: source + tokenizer + format version (the split is made when loading)."""
-    return _hash({"format": FORMAT_VERSION, "source": source.identity(), "tokenizer": tokenizer_spec(cfg)})
+    return short_hash({"format": FORMAT_VERSION, "source": source.identity(), "tokenizer": tokenizer_spec(cfg)})
 
 
 VALIDATION_RULE = ("validation = the first V tokens of the stream, train = the rest, with V = min(max(ceil("
@@ -357,6 +354,62 @@ def _different_preparation(out: Path, existing: dict[str, Any], cfg: DataConfig)
             "use another --out (data.prepared_dir) or pass --force to replace it")
 
 
+# ----------------------------------------------------------------------------------------------- mixtures
+
+
+def _mixed_documents(cfg: DataConfig, sources: list, weights: list[float]):
+    """The first characters of every source, each contributing its weight's share of data.tokenizer_train_chars."""
+    total = sum(weights)
+    for src, source, w in zip(cfg.mixture, sources, weights):
+        budget, used = cfg.tokenizer_train_chars * w / total, 0
+        try:
+            for text in source.documents():
+                yield text
+                used += len(text)
+                if used >= budget:
+                    break
+        except UserError as e:  # name the source in the one error line
+            raise UserError(f"data.mixture source {src.name!r}: {e}") from None
+
+
+def mixture_tokenizer(cfg: DataConfig) -> str:
+    """``data.tokenizer``, or the path of a SentencePiece model trained on the mixture (cached by the sources'
+    identities, weights and the tokenizer recipe)."""
+    if cfg.tokenizer:
+        return cfg.tokenizer
+    if cfg.vocab_size is None:
+        raise UserError("data.vocab_size is not set; set data.vocab_size (or model.vocab_size) to train a tokenizer")
+    sources = [make_source(source_config(cfg, s, None)) for s in cfg.mixture]
+    weights = [float(s.weight) for s in cfg.mixture]
+    key = short_hash({"mixture": [(s.identity(), w) for s, w in zip(sources, weights)], "tokenizer": tokenizer_spec(cfg)})
+    path = cache_root(cfg) / "tokenizers" / f"mixture-{key}.model"
+    if not path.is_file():
+        train_tokenizer(_mixed_documents(cfg, sources, weights), path, cfg.vocab_size, cfg.tokenizer_train_chars)
+    return str(path)
+
+
+def prepare_mixture(cfg: DataConfig, log=print) -> list[tuple[str, Path | None]]:
+    """``llama-jreg prepare-data`` of a mixture: the shared tokenizer, then every source read from prepared
+    shards (streamed sources have nothing to prepare). Returns (name, prepared dir or None) per source."""
+    check_mixture(cfg)
+    tokenizer = mixture_tokenizer(cfg)
+    log(f"mixture tokenizer: {tokenizer}")
+    out: list[tuple[str, Path | None]] = []
+    for src in cfg.mixture:
+        one = source_config(cfg, src, tokenizer)
+        if one.streaming:
+            log(f"{src.name}: streamed (nothing to prepare)")
+            out.append((src.name, None))
+            continue
+        try:
+            directory, manifest = prepare(one, log=log)
+        except UserError as e:
+            raise UserError(f"data.mixture source {src.name!r}: {e}") from None
+        log(f"{src.name}: {directory} ({split_summary(manifest['stream']['tokens'], one, src.name)})")
+        out.append((src.name, directory))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``llama-jreg prepare-data [--out DIR] [--force] [OVERRIDES...]``."""
     parser = argparse.ArgumentParser(
@@ -374,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     from llama_jreg.config import load_config
 
     cfg = load_config(args.overrides)
+    if cfg.data.mixture:
+        prepare_mixture(cfg.data)
+        return 0
     if cfg.data.source == "induction":
         print("data=induction is generated on the fly; there is nothing to prepare")
         return 0

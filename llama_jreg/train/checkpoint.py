@@ -25,6 +25,15 @@ full otherwise). Resume reads whichever format a checkpoint has, at any world si
     manifest.json         sha256 and size of every file above (paths relative to the checkpoint, so also
                           ``state/...``); written last. The ranks hash the files in parallel
 
+Asynchronous save (``trainer.async_checkpoint=true``, sharded format only): ``save_checkpoint(..., background=
+AsyncCheckpointer())`` writes the small files, copies (stages) every rank's model and optimizer shards into
+CPU buffers (allocated once, reused by every later save) and returns; a background thread per rank writes the shards (``dcp.async_save`` on a gloo
+process group of its own, so its collectives never interleave with the training loop's) and hashes its share
+of the files. The manifest and the rename happen only in ``AsyncCheckpointer.wait`` (the next save, the end
+of training, a signal stop), after every rank's background write has completed; so a process killed during
+the background write leaves only the ``.tmp-`` dir and resume takes the previous complete checkpoint. At most
+one save is in flight.
+
 A checkpoint is complete or absent: everything is written to ``step_XXXXXXXX.tmp-<pid>`` and renamed at the
 end; keep-last deletion renames to ``.old-<pid>`` before deleting. ``resume=auto`` takes the newest directory
 whose manifest checks out (skipping broken ones with a warning). Rank 0 writes the shared files; every rank
@@ -35,12 +44,14 @@ see (as usual for multi-node training).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
 import shutil
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +68,11 @@ SHARDED_DIR = "state"  # the DCP directory of a sharded checkpoint
 FORMATS = ("sharded", "full")
 
 
-def resolve_format(setting: str, parallel: str) -> str:
-    """``trainer.checkpoint_format`` -> ``sharded`` | ``full`` (auto: sharded under FSDP2, full otherwise)."""
+def resolve_format(setting: str, parallel: str, async_save: bool = False) -> str:
+    """``trainer.checkpoint_format`` -> ``sharded`` | ``full`` (auto: sharded under FSDP2 or with
+    ``trainer.async_checkpoint``, full otherwise)."""
     if setting == "auto":
-        return "sharded" if parallel == "fsdp" else "full"
+        return "sharded" if parallel == "fsdp" or async_save else "full"
     return setting
 
 
@@ -280,6 +292,23 @@ def _write_full_state(tmp: Path, step: int, model_sd: dict, optim_sd: dict, tied
     _fsync_file(tmp / "optimizer.pt")
 
 
+def _write_errors() -> tuple:
+    """What a failed write raises: any Exception, and DCP's CheckpointException (a BaseException, which a
+    plain ``except Exception`` lets through as a traceback)."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    return (Exception, CheckpointException)
+
+
+def _describe_write_error(e: BaseException) -> str:
+    """One line for a failed write; for DCP's CheckpointException the innermost cause (e.g. the OSError)."""
+    text = str(e)
+    if "Traceback" in text:  # CheckpointException: its message holds every rank's traceback; the last line
+        last = [line.strip() for line in text.splitlines() if line.strip()]
+        return last[-1][:300] if last else type(e).__name__
+    return (_describe(e).splitlines() or [type(e).__name__])[0][:300]
+
+
 def _write_sharded_state(tmp: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> str | None:
     """Every rank writes its shards of model + optimizer into ``tmp/state`` (DCP). Collective; returns the error
     (the same on every rank) or None."""
@@ -296,8 +325,8 @@ def _write_sharded_state(tmp: Path, model: torch.nn.Module, optimizer: torch.opt
         dcp.save({"model": model_sd, "optim": optim_sd}, storage_writer=writer)
         if not is_distributed() or dist.get_rank() == 0:
             _fsync_file(tmp / SHARDED_DIR / ".metadata")
-    except Exception as e:  # noqa: BLE001 - DCP raises CheckpointException (on every rank) for any write failure
-        err = _describe(e).splitlines()[0][:300] if str(e) else type(e).__name__
+    except _write_errors() as e:  # DCP raises CheckpointException (on every rank) for any write failure
+        err = _describe_write_error(e)
     return _agree(err)
 
 
@@ -325,18 +354,233 @@ def _write_rank_files(tmp: Path, rank: int, loader) -> None:
     _write_json(tmp / f"loader_rank{rank}.json", loader.state_dict())
 
 
+def _largest_first(tmp: Path) -> list[str]:
+    return sorted(_files_of(tmp), key=lambda n: -(tmp / n).stat().st_size)
+
+
+def _hash_share(tmp: Path, names: list[str], rank: int, world: int) -> dict:
+    """{relative path: {sha256, bytes}} of this rank's share of ``names`` (file i by rank i mod world)."""
+    return {n: {"sha256": sha256_file(tmp / n), "bytes": (tmp / n).stat().st_size} for n in names[rank::world]}
+
+
 def _hash_files(tmp: Path) -> dict:
     """{relative path: {sha256, bytes}} of every file under ``tmp``, hashed in parallel (file i by rank
     i mod world, largest first). Collective."""
-    names = broadcast_object(sorted(_files_of(tmp), key=lambda n: -(tmp / n).stat().st_size)
-                             if not is_distributed() or dist.get_rank() == 0 else None)
+    names = broadcast_object(_largest_first(tmp) if not is_distributed() or dist.get_rank() == 0 else None)
     rank, world = (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
-    mine = {n: {"sha256": sha256_file(tmp / n), "bytes": (tmp / n).stat().st_size} for n in names[rank::world]}
+    mine = _hash_share(tmp, names, rank, world)
     if world == 1:
         return mine
     parts: list = [None] * world
     dist.all_gather_object(parts, mine)
     return {k: v for part in parts for k, v in part.items()}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _commit(run_dir: Path, tmp: Path, final: Path, step: int, fmt: str, files: dict, keep_last: int) -> None:
+    """Rank 0: the manifest (last file written), the atomic rename ``.tmp-`` -> ``step_XXXXXXXX``, then
+    keep-last pruning. Raises on a failure to write or rename (the caller turns it into a UserError)."""
+    root = final.parent
+    _write_json(tmp / MANIFEST, {"step": step, "format": fmt, "files": files})
+    if final.exists():  # a stale dir of the same step (e.g. from a run that was restarted): replace it
+        delete_checkpoint(final)
+    tmp.rename(final)
+    _fsync_dir(root)
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        try:
+            delete_checkpoint(old)
+        except OSError as e:  # an old checkpoint that cannot be removed costs disk, not the run
+            warnings.warn(f"could not delete old checkpoint {old}: {_describe(e)}", stacklevel=1)
+
+
+def _failed(final: Path, err: str) -> UserError:
+    return UserError(f"could not write checkpoint {final}: {err}; earlier checkpoints are intact (check free "
+                     "disk space and permissions of run.dir)")
+
+
+class _Pending:
+    """A checkpoint whose shards are being written in the background (``AsyncCheckpointer``)."""
+
+    def __init__(self, run_dir: Path, tmp: Path, final: Path, step: int, keep_last: int, future: Future):
+        self.run_dir, self.tmp, self.final, self.step, self.keep_last = run_dir, tmp, final, step, keep_last
+        self.future = future  # -> this rank's {file: {sha256, bytes}} share, or raises
+
+
+class AsyncCheckpointer:
+    """Holds the one sharded checkpoint save in flight of a training run (``trainer.async_checkpoint``).
+
+    ``save_checkpoint(..., background=self)`` first ``wait``s for the previous save, then starts the next one.
+    ``wait()`` (collective) blocks until this rank's background write and hashing are done, then all ranks
+    agree and rank 0 writes the manifest, renames and prunes: only then does the checkpoint exist.
+    ``close()`` (local, for a run ending with an error) waits for the background thread without finalising:
+    the ``.tmp-`` dir stays and is removed at the next start, as after a kill."""
+
+    def __init__(self):
+        self.pending: _Pending | None = None
+        self._pg = None  # a gloo group of its own: the background collectives never meet the loop's
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-jreg-ckpt")
+        self._staged = None  # CPU copies of this rank's model + optimizer state, reused by every save
+        self._staged_layout = None
+        # one process: DCP warns (from its writer thread) that it saves without a process group, as meant. A
+        # filter for that message alone, set once: catch_warnings() is not thread-safe
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+
+    def stage(self, state: dict) -> dict:
+        """Copy ``state`` into CPU buffers kept from one save to the next (allocated at the first save, or
+        when the layout changes; pinned when CUDA is there). Reusing them makes a save's copy several times
+        cheaper than into fresh memory (page faults; docs/benchmarks.md), at the price of one resident copy of
+        the state. Safe: the next save waits for the previous write before copying."""
+        from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
+
+        layout = _layout(state)
+        if self._staged is None or layout != self._staged_layout:
+            self._staged = None
+            self._staged = _create_cpu_state_dict(state, pin_memory=torch.cuda.is_available())
+            self._staged_layout = layout
+        return _copy_state_dict(state, self._staged, type_check=False)
+
+    def process_group(self):
+        if self._pg is None and is_distributed():
+            self._pg = dist.new_group(backend="gloo")  # collective: every rank saves at the same step
+        return self._pg
+
+    def wait(self) -> Path | None:
+        """Finalise the save in flight (if any) and return its path. Collective. Raises UserError on every rank
+        when any rank failed (the ``.tmp-`` dir is removed; earlier checkpoints are intact)."""
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return None
+        err = None
+        files: dict = {}
+        try:
+            files = pending.future.result()
+        except _write_errors() as e:  # DCP's CheckpointException, an OSError while hashing, ...
+            err = _describe_write_error(e)
+        parts = [(err, files)]
+        if is_distributed():
+            parts = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, (err, files))
+        err = next((e for e, _ in parts if e), None)
+        if not err and (not is_distributed() or dist.get_rank() == 0):
+            try:
+                _commit(pending.run_dir, pending.tmp, pending.final, pending.step, "sharded",
+                        {k: v for _, part in parts for k, v in part.items()}, pending.keep_last)
+            except Exception as e:  # noqa: BLE001
+                err = _describe(e)
+        err = broadcast_object(err)
+        if err:
+            if not is_distributed() or dist.get_rank() == 0:
+                shutil.rmtree(pending.tmp, ignore_errors=True)
+            raise _failed(pending.final, err)
+        barrier()
+        return pending.final
+
+    def close(self) -> None:
+        """Wait for this rank's background thread (not collective, nothing finalised); stop the thread."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            with contextlib.suppress(*_write_errors()):  # the run is ending with an error already
+                pending.future.result()
+            warnings.warn(f"checkpoint {pending.final.name} was still being written when the run stopped; it is "
+                          "discarded (resume=auto takes the previous complete checkpoint)", stacklevel=2)
+        self._executor.shutdown(wait=True)
+
+
+def _layout(obj, path: str = "") -> list:
+    """(path, shape, dtype) of every tensor of a nested state dict (staging buffers fit when this is equal)."""
+    if isinstance(obj, dict):
+        return [x for k in sorted(obj, key=str) for x in _layout(obj[k], f"{path}/{k}")]
+    if isinstance(obj, (list, tuple)):
+        return [x for i, v in enumerate(obj) for x in _layout(v, f"{path}/{i}")]
+    if isinstance(obj, torch.Tensor):
+        local = obj.to_local() if hasattr(obj, "to_local") else obj
+        return [(path, tuple(obj.shape), tuple(local.shape), obj.dtype)]
+    return []
+
+
+def _already_staged():
+    """A ``dcp.async_save`` stager for a state dict that ``AsyncCheckpointer.stage`` already copied (built on
+    use: torch.distributed.checkpoint is imported only when a checkpoint is written)."""
+    from torch.distributed.checkpoint.staging import AsyncStager
+
+    class AlreadyStaged(AsyncStager):
+        _synchronize_after_execute = False
+
+        def stage(self, state_dict):
+            return state_dict
+
+        def synchronize_staging(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    return AlreadyStaged()
+
+
+def _start_sharded_async(tmp: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                         background: AsyncCheckpointer) -> tuple[str | None, Future | None]:
+    """Stage this rank's shards in CPU memory and start writing them in the background (collective). Returns
+    (error agreed by all ranks, future of this rank's hash share)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    bad = _local_nonfinite(model_sd)
+    err = _agree(f"refusing to save non-finite weights ({', '.join(bad[:3])}...)" if bad else None)
+    if err:
+        return err, None
+    pg = background.process_group()
+    dist_on = is_distributed()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist_on else (0, 1)
+    upload = None
+    try:
+        writer = dcp.FileSystemWriter(str(tmp / SHARDED_DIR), sync_files=True)
+        # staged here: every tensor is copied into CPU memory before this returns, so the next optimizer step
+        # cannot change what is written
+        staged = background.stage({"model": model_sd, "optim": optim_sd})
+        response = dcp.async_save(staged, storage_writer=writer, process_group=pg, no_dist=not dist_on,
+                                  async_stager=_already_staged())
+        upload = getattr(response, "upload_completion", response)
+    except _write_errors() as e:
+        err = _describe_write_error(e)
+    err = _agree(err)
+    if err:
+        if upload is not None:
+            with contextlib.suppress(*_write_errors()):
+                upload.result()
+        return err, None
+    del model_sd, optim_sd
+
+    def finish() -> dict:
+        """Background: the write's outcome (agreed over the checkpoint group), then this rank's hash share."""
+        werr = None
+        try:
+            upload.result()
+            if rank == 0:
+                _fsync_file(tmp / SHARDED_DIR / ".metadata")
+        except _write_errors() as e:
+            werr = _describe_write_error(e)
+        names = [None]
+        if dist_on:
+            errs: list = [None] * world
+            dist.all_gather_object(errs, werr, group=pg)
+            werr = next((e for e in errs if e), None)
+            if not werr:
+                names = [_largest_first(tmp) if rank == 0 else None]
+                dist.broadcast_object_list(names, src=0, group=pg)
+        if werr:
+            raise RuntimeError(werr)
+        return _hash_share(tmp, names[0] if dist_on else _largest_first(tmp), rank, world)
+
+    return None, background._executor.submit(finish)
 
 
 def save_checkpoint(
@@ -354,12 +598,21 @@ def save_checkpoint(
     fingerprint: str,
     keep_last: int,
     fmt: str = "full",
+    background: AsyncCheckpointer | None = None,
 ) -> Path:
     """Write ``checkpoints/step_XXXXXXXX`` atomically in format ``fmt`` (``full`` | ``sharded``), then delete
     all but the newest ``keep_last``. Collective: every rank calls it. Raises UserError (on every rank) when
-    anything cannot be written or a weight is non-finite; earlier checkpoints are never touched in that case."""
+    anything cannot be written or a weight is non-finite; earlier checkpoints are never touched in that case.
+
+    With ``background`` (sharded only) the previous save in flight is finalised first, then this one is
+    started and the function returns once the state is staged: the returned path exists only after
+    ``background.wait()``."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown checkpoint format {fmt!r}")
+    if background is not None and fmt != "sharded":
+        raise ValueError("an asynchronous save needs the sharded format")
+    if background is not None:
+        background.wait()  # at most one save in flight
     rank = dist.get_rank() if is_distributed() else 0
     is_main = rank == 0
     root = checkpoints_dir(run_dir)
@@ -383,6 +636,16 @@ def save_checkpoint(
             tmp.mkdir()
         err = attempt(make_tmp)
     err = broadcast_object(err)
+    # the small files first: schedule, counters, RNG and loader describe this step even while the shards of
+    # an asynchronous save are still being written and the loop moves on
+    if not err and is_main:
+        err = attempt(_write_shared_files, tmp, schedule=schedule, trainer_state=trainer_state,
+                      config_yaml=config_yaml, wandb_run_id=wandb_run_id, fingerprint=fingerprint)
+        err = err or attempt(_copy_tokenizer, tmp, tokenizer_path)
+    err = broadcast_object(err)
+    if not err:
+        err = _agree(attempt(_write_rank_files, tmp, rank, loader))
+    future = None
     if not err:
         if fmt == "full":
             model_sd = _full_model_state(model)
@@ -391,15 +654,13 @@ def save_checkpoint(
                 err = attempt(_write_full_state, tmp, step, model_sd, optim_sd, tied)
             del model_sd, optim_sd
             err = broadcast_object(err)
+        elif background is not None:
+            err, future = _start_sharded_async(tmp, model, optimizer, background)
         else:
             err = _write_sharded_state(tmp, model, optimizer)
-    if not err and is_main:
-        err = attempt(_write_shared_files, tmp, schedule=schedule, trainer_state=trainer_state,
-                      config_yaml=config_yaml, wandb_run_id=wandb_run_id, fingerprint=fingerprint)
-        err = err or attempt(_copy_tokenizer, tmp, tokenizer_path)
-    err = broadcast_object(err)
-    if not err:
-        err = _agree(attempt(_write_rank_files, tmp, rank, loader))
+    if not err and future is not None:
+        background.pending = _Pending(Path(run_dir), tmp, final, step, keep_last, future)
+        return final
     files: dict = {}
     if not err:
         try:
@@ -408,30 +669,12 @@ def save_checkpoint(
             err = _describe(e)
         err = _agree(err)
     if not err and is_main:
-        try:
-            _write_json(tmp / MANIFEST, {"step": step, "format": fmt, "files": files})
-            if final.exists():  # a stale dir of the same step (e.g. from a run that was restarted): replace it
-                delete_checkpoint(final)
-            tmp.rename(final)
-            fd = os.open(root, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except Exception as e:  # noqa: BLE001
-            err = _describe(e)
+        err = attempt(_commit, Path(run_dir), tmp, final, step, fmt, files, keep_last)
     err = broadcast_object(err)
     if err:
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"could not write checkpoint {final}: {err}; earlier checkpoints are intact (check free "
-                        "disk space and permissions of run.dir)")
-    if is_main:
-        for old in list_checkpoints(run_dir)[:-keep_last]:
-            try:
-                delete_checkpoint(old)
-            except OSError as e:  # an old checkpoint that cannot be removed costs disk, not the run
-                warnings.warn(f"could not delete old checkpoint {old}: {_describe(e)}", stacklevel=1)
+        raise _failed(final, err)
     barrier()
     return final
 

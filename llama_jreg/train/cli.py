@@ -37,6 +37,8 @@ user-facing keys (KEY=VALUE):
   trainer.loss_chunk_tokens (null=auto, 0=full logits)  model.attn_backend  model.rope_scaling (linear|llama3)
   trainer.profile_from=STEP trainer.profile_steps=N (torch.profiler -> run.dir/profile/)
   trainer.malloc_tuning (CPU: keep freed memory in the heap, default true)
+  trainer.checkpoint_format (auto|sharded|full)  trainer.async_checkpoint (sharded, written in the background)
+  data.mixture=[{name: web, weight: 0.7, files: [web/*.jsonl]}, {name: code, weight: 0.3, hf_path: NAME}]
   optim.lr  optim.weight_decay  optim.fused  optim.z_loss (e.g. 1e-4; 0=off)  schedule.warmup_steps
   data.document_mask (attention within documents)  data.document_positions (RoPE restarts per document)
   data.streaming  logger.project  logger.group  logger.tags

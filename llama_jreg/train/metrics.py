@@ -9,10 +9,12 @@ Every row of metrics.jsonl is one JSON object with a ``kind``:
   ``tokens_per_s``/``step_time_s``/``data_wait_frac`` are averages over the steps since the previous row,
   ``data_wait_frac`` the fraction of that time spent waiting for the loader; ``memory`` is in GiB
   (``memory_kind``: ``cuda_max_allocated`` or ``cpu_rss``); ``lr`` is the rate the step's update used; a
-  skipped non-finite step logs ``loss: null`` (the file is strict JSON);
+  skipped non-finite step logs ``loss: null`` (the file is strict JSON); with ``data.mixture``,
+  ``tokens_by_source`` (``{name: tokens}``, all ranks; wandb ``train/tokens_by_source/<name>``);
 * ``jump``  (every ``trainer.jump_every`` steps): ``step, tokens, psi`` (list, one per layer, on the training
   batch of that step), ``zeta_L, psi_post_norm_L, val_psi, val_zeta_L`` (on a fixed validation batch);
-* ``eval``  (every ``trainer.eval_every`` steps and at the end): ``step, tokens, val_loss, val_ppl``.
+* ``eval``  (every ``trainer.eval_every`` steps and at the end): ``step, tokens, val_loss, val_ppl``; with
+  ``data.mixture`` also ``val_loss/<name>`` per source (``val_loss`` is then their weighted mean).
 
 ``step`` counts optimizer steps taken (1 after the first update). ``tokens`` counts input tokens seen, over
 all ranks. ``loss = lm_loss + jreg_weight * jreg_loss``; ``lm_loss`` is the mean cross-entropy over all
@@ -192,6 +194,8 @@ class MetricsLogger:
             if isinstance(v, list):
                 for i, x in enumerate(v):
                     data[f"{kind}/{k}/layer_{i + 1:02d}"] = x
+            elif isinstance(v, dict):  # tokens_by_source
+                data.update({f"{kind}/{k}/{name}": x for name, x in v.items()})
             else:
                 data[f"{kind}/{k}"] = v
         if kind == "jump" and row.get("psi"):

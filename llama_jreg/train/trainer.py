@@ -125,6 +125,7 @@ class Trainer:
                                    model_vocab=cfg.model.vocab_size)
         self.train_iter = self.data.train
         self.val = self.data.val_batches(max(1, t.eval_batches))
+        self.val_sources = self.data.val_sources()  # data.mixture: (name, weight share) per source, else None
         B, T = cfg.data.micro_batch_size, cfg.data.seq_len
         gbs = t.global_batch_size or B * self.world
         if gbs % (B * self.world) != 0:
@@ -144,7 +145,8 @@ class Trainer:
         self.model = parallelize(model, cfg, self.device, self.precision)
         # FSDP2 with bf16: its MixedPrecisionPolicy casts the parameters (fp32 masters), no autocast
         self.fsdp_mixed_precision = cfg.parallel.name == "fsdp" and self.world > 1 and self.precision == "bf16"
-        self.checkpoint_format = ckpt.resolve_format(t.checkpoint_format, cfg.parallel.name)
+        self.checkpoint_format = ckpt.resolve_format(t.checkpoint_format, cfg.parallel.name, t.async_checkpoint)
+        self.background_ckpt = ckpt.AsyncCheckpointer() if t.async_checkpoint else None  # the save in flight
         self.llama = unwrap(self.model)
         self.optimizer = build_optimizer(self.llama, cfg.optim, self.device)
         self.schedule = Schedule(self.optimizer, cfg.schedule, cfg.optim.lr, t.max_steps)
@@ -244,6 +246,8 @@ class Trainer:
                            "memory": mem, "memory_kind": mem_kind,
                            "data_wait_frac": window_wait / max(elapsed, 1e-9),
                            "nonfinite_skipped": self.nonfinite_total}
+                    if hasattr(self.train_iter, "tokens_by_source"):  # data.mixture
+                        row["tokens_by_source"] = self.train_iter.tokens_by_source()
                     self.metrics.log(row)
                     if progress is not None:
                         progress.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{tps:,.0f}")
@@ -262,6 +266,8 @@ class Trainer:
                     self.save()
             if self.step != self.last_saved_step:
                 self.save()
+            if self.background_ckpt is not None:
+                self.background_ckpt.wait()  # the last checkpoint exists before the run reports it
         finally:
             if progress is not None:
                 progress.close()
@@ -461,10 +467,13 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean CE over the ``trainer.eval_batches`` fixed validation batches, split over ranks."""
+        """Mean CE over the ``trainer.eval_batches`` fixed validation batches, split over ranks. A data.mixture
+        has that many batches per source: ``val_loss/<name>`` per source, ``val_loss`` their weighted mean."""
         self.model.eval()
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
-        n = self.cfg.trainer.eval_batches
+        groups = self.val_sources or [(None, 1.0)]
+        n = len(self.val)
+        per_group = n // len(groups)
+        sums = torch.zeros(2 * len(groups), dtype=torch.float64, device=self.device)
         per_rank = -(-n // self.world)
         for j in range(per_rank):
             i = self.rank + j * self.world
@@ -474,12 +483,17 @@ class Trainer:
                 ce = self.llama(b["input_ids"].to(self.device), labels=y,
                                 loss_chunk_tokens=self.cfg.trainer.loss_chunk_tokens, **self._documents(b)).loss
             if i < n:
-                sums[0] += ce.double()
-                sums[1] += (y != IGNORE_INDEX).sum().double()
+                g = 2 * (i // per_group)
+                sums[g] += ce.double()
+                sums[g + 1] += (y != IGNORE_INDEX).sum().double()
         all_reduce_sum(sums)
-        val_loss = float(sums[0] / sums[1].clamp_min(1.0))
-        self.metrics.log({"kind": "eval", "step": self.step, "tokens": self.tokens, "val_loss": val_loss,
-                          "val_ppl": math.exp(min(val_loss, 700.0))})
+        losses = [float(sums[2 * k] / sums[2 * k + 1].clamp_min(1.0)) for k in range(len(groups))]
+        val_loss = sum(w * loss for (_, w), loss in zip(groups, losses))
+        row = {"kind": "eval", "step": self.step, "tokens": self.tokens, "val_loss": val_loss,
+               "val_ppl": math.exp(min(val_loss, 700.0))}
+        if self.val_sources:
+            row.update({f"val_loss/{name}": loss for (name, _), loss in zip(groups, losses)})
+        self.metrics.log(row)
         self.last["val_loss"] = val_loss
         return val_loss
 
@@ -497,6 +511,7 @@ class Trainer:
             loader=self.train_iter, trainer_state=state, config_yaml=self.config_yaml,
             tokenizer_path=str(tok) if tok else None, wandb_run_id=self.wandb_run_id,
             fingerprint=self.data.fingerprint, keep_last=self.cfg.trainer.keep_last, fmt=self.checkpoint_format,
+            background=self.background_ckpt,
         )
         self.last_saved_step = self.step
         self.last["last_checkpoint"] = str(path)
@@ -559,6 +574,8 @@ class Trainer:
         }
 
     def close(self) -> None:
+        if self.background_ckpt is not None:
+            self.background_ckpt.close()  # a run that failed mid-save leaves that checkpoint unfinished
         self.metrics.finish()
         torch.use_deterministic_algorithms(self._was_deterministic)
 
