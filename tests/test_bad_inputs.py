@@ -155,7 +155,9 @@ def _full_dir(tmp: Path) -> Path:
 CASES = [
     # ---- configs
     ("negative-jreg-weight", lambda w, t: ["train", "jreg.weight=-1"], "jreg.weight=-1.0 must be >= 0", "no run dir"),
-    ("unknown-size", lambda w, t: ["train", "model=huge"], "model/huge", "no run dir"),
+    ("unknown-size", lambda w, t: ["train", "model=huge"], "unknown model 'huge'; choose model=", "no run dir"),
+    ("unknown-experiment", lambda w, t: ["train", "experiment=bogus"], "unknown experiment 'bogus'; choose experiment=",
+     "no run dir"),
     ("unknown-jreg-mode", lambda w, t: ["train", "jreg.mode=sideways"], "unknown jreg.mode='sideways'", "no run dir"),
     ("negative-loss-chunk", lambda w, t: ["train", "trainer.loss_chunk_tokens=-1"],
      "trainer.loss_chunk_tokens=-1 must be >= 0", "no run dir"),
@@ -286,7 +288,7 @@ CASES = [
 ]
 
 # the default run (`make test`) keeps one or more cases of every kind; the rest run with the slow tests
-FAST = {"negative-jreg-weight", "unknown-size", "unknown-jreg-mode", "unknown-key", "wrong-type",
+FAST = {"negative-jreg-weight", "unknown-size", "unknown-experiment", "unknown-jreg-mode", "unknown-key", "wrong-type",
         "seq-longer-than-context", "heads-not-dividing-width", "flash-without-flash-attn", "sweep-list-without-m",
         "run-dir-escapes-root", "missing-data-file", "tokenizer-hash-mismatch", "prepare-into-other-preparation",
         "resume-truncated-checkpoint", "resume-auto-with-other-data", "export-hf-into-non-empty-dir",
