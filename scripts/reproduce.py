@@ -128,9 +128,9 @@ PLANS: dict[str, Plan] = {
         + _continued(300, "1,2", "0,0.1,1", seq_len=512, micro_batch=16, extra=("trainer.precision=bf16",)),
         about="model=small on one CUDA GPU in bf16, 2 seeds per cell (a plan: not run on the development machine)"),
     "test": Plan([Sweep("text_jump", _TEST_COMMON + ["data=shakespeare", "jreg=jump", "seed=1,2", "jreg.weight=0,1"]),
-                  Sweep("induction_jump", _TEST_COMMON + ["model.vocab_size=64", "data=induction", "data.seq_len=64",
-                                                          "data.induction.num_val=8", "jreg=jump", "seed=1",
-                                                          "jreg.weight=0,1"], experiment="induction")],
+                  Sweep("induction_jump", ["experiment=induction", *_TEST_COMMON, "model.vocab_size=64",
+                                           "data.seq_len=64", "data.induction.num_val=8", "jreg=jump", "seed=1",
+                                           "jreg.weight=0,1"], experiment="induction")],
                  e1_seq_len=64, e1_num_seqs=2, about="tests only"),
 }
 COMMANDS = {"cpu": "make reproduce"}

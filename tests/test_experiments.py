@@ -13,11 +13,11 @@ from llama_jreg.config import CONFIG_DIR, compose, load_config, to_train_config
 from tests.test_train_helpers import REPO, env_for_subprocess
 
 # the induction recipe written out key by key (docs/recipes.md gives the same list)
-INDUCTION = ["model=tiny", "model.vocab_size=65", "model.dim=128", "model.n_layers=2", "model.n_heads=2",
-             "model.n_kv_heads=2", "model.ffn_dim=256", "model.max_seq_len=256", "data=induction",
+INDUCTION = ["model=tiny", "model.vocab_size=65", "model.dim=64", "model.n_layers=2", "model.n_heads=2",
+             "model.n_kv_heads=2", "model.ffn_dim=128", "model.max_seq_len=256", "data=induction",
              "data.seq_len=256", "data.micro_batch_size=32", "data.induction.bigram=shakespeare",
              "data.induction.triggers=top", "data.induction.num_triggers=3", "optim.lr=3e-3",
-             "schedule.warmup_steps=50", "trainer.max_steps=500", "trainer.jump_every=25", "trainer.eval_every=100",
+             "schedule.warmup_steps=50", "trainer.max_steps=1000", "trainer.jump_every=50", "trainer.eval_every=100",
              "trainer.eval_batches=8", "trainer.ckpt_every=100", "trainer.keep_last=5"]
 
 
@@ -39,10 +39,10 @@ def test_induction_preset_composes_to_the_recipe():
 @pytest.mark.parametrize("first", [True, False])
 def test_command_line_overrides_win_over_the_preset(first):
     """Before or after ``experiment=``, a key (and a group choice) from the command line beats the preset's."""
-    mine = ["model.dim=64", "trainer.max_steps=7", "data.induction.num_triggers=5", "optim.lr=1e-3",
+    mine = ["model.dim=32", "trainer.max_steps=7", "data.induction.num_triggers=5", "optim.lr=1e-3",
             "schedule=constant"]
     cfg = load_config([*mine, "experiment=induction"] if first else ["experiment=induction", *mine])
-    assert (cfg.model.dim, cfg.trainer.max_steps, cfg.data.induction.num_triggers) == (64, 7, 5)
+    assert (cfg.model.dim, cfg.trainer.max_steps, cfg.data.induction.num_triggers) == (32, 7, 5)
     assert cfg.optim.lr == 1e-3 and cfg.schedule.name == "constant"
     assert cfg.model.n_layers == 2 and cfg.data.micro_batch_size == 32  # the rest is still the preset's
     text = load_config(["experiment=text", "model=small", "data.seq_len=64"])
