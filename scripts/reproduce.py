@@ -11,7 +11,8 @@ Experiments (``PLANS[scale]`` says which runs each scale makes):
   Shakespeare corpus (``OUT/e1/text.txt``): Psi per layer, zeta_L pre- and post-norm.
 * E2/E3 ``text``: from scratch on Shakespeare, ``jreg=jump`` at several lambda (lambda = 0 is E2, the jump
   emerging unsuppressed), plus ``final`` and ``weighted`` at one lambda; every cell at every seed.
-* E3 ``induction``: the same lambda sweep on synthetic bigram-with-trigger data (induction accuracy).
+* E3 ``induction``: the same lambda sweep on synthetic bigram-with-trigger data, ``experiment=induction`` (induction
+  accuracy).
 * E4 ``continued``: continued pre-training of SmolLM2-135M with lambda = 0 and lambda > 0 (``init_from=``).
 
 Then per run ``llama-jreg eval RUN_DIR --json OUT/eval/<sweep>/<run>.json`` (logit lens, early exit, induction
