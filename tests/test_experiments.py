@@ -3,14 +3,11 @@ overrides win over it wherever they stand, and an unknown name is one error line
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from llama_jreg import UserError
+from llama_jreg.cli import main as cli
 from llama_jreg.config import CONFIG_DIR, compose, load_config, to_train_config
-from tests.test_train_helpers import REPO, env_for_subprocess
 
 # the induction recipe written out key by key (docs/recipes.md gives the same list)
 INDUCTION = ["model=tiny", "model.vocab_size=65", "model.dim=64", "model.n_layers=2", "model.n_heads=2",
@@ -59,11 +56,10 @@ def test_continued_preset_starts_from_smollm2():
     assert to_train_config(compose(["experiment=continued", "init_from=/x/y"])).init_from == "/x/y"
 
 
-def test_unknown_experiment_is_one_error_line():
+def test_unknown_experiment_is_one_error_line(capsys):
     with pytest.raises(UserError, match="unknown experiment 'nope'; choose experiment=continued.induction.text$"):
         load_config(["experiment=nope"])
-    p = subprocess.run([sys.executable, "-m", "llama_jreg", "train", "experiment=nope", "--print-config"],
-                       cwd=REPO, env=env_for_subprocess(), capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2 and p.stdout == ""
-    assert p.stderr.strip().splitlines() == ["error: unknown experiment 'nope'; choose "
-                                             "experiment=continued|induction|text"]
+    assert cli(["train", "experiment=nope", "--print-config"]) == 2  # the CLI in-process (test_bad_inputs: a subprocess)
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.strip().splitlines() == [
+        "error: unknown experiment 'nope'; choose experiment=continued|induction|text"]
