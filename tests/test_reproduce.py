@@ -204,7 +204,8 @@ def test_dry_run_prints_every_command(tmp_path):
     out = subprocess.run([sys.executable, "scripts/reproduce.py", "--scale", "gpu", "--out", str(tmp_path / "o"),
                           "--dry-run"], cwd=REPO, env=env_for_subprocess(), capture_output=True, text=True,
                          timeout=120, check=True).stdout
-    assert out.count("llama-jreg train -m model=small") == 2 and "init_from=" in out
+    assert out.count("llama-jreg train -m model=small") == 1 and "init_from=" in out
+    assert out.count("llama-jreg train -m experiment=induction trainer.progress=false jreg=jump") == 1
     assert "llama-jreg jump " in out and "llama-jreg eval RUN_DIR" in out
     assert not (tmp_path / "o").exists()  # a dry run writes nothing
 
