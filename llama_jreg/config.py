@@ -11,6 +11,7 @@ fight over argv or output directories: every rank composes the same config and a
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,6 +259,11 @@ def compose(overrides: list[str] | None = None) -> Any:
 def _first_line(e: Exception) -> str:
     msg = str(e).strip().splitlines()
     text = msg[0] if msg else type(e).__name__
+    found = re.search(r"Could not find '(\w+)/([^']*)'", text)
+    if found and (CONFIG_DIR / found.group(1)).is_dir():
+        group = found.group(1)
+        options = "|".join(sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml")))
+        return f"unknown {group} {found.group(2)!r}; choose {group}={options}"
     if "Could not find" in text or "In 'train'" in text:
         return text + " (check the group option name, e.g. model=tiny|small|medium|large)"
     if "Could not override" in text or "Key '" in text:

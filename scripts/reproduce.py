@@ -11,7 +11,8 @@ Experiments (``PLANS[scale]`` says which runs each scale makes):
   Shakespeare corpus (``OUT/e1/text.txt``): Psi per layer, zeta_L pre- and post-norm.
 * E2/E3 ``text``: from scratch on Shakespeare, ``jreg=jump`` at several lambda (lambda = 0 is E2, the jump
   emerging unsuppressed), plus ``final`` and ``weighted`` at one lambda; every cell at every seed.
-* E3 ``induction``: the same lambda sweep on synthetic bigram-with-trigger data (induction accuracy).
+* E3 ``induction``: the same lambda sweep on synthetic bigram-with-trigger data, ``experiment=induction`` (induction
+  accuracy).
 * E4 ``continued``: continued pre-training of SmolLM2-135M with lambda = 0 and lambda > 0 (``init_from=``).
 
 Then per run ``llama-jreg eval RUN_DIR --json OUT/eval/<sweep>/<run>.json`` (logit lens, early exit, induction
@@ -61,10 +62,11 @@ class Plan:
 
 
 def _text(steps: int, seeds: str, weights: str, extra_modes: str | None, lam_modes: float) -> list[Sweep]:
-    common = ["model=tiny", "data=shakespeare", "data.seq_len=256", "data.micro_batch_size=8",
-              f"trainer.max_steps={steps}", "optim.lr=1e-3", f"schedule.warmup_steps={max(10, steps // 10)}",
-              "trainer.jump_every=25", f"trainer.eval_every={max(25, steps // 5)}", "trainer.eval_batches=8",
-              f"trainer.ckpt_every={max(25, steps // 5)}", "trainer.keep_last=1", "trainer.progress=false"]
+    """E2/E3 text: ``experiment=text`` (configs/experiment/text.yaml, the 500-step cpu recipe) with the step
+    counts scaled to ``steps`` (at 500 they are the preset's own values)."""
+    common = ["experiment=text", f"trainer.max_steps={steps}", f"schedule.warmup_steps={max(10, steps // 10)}",
+              f"trainer.eval_every={max(25, steps // 5)}", f"trainer.ckpt_every={max(25, steps // 5)}",
+              "trainer.progress=false"]
     sweeps = [Sweep("text_jump", common + ["jreg=jump", f"seed={seeds}", f"jreg.weight={weights}"])]
     if extra_modes:
         sweeps.append(Sweep("text_modes", common + [f"jreg={extra_modes}", f"seed={seeds}",
@@ -72,11 +74,13 @@ def _text(steps: int, seeds: str, weights: str, extra_modes: str | None, lam_mod
     return sweeps
 
 
-def _induction(steps: int, seeds: str, weights: str) -> list[Sweep]:
-    common = ["model=tiny", "model.vocab_size=128", "data=induction", "data.seq_len=256", "data.micro_batch_size=8",
-              f"trainer.max_steps={steps}", "optim.lr=1e-3", f"schedule.warmup_steps={max(10, steps // 10)}",
-              "trainer.jump_every=25", f"trainer.eval_every={max(25, steps // 5)}", "trainer.eval_batches=8",
-              f"trainer.ckpt_every={max(25, steps // 5)}", "trainer.keep_last=1", "trainer.progress=false"]
+def _induction(seeds: str, weights: str, steps: int | None = None) -> list[Sweep]:
+    """E3 induction: ``experiment=induction`` (configs/experiment/induction.yaml, the recipe that forms induction
+    heads at lambda = 0, docs/recipes.md); ``steps`` shortens it (too short to form them: a smoke run only)."""
+    common = ["experiment=induction", "trainer.progress=false"]
+    if steps is not None:
+        common += [f"trainer.max_steps={steps}", f"schedule.warmup_steps={max(10, steps // 10)}",
+                   f"trainer.eval_every={max(25, steps // 5)}", f"trainer.ckpt_every={max(25, steps // 5)}"]
     return [Sweep("induction_jump", common + ["jreg=jump", f"seed={seeds}", f"jreg.weight={weights}"],
                   experiment="induction")]
 
@@ -85,11 +89,9 @@ def _continued(steps: int, seeds: str, weights: str, seq_len: int = 128, micro_b
                extra: tuple[str, ...] = ()) -> list[Sweep]:
     """E4: SmolLM2-135M continued on Shakespeare with its own tokenizer (``init_from``), lambda = 0 vs > 0."""
     every = max(1, steps // 6)
-    common = [f"init_from={SMOLLM2}", "data=shakespeare", f"data.seq_len={seq_len}",
-              f"data.micro_batch_size={micro_batch}", f"trainer.max_steps={steps}", "optim.lr=1e-4",
-              "schedule.warmup_steps=0", f"trainer.jump_every={every}", f"trainer.eval_every={every}",
-              "trainer.eval_batches=4", f"trainer.ckpt_every={steps}", "trainer.keep_last=1",
-              "trainer.progress=false", *extra]
+    common = ["experiment=continued", f"init_from={SMOLLM2}", f"data.seq_len={seq_len}",
+              f"data.micro_batch_size={micro_batch}", f"trainer.max_steps={steps}", f"trainer.jump_every={every}",
+              f"trainer.eval_every={every}", f"trainer.ckpt_every={steps}", "trainer.progress=false", *extra]
     return [Sweep("e4_continued", common + ["jreg=jump", f"seed={seeds}", f"jreg.weight={weights}"],
                   experiment="continued")]
 
@@ -104,10 +106,10 @@ _TEST_COMMON = ["model=tiny", "model.n_layers=2", "model.dim=64", "model.n_heads
 _CPU_TEXT = _text(500, "1,2", "0,0.01,0.1,1", "final,weighted", 0.1)
 
 PLANS: dict[str, Plan] = {
-    "quick": Plan(_text(120, "1", "0,1", None, 0.1) + _induction(120, "1", "0,1") + _continued(8, "1", "0,1"),
+    "quick": Plan(_text(120, "1", "0,1", None, 0.1) + _induction("1", "0,1", 120) + _continued(8, "1", "0,1"),
                   about="the cpu pipeline with one seed and fewer, shorter runs (about 10 minutes on 2 cores)"),
     # sweep order = the order `--lanes N` starts them in: the longest first, then E4 (ready early), then the rest
-    "cpu": Plan([_CPU_TEXT[0], *_continued(30, "1,2", "0,1"), *_CPU_TEXT[1:], *_induction(400, "1,2", "0,0.1,1")],
+    "cpu": Plan([_CPU_TEXT[0], *_continued(30, "1,2", "0,1"), *_CPU_TEXT[1:], *_induction("1,2", "0,0.1,1")],
                 about="model=tiny from scratch (E2, E3) and SmolLM2-135M continued (E4), 2 seeds per cell "
                       "(about 2 hours on 2 CPU cores with --lanes 2)"),
     # one CUDA GPU (bf16): model=small on FineWeb-Edu (streamed), seq 1024, 64 x 1024 tokens a step
@@ -118,18 +120,14 @@ PLANS: dict[str, Plan] = {
                              "trainer.eval_every=500", "trainer.eval_batches=16", "trainer.ckpt_every=500",
                              "trainer.keep_last=1", "trainer.progress=false", "jreg=jump", "seed=1,2",
                              "jreg.weight=0,0.01,0.1,1"]),
-         Sweep("induction_jump", ["model=small", "model.vocab_size=128", "data=induction", "data.seq_len=256",
-                                  "data.micro_batch_size=64", "trainer.max_steps=2000", "trainer.precision=bf16",
-                                  "optim.lr=1e-3", "schedule.warmup_steps=100", "trainer.jump_every=50",
-                                  "trainer.eval_every=250", "trainer.eval_batches=8", "trainer.ckpt_every=500",
-                                  "trainer.keep_last=1", "trainer.progress=false", "jreg=jump", "seed=1,2",
-                                  "jreg.weight=0,0.1,1"], experiment="induction")]
+         *_induction("1,2", "0,0.1,1")]  # the cpu recipe as it is (fp32): it is the one known to form the heads
         + _continued(300, "1,2", "0,0.1,1", seq_len=512, micro_batch=16, extra=("trainer.precision=bf16",)),
-        about="model=small on one CUDA GPU in bf16, 2 seeds per cell (a plan: not run on the development machine)"),
+        about="model=small on one CUDA GPU in bf16 (induction: experiment=induction as on CPU), 2 seeds per cell "
+              "(a plan: not run on the development machine)"),
     "test": Plan([Sweep("text_jump", _TEST_COMMON + ["data=shakespeare", "jreg=jump", "seed=1,2", "jreg.weight=0,1"]),
-                  Sweep("induction_jump", _TEST_COMMON + ["model.vocab_size=64", "data=induction", "data.seq_len=64",
-                                                          "data.induction.num_val=8", "jreg=jump", "seed=1",
-                                                          "jreg.weight=0,1"], experiment="induction")],
+                  Sweep("induction_jump", ["experiment=induction", *_TEST_COMMON, "model.vocab_size=64",
+                                           "data.seq_len=64", "data.induction.num_val=8", "jreg=jump", "seed=1",
+                                           "jreg.weight=0,1"], experiment="induction")],
                  e1_seq_len=64, e1_num_seqs=2, about="tests only"),
 }
 COMMANDS = {"cpu": "make reproduce"}

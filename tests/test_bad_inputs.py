@@ -166,7 +166,9 @@ CASES = [
      "data=induction has one sequence per row and no EOS", "no run dir"),
     ("document-positions-without-mask", lambda w, t: ["train", "data.document_positions=true"],
      "needs data.document_mask=true", "no run dir"),
-    ("unknown-size", lambda w, t: ["train", "model=huge"], "model/huge", "no run dir"),
+    ("unknown-size", lambda w, t: ["train", "model=huge"], "unknown model 'huge'; choose model=", "no run dir"),
+    ("unknown-experiment", lambda w, t: ["train", "experiment=bogus"], "unknown experiment 'bogus'; choose experiment=",
+     "no run dir"),
     ("unknown-jreg-mode", lambda w, t: ["train", "jreg.mode=sideways"], "unknown jreg.mode='sideways'", "no run dir"),
     ("negative-loss-chunk", lambda w, t: ["train", "trainer.loss_chunk_tokens=-1"],
      "trainer.loss_chunk_tokens=-1 must be >= 0", "no run dir"),
@@ -312,8 +314,9 @@ CASES = [
 ]
 
 # the default run (`make test`) keeps one or more cases of every kind; the rest run with the slow tests
-FAST = {"negative-jreg-weight", "negative-z-loss", "unknown-size", "unknown-jreg-mode", "unknown-key",
-        "wrong-type", "seq-longer-than-context", "heads-not-dividing-width", "flash-without-flash-attn", "sweep-list-without-m",
+FAST = {"negative-jreg-weight", "negative-z-loss", "unknown-size", "unknown-experiment", "unknown-jreg-mode",
+        "unknown-key", "wrong-type", "seq-longer-than-context", "heads-not-dividing-width", "flash-without-flash-attn",
+        "sweep-list-without-m",
         "run-dir-escapes-root", "missing-data-file", "tokenizer-hash-mismatch", "prepare-into-other-preparation",
         "resume-truncated-checkpoint", "resume-auto-with-other-data", "export-hf-into-non-empty-dir",
         "jump-non-llama-hf-dir", "init-from-non-llama", "init-from-contradicting-override", "unknown-command", "unknown-option",

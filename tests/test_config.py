@@ -52,7 +52,7 @@ def test_yaml_round_trip(tmp_path):
 
 @pytest.mark.parametrize("overrides,match", [
     (["jreg.weight=-1"], "jreg.weight=-1.0 must be >= 0"),
-    (["model=huge"], "Could not find 'model/huge'"),
+    (["model=huge"], "unknown model 'huge'; choose model=large.medium.small.tiny"),
     (["trainer.bogus=1"], "Could not override 'trainer.bogus'"),
     (["trainer.max_steps=abc"], "trainer.max_steps"),
     (["data.seq_len=4096"], "longer than the model context"),

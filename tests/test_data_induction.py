@@ -100,6 +100,25 @@ def test_bigram_from_text(tmp_path):
     assert p[ids["a"], ids["b"]] > 0.95 and p[ids["c"], ids["d"]] > 0.95
 
 
+def test_bigram_shakespeare_is_the_corpus_of_data_shakespeare(tmp_path):
+    """``bigram=shakespeare`` is ``bigram=PATH`` of the Shakespeare works concatenated in file-name order (the
+    real corpus, from the same cache as ``data=shakespeare``), and its top triggers are its most frequent
+    characters (the space first)."""
+    from llama_jreg.data.sources import cache_root, fetch_shakespeare
+    from llama_jreg.data.synthetic import build_bigram
+
+    files = fetch_shakespeare(cache_root(DataConfig()))
+    text = "".join(open(f, encoding="utf-8").read() for f in files)
+    (tmp_path / "all.txt").write_text(text, encoding="utf-8")
+    cfg = InductionConfig(bigram="shakespeare", vocab_size=65, triggers="top", num_triggers=3)
+    got, want = build_bigram(cfg, seed=0), BigramModel.from_text(tmp_path / "all.txt", 65)
+    assert np.array_equal(got.cdf, want.cdf) and np.array_equal(got.unigram, want.unigram)
+    seqs = InductionSequences(cfg, got, seq_len=256, seed=1)
+    assert seqs.top.tolist() == [0, 1, 2] and Counter(text).most_common(1)[0][0] == " "
+    tokens, mask, triggers, _ = seqs.sequence(0)
+    assert triggers.tolist() == [0, 1, 2] and mask.sum() > 40  # ~30 % of the tokens are trigger outputs
+
+
 def test_config_group_and_bad_values():
     cfg = load_config(["data=induction", "data.induction.vocab_size=64", "data.induction.num_train=10"])
     b = build_data(cfg.data, seed=cfg.seed, model_vocab=cfg.model.vocab_size)

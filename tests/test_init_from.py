@@ -119,6 +119,27 @@ def test_architecture_overrides_must_agree_with_the_source(tmp_path):
         load_config([*base, "data.seq_len=200"])
 
 
+def test_init_from_smollm2_is_a_path_first(tmp_path, monkeypatch):
+    """``init_from=smollm2`` is the cached SmolLM2 dir only when nothing of that name exists: a local directory
+    called smollm2 is used as the path it is (and the config records the path given)."""
+    src = make_tiny_hf_llama(tmp_path / "smollm2")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(run_overrides(tmp_path, tmp_path / "run", "init_from=smollm2"))
+    assert cfg.init_from == "smollm2" and cfg.model.n_layers == 2 and cfg.data.tokenizer == str(src / "tokenizer.json")
+
+
+@pytest.mark.slow
+def test_init_from_smollm2_alias_and_the_continued_preset(tmp_path):
+    """``init_from=smollm2`` (as ``experiment=continued`` sets it) resolves to the real SmolLM2-135M dir, and the
+    resolved config records that directory: the same config as with the path written out."""
+    from llama_jreg.interop.smollm2 import smollm2_dir
+
+    src = smollm2_dir()
+    alias = load_config(["experiment=continued", f"run.dir={tmp_path / 'run'}"])
+    path = load_config(["experiment=continued", f"init_from={src}", f"run.dir={tmp_path / 'run'}"])
+    assert alias.init_from == str(src) and alias == path and alias.model.n_layers == 30
+
+
 def test_forked_sweep_from_one_base_checkpoint(tmp_path):
     from llama_jreg.train.cli import main as train_main
 

@@ -285,6 +285,37 @@ def test_cpu_plan_keeps_its_run_names(tmp_path):
                                      enumerate((s, w) for s in (1, 2) for w in ("0", "1"))]
 
 
+def test_cpu_plan_presets_keep_the_resolved_configs():
+    """The cpu study's text and continued runs are ``experiment=text|continued`` + per-scale overrides now; every
+    job resolves to the config it had when the same recipe was written out key by key (so existing runs resume
+    unchanged). init_from stays unresolved here (resolving it fetches SmolLM2)."""
+    from llama_jreg.config import compose, to_train_config
+    from llama_jreg.train.cli import expand_sweep
+
+    rep = _script()
+    text_keys = ["model=tiny", "data=shakespeare", "data.seq_len=256", "data.micro_batch_size=8",
+                 "trainer.max_steps=500", "optim.lr=1e-3", "schedule.warmup_steps=50", "trainer.jump_every=25",
+                 "trainer.eval_every=100", "trainer.eval_batches=8", "trainer.ckpt_every=100", "trainer.keep_last=1",
+                 "trainer.progress=false"]
+    cont_keys = ["init_from=/m", "data=shakespeare", "data.seq_len=128", "data.micro_batch_size=4",
+                 "trainer.max_steps=30", "optim.lr=1e-4", "schedule.warmup_steps=0", "trainer.jump_every=5",
+                 "trainer.eval_every=5", "trainer.eval_batches=4", "trainer.ckpt_every=30", "trainer.keep_last=1",
+                 "trainer.progress=false"]
+    sweeps = {sw.name: sw for sw in rep.PLANS["cpu"].sweeps}
+    checked = 0
+    for name, old in [("text_jump", text_keys), ("text_modes", text_keys), ("e4_continued", cont_keys)]:
+        sw = sweeps[name]
+        assert sw.overrides[0] == f"experiment={'continued' if name == 'e4_continued' else 'text'}"
+        mine = [o.replace(rep.SMOLLM2, "/m") for o in sw.overrides]
+        for job, _ in expand_sweep(mine):
+            axes = [o for o in job if o.startswith(("jreg", "seed"))]
+            assert to_train_config(compose(job)) == to_train_config(compose(old + axes)), (name, axes)
+            checked += 1
+    assert checked == 8 + 4 + 4
+    ind = sweeps["induction_jump"]
+    assert ind.overrides[0] == "experiment=induction" and ind.experiment == "induction"
+
+
 def test_wall_time_counts_parallel_lanes_once(tmp_path):
     """timing.jsonl rows of two lanes that overlap, then a later resumed invocation after a pause: the wall
     time is the union of the intervals (1.5 h + 0.5 h), not their sum and not first-to-last."""
@@ -305,7 +336,8 @@ def test_dry_run_prints_every_command(tmp_path):
     out = subprocess.run([sys.executable, "scripts/reproduce.py", "--scale", "gpu", "--out", str(tmp_path / "o"),
                           "--dry-run"], cwd=REPO, env=env_for_subprocess(), capture_output=True, text=True,
                          timeout=120, check=True).stdout
-    assert out.count("llama-jreg train -m model=small") == 2 and "init_from=" in out
+    assert out.count("llama-jreg train -m model=small") == 1 and "init_from=" in out
+    assert out.count("llama-jreg train -m experiment=induction trainer.progress=false jreg=jump") == 1
     assert "llama-jreg jump " in out and "llama-jreg eval RUN_DIR" in out
     assert not (tmp_path / "o").exists()  # a dry run writes nothing
 

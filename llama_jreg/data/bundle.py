@@ -170,7 +170,7 @@ def _build_induction(cfg: DataConfig, seed: int, rank: int, world_size: int, mod
     if ind.vocab_size > model_vocab:
         raise UserError(f"data.induction.vocab_size={ind.vocab_size} is larger than model.vocab_size={model_vocab}; "
                         "lower the first or raise the second")
-    bigram = build_bigram(ind, seed)
+    bigram = build_bigram(ind, seed, cache_root(cfg))
     train = InductionSequences(ind, bigram, seq_len=cfg.seq_len, seed=seed, split="train")
     val = InductionSequences(ind, bigram, seq_len=cfg.seq_len, seed=seed, split="validation")
     fingerprint = short_hash({"induction": asdict(ind), "seed": seed, "seq_len": cfg.seq_len, "loader": LOADER_VERSION})

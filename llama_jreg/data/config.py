@@ -10,7 +10,7 @@ class InductionConfig:
     """Synthetic bigram-with-trigger sequences (Bietti et al. 2023, "Birth of a Transformer")."""
 
     num_triggers: int = 5  # K trigger tokens per sequence
-    bigram: str = "random"  # "random" (Dirichlet) or a path to a text file to estimate it from
+    bigram: str = "random"  # "random" (Dirichlet), "shakespeare" (the cached corpus) or a text file's path
     num_train: int = 100_000  # number of training sequences (deterministic per (seed, index))
     num_val: int = 256
     vocab_size: int | None = None  # defaults to model.vocab_size

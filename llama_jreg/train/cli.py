@@ -28,6 +28,7 @@ config groups (pick one with GROUP=NAME):
   model=tiny|small|medium|large          jreg=off|jump|final|weighted
   data=shakespeare|local|hf|induction    optim=adamw   schedule=cosine|wsd|constant
   trainer=default|demo   logger=none|wandb   parallel=ddp|fsdp
+  experiment=induction|text|continued    a whole recipe (docs/recipes.md); other overrides still win
 
 user-facing keys (KEY=VALUE):
   jreg.weight (lambda, >=0)  jreg.mode (jump|final|weighted)  jreg.l0  jreg.weighting  jreg.warmup_steps
@@ -50,6 +51,7 @@ user-facing keys (KEY=VALUE):
 
 examples:
   llama-jreg train model=small data=local data.files=[corpus.jsonl] jreg.weight=0.1
+  llama-jreg train experiment=induction jreg.weight=0 seed=1
   llama-jreg train run.dir=runs/r1 resume=auto
   llama-jreg train init_from=path/to/SmolLM2-135M run.dir=runs/cont resume=auto optim.lr=1e-4
   llama-jreg train -m jreg.weight=0,0.01,0.1 hydra.sweep.dir=sweeps/lambda trainer.max_steps=2000

@@ -1,7 +1,10 @@
 """``init_from=PATH``: continued pre-training from the weights of an existing model.
 
 PATH is one of our checkpoints (``.../checkpoints/step_XXXXXXXX``, or a run dir: its newest intact checkpoint),
-an HF Llama-family directory (``config.json`` + safetensors, sharded or not) or a GGUF file. Only the weights
+an HF Llama-family directory (``config.json`` + safetensors, sharded or not) or a GGUF file. ``init_from=smollm2``
+(when no file or directory of that name exists) stands for SmolLM2-135M, fetched once into the cache by
+``llama_jreg.interop.smollm2.smollm2_dir()``: the resolved config records the directory, so a run's config.yaml
+is the same as with the path written out (``experiment=continued`` uses it). Only the weights
 are taken: optimizer, schedule, step counter and data position start fresh (a model-only initial load).
 
 Two halves:
@@ -41,6 +44,7 @@ ARCH_KEYS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim
              "rope_scaling", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor",
              "rope_original_max_seq_len", "norm_eps", "tie_embeddings")
 RECORD_FILE = "init_from.json"
+SMOLLM2_ALIAS = "smollm2"  # init_from=smollm2: the cached SmolLM2-135M dir (interop.smollm2.smollm2_dir)
 
 
 def resolve_source(path: str | Path) -> ModelPath:
@@ -65,6 +69,10 @@ def explicit_model_keys(overrides: list[str]) -> tuple[str | None, set[str]]:
 def apply_init_from(cfg, overrides: list[str]):
     """``cfg`` (a TrainConfig with ``init_from`` set) with the source's architecture and tokenizer. Reads
     configs only. Raises UserError when an explicit ``model.*`` override contradicts the source."""
+    if cfg.init_from == SMOLLM2_ALIAS and not Path(SMOLLM2_ALIAS).exists():
+        from llama_jreg.interop.smollm2 import smollm2_dir
+
+        cfg.init_from = str(smollm2_dir())
     src = resolve_source(cfg.init_from)
     try:
         source_model = src.model_config()
