@@ -7,7 +7,7 @@ the training stall of a sharded save written synchronously vs in the background 
 
 The model (``configs/model/<name>.yaml`` plus ``--set key=value`` model overrides) is built and wrapped as the
 trainer does (``parallel.parallelize``), AdamW's state is created by one optimizer step on zero gradients, and
-then ``checkpoint.save_checkpoint`` / ``checkpoint.load_checkpoint`` (the trainer's own calls) run once per
+then ``checkpoint.save_checkpoint`` / ``checkpoint.restore_checkpoint`` (the trainer's own calls) run once per
 format into a temporary run dir. Per rank and phase: wall seconds (each phase starts after a barrier) and the
 peak resident memory of the phase (Linux: VmHWM, reset before each phase through /proc/self/clear_refs; the
 rise over the RSS at the phase start is printed too). Rank 0 prints one table row per format; the
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 run, 1, **kw, **save_kw, fmt=fmt))
             extra = {"stall_s": save["s"]}
         path = ckpt.list_checkpoints(run)[-1]
-        load = _phase(lambda path=path, kw=kw: ckpt.load_checkpoint(path, **kw, fingerprint="bench"))
+        load = _phase(lambda path=path, kw=kw: ckpt.restore_checkpoint(path, **kw, fingerprint="bench"))
         size = sum(m["bytes"] for m in json.loads((path / "manifest.json").read_text())["files"].values())
         row = {"format": fmt, "rank": rank, "save": save, "load": load, "bytes": size, **extra}
         if fmt == "async" and extra["async_save"] > 1:

@@ -98,13 +98,13 @@ def child_main(argv: list[str]) -> int:
     from llama_jreg.cli import main
     from llama_jreg.train import checkpoint
 
-    real_load = checkpoint.load_checkpoint
+    real_load = checkpoint.restore_checkpoint
 
     def announced_load(path, **kw):
         print(f"KILL9-RESUME {path}", file=sys.stderr, flush=True)
         return real_load(path, **kw)
 
-    checkpoint.load_checkpoint = announced_load
+    checkpoint.restore_checkpoint = announced_load
     return main(["train", *argv])
 
 

@@ -817,7 +817,7 @@ def read_model_state(path: Path) -> dict[str, torch.Tensor]:
     return {k[len("model."):]: v for k, v in sd.items()}
 
 
-def load_checkpoint(
+def restore_checkpoint(
     path: Path,
     *,
     model: torch.nn.Module,

@@ -164,7 +164,7 @@ class Trainer:
             ckpt.remove_stale_tmp(self.run_dir)
         self.wandb_run_id = None
         if self.resumed_from is not None:
-            state = ckpt.load_checkpoint(self.resumed_from, model=self.llama, optimizer=self.optimizer,
+            state = ckpt.restore_checkpoint(self.resumed_from, model=self.llama, optimizer=self.optimizer,
                                          schedule=self.schedule, loader=self.train_iter,
                                          fingerprint=self.data.fingerprint)
             self.step, self.tokens = int(state["step"]), int(state["tokens"])
