@@ -187,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     for index, fmt in enumerate(a.formats.split(",")):
         run = root / f"{index}-{fmt}"
         kw = dict(model=llama, optimizer=opt, schedule=sched, loader=_Cursor())
-        save_kw = dict(trainer_state={"step": 1, "tokens": 0, "world_size": world}, config_yaml="{}\n",
-                       tokenizer_path=None, wandb_run_id="bench", fingerprint="bench", keep_last=1)
+        save_kw = dict(trainer_state={"step": 1, "tokens": 0, "world_size": world, "wandb_run_id": "bench",
+                                      "data_fingerprint": "bench"}, config_yaml="{}\n", tokenizer_path=None,
+                       keep_last=1)
         extra: dict = {}
         if fmt == "async":
             extra = {"async_save": sum(f == "async" for f in a.formats.split(",")[:index]) + 1}

@@ -243,8 +243,9 @@ def _tiny_model_and_optimizer():
 
 def _save(run, step, model, opt, sched, background, keep_last=5):
     return ckpt.save_checkpoint(run, step, model=model, optimizer=opt, schedule=sched, loader=_Cursor(),
-                                trainer_state={"step": step, "tokens": 0, "world_size": 1}, config_yaml="{}\n",
-                                tokenizer_path=None, wandb_run_id="x", fingerprint="fp", keep_last=keep_last,
+                                trainer_state={"step": step, "tokens": 0, "world_size": 1, "wandb_run_id": "x",
+                                               "data_fingerprint": "fp"}, config_yaml="{}\n",
+                                tokenizer_path=None, keep_last=keep_last,
                                 fmt="sharded", background=background)
 
 

@@ -52,7 +52,9 @@ import re
 import shutil
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -594,8 +596,6 @@ def save_checkpoint(
     trainer_state: dict,
     config_yaml: str,
     tokenizer_path: str | None,
-    wandb_run_id: str,
-    fingerprint: str,
     keep_last: int,
     fmt: str = "full",
     background: AsyncCheckpointer | None = None,
@@ -603,6 +603,8 @@ def save_checkpoint(
     """Write ``checkpoints/step_XXXXXXXX`` atomically in format ``fmt`` (``full`` | ``sharded``), then delete
     all but the newest ``keep_last``. Collective: every rank calls it. Raises UserError (on every rank) when
     anything cannot be written or a weight is non-finite; earlier checkpoints are never touched in that case.
+    ``trainer_state`` (the trainer's counters) must hold ``wandb_run_id`` and ``data_fingerprint``; they are
+    also written as files of their own. The trainer saves through :class:`Checkpointer`.
 
     With ``background`` (sharded only) the previous save in flight is finalised first, then this one is
     started and the function returns once the state is staged: the returned path exists only after
@@ -640,7 +642,8 @@ def save_checkpoint(
     # an asynchronous save are still being written and the loop moves on
     if not err and is_main:
         err = attempt(_write_shared_files, tmp, schedule=schedule, trainer_state=trainer_state,
-                      config_yaml=config_yaml, wandb_run_id=wandb_run_id, fingerprint=fingerprint)
+                      config_yaml=config_yaml, wandb_run_id=trainer_state["wandb_run_id"],
+                      fingerprint=trainer_state["data_fingerprint"])
         err = err or attempt(_copy_tokenizer, tmp, tokenizer_path)
     err = broadcast_object(err)
     if not err:
@@ -677,6 +680,51 @@ def save_checkpoint(
         raise _failed(final, err)
     barrier()
     return final
+
+
+@dataclass
+class Checkpointer:
+    """A run's checkpoints, built once by the trainer with everything a save writes and a resume restores:
+    ``save(step, state)`` (``state``: the trainer's counters, see ``save_checkpoint``), ``restore(path)``,
+    ``wait()`` for an asynchronous save in flight (``trainer.async_checkpoint``), ``close()``."""
+
+    run_dir: Path
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    loader: Any
+    config_yaml: str
+    tokenizer_path: str | None
+    fingerprint: str
+    keep_last: int
+    fmt: str = "full"
+    asynchronous: bool = False
+
+    def __post_init__(self):
+        self.background = AsyncCheckpointer() if self.asynchronous else None  # the save in flight
+
+    def save(self, step: int, state: dict) -> Path:
+        """Write checkpoint ``step`` (collective). Asynchronous: returns once the state is staged; the path
+        exists after the next ``save`` or ``wait``."""
+        return save_checkpoint(self.run_dir, step, model=self.model, optimizer=self.optimizer,
+                               schedule=self.schedule, loader=self.loader,
+                               trainer_state={**state, "data_fingerprint": self.fingerprint},
+                               config_yaml=self.config_yaml, tokenizer_path=self.tokenizer_path,
+                               keep_last=self.keep_last, fmt=self.fmt, background=self.background)
+
+    def restore(self, path: Path) -> dict:
+        """Model, optimizer, schedule, loader and RNG from ``path``; returns the trainer state (collective)."""
+        return restore_checkpoint(path, model=self.model, optimizer=self.optimizer, schedule=self.schedule,
+                                  loader=self.loader, fingerprint=self.fingerprint)
+
+    def wait(self) -> Path | None:
+        """Finalise the asynchronous save in flight, if any (collective)."""
+        return self.background.wait() if self.background is not None else None
+
+    def close(self) -> None:
+        """At the end of a run that failed: leave a save in flight unfinished (removed at the next start)."""
+        if self.background is not None:
+            self.background.close()
 
 
 def delete_checkpoint(path: Path) -> None:

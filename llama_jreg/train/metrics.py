@@ -38,6 +38,7 @@ import json
 import math
 import os
 import resource
+import time
 from pathlib import Path
 
 import torch
@@ -89,6 +90,43 @@ def memory_usage(device: torch.device) -> tuple[float, str]:
         return rss_pages * os.sysconf("SC_PAGE_SIZE") / 2**30, "cpu_rss"
     except (OSError, ValueError):  # not Linux: peak RSS (KiB on Linux, bytes on macOS)
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "cpu_max_rss"
+
+
+class Throughput:
+    """Builds the ``kind=train`` rows: counts the steps, tokens and data-wait time since the last row, and turns
+    them and a step's losses into the row (tokens/s, step time, TFLOP/s, MFU, memory, data-wait share).
+
+    The trainer calls ``add(data_wait_s)`` after every optimizer step and ``row(...)`` on logging steps; the
+    clock restarts at each row (and at ``restart()``, e.g. after a step-0 evaluation)."""
+
+    def __init__(self, tokens_per_step: int, flops_per_token: float, world: int, peak_flops: float | None,
+                 device: torch.device):
+        self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
+        self.world, self.peak_flops, self.device = world, peak_flops, device
+        self.restart()
+
+    def restart(self) -> None:
+        self.start, self.tokens, self.wait = time.perf_counter(), 0, 0.0
+
+    def add(self, data_wait_s: float) -> None:
+        self.tokens += self.tokens_per_step
+        self.wait += data_wait_s
+
+    def row(self, step: int, tokens: int, out: dict, nonfinite_skipped: int) -> dict:
+        """The train row of ``step`` from the step's floats ``out`` (``Trainer.train_step``); restarts the clock."""
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        tps = self.tokens / elapsed
+        mem, mem_kind = memory_usage(self.device)
+        model_flops = tps * self.flops_per_token / self.world
+        row = {"kind": "train", "step": step, "tokens": tokens, "loss": out["loss"], "lm_loss": out["lm_loss"],
+               "z_loss": out["z_loss"], "jreg_loss": out["jreg_loss"], "jreg_weight": out["jreg_weight"],
+               "lr": out["lr"], "grad_norm": out["grad_norm"], "tokens_per_s": tps,
+               "step_time_s": elapsed * self.tokens_per_step / max(self.tokens, 1), "tflops": model_flops / 1e12,
+               "mfu": model_flops / self.peak_flops if self.peak_flops else None,
+               "memory": mem, "memory_kind": mem_kind, "data_wait_frac": self.wait / elapsed,
+               "nonfinite_skipped": nonfinite_skipped}
+        self.restart()
+        return row
 
 
 def _finite_or_none(v):

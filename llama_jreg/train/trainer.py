@@ -44,7 +44,7 @@ from llama_jreg.train import checkpoint as ckpt
 from llama_jreg.train.allocator import tune_cpu_allocator
 from llama_jreg.train.distributed import all_reduce_sum, barrier, broadcast_object
 from llama_jreg.train.init_from import init_model
-from llama_jreg.train.metrics import MetricsLogger, device_peak_flops, flops_per_token, memory_usage
+from llama_jreg.train.metrics import MetricsLogger, Throughput, device_peak_flops, flops_per_token
 from llama_jreg.train.optim import Schedule, build_optimizer
 from llama_jreg.train.parallel import no_sync, parallelize, unwrap
 from llama_jreg.train.profiling import StepProfiler
@@ -145,11 +145,15 @@ class Trainer:
         self.model = parallelize(model, cfg, self.device, self.precision)
         # FSDP2 with bf16: its MixedPrecisionPolicy casts the parameters (fp32 masters), no autocast
         self.fsdp_mixed_precision = cfg.parallel.name == "fsdp" and self.world > 1 and self.precision == "bf16"
-        self.checkpoint_format = ckpt.resolve_format(t.checkpoint_format, cfg.parallel.name, t.async_checkpoint)
-        self.background_ckpt = ckpt.AsyncCheckpointer() if t.async_checkpoint else None  # the save in flight
         self.llama = unwrap(self.model)
         self.optimizer = build_optimizer(self.llama, cfg.optim, self.device)
         self.schedule = Schedule(self.optimizer, cfg.schedule, cfg.optim.lr, t.max_steps)
+        tok = getattr(self.data.tokenizer, "path", None) if self.data.tokenizer is not None else None
+        self.checkpointer = ckpt.Checkpointer(
+            self.run_dir, self.llama, self.optimizer, self.schedule, self.train_iter, self.config_yaml,
+            tokenizer_path=str(tok) if tok else None, fingerprint=self.data.fingerprint, keep_last=t.keep_last,
+            fmt=ckpt.resolve_format(t.checkpoint_format, cfg.parallel.name, t.async_checkpoint),
+            asynchronous=t.async_checkpoint)
 
         # -- counters, then resume -----------------------------------------------------------------------
         self.step = 0  # optimizer steps taken (incl. skipped non-finite ones)
@@ -164,9 +168,7 @@ class Trainer:
             ckpt.remove_stale_tmp(self.run_dir)
         self.wandb_run_id = None
         if self.resumed_from is not None:
-            state = ckpt.restore_checkpoint(self.resumed_from, model=self.llama, optimizer=self.optimizer,
-                                         schedule=self.schedule, loader=self.train_iter,
-                                         fingerprint=self.data.fingerprint)
+            state = self.checkpointer.restore(self.resumed_from)
             self.step, self.tokens = int(state["step"]), int(state["tokens"])
             self.nonfinite_total = int(state.get("nonfinite_total", 0))
             self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
@@ -211,12 +213,12 @@ class Trainer:
             from tqdm.auto import tqdm
 
             progress = tqdm(total=t.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
-        window_start, window_tokens, window_wait = time.perf_counter(), 0, 0.0
+        meter = Throughput(self.tokens_per_step, self.flops_per_token, self.world, self.peak_flops, self.device)
         stopped_by = None
         first_step = self.step
         if self.step == 0 and self.cfg.init_from is not None:
             self.log_start()
-            window_start = time.perf_counter()  # the first step's time excludes the step-0 evaluation
+            meter.restart()  # the first step's time excludes the step-0 evaluation
         try:
             while self.step < t.max_steps:
                 with self.profiler.step(self.step + 1):
@@ -227,34 +229,22 @@ class Trainer:
                         warnings.warn(f"training data exhausted after {self.step} steps", stacklevel=1)
                         break
                     out = self.train_step(batches)
-                window_tokens += self.tokens_per_step
+                meter.add(wait)
                 self.last.update(final_loss=out["loss"], final_lm_loss=out["lm_loss"])
-                window_wait += wait
                 if progress is not None:
                     progress.update(1)
 
-                if self.step % t.log_every == 0 or self.step == t.max_steps:
-                    elapsed = time.perf_counter() - window_start
-                    tps = window_tokens / max(elapsed, 1e-9)
-                    mem, mem_kind = memory_usage(self.device)
-                    row = {"kind": "train", "step": self.step, "tokens": self.tokens, "loss": out["loss"],
-                           "lm_loss": out["lm_loss"], "z_loss": out["z_loss"], "jreg_loss": out["jreg_loss"],
-                           "jreg_weight": out["jreg_weight"], "lr": out["lr"], "grad_norm": out["grad_norm"],
-                           "tokens_per_s": tps, "step_time_s": elapsed * self.tokens_per_step / max(window_tokens, 1),
-                           "tflops": tps * self.flops_per_token / self.world / 1e12,
-                           "mfu": tps * self.flops_per_token / (self.world * self.peak_flops) if self.peak_flops else None,
-                           "memory": mem, "memory_kind": mem_kind,
-                           "data_wait_frac": window_wait / max(elapsed, 1e-9),
-                           "nonfinite_skipped": self.nonfinite_total}
+                # then log / evaluate / checkpoint, each when due
+                if self._due(t.log_every):
+                    row = meter.row(self.step, self.tokens, out, self.nonfinite_total)
                     if hasattr(self.train_iter, "tokens_by_source"):  # data.mixture
                         row["tokens_by_source"] = self.train_iter.tokens_by_source()
                     self.metrics.log(row)
                     if progress is not None:
-                        progress.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{tps:,.0f}")
-                    window_start, window_tokens, window_wait = time.perf_counter(), 0, 0.0
+                        progress.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{row['tokens_per_s']:,.0f}")
                 if out["psi"] is not None:
                     self.log_jump(out)
-                if t.eval_batches > 0 and (self.step % t.eval_every == 0 or self.step == t.max_steps):
+                if t.eval_batches > 0 and self._due(t.eval_every):
                     self.evaluate()
                 if out["stop"]:
                     stopped_by = self._stop_signal or "signal"
@@ -266,8 +256,7 @@ class Trainer:
                     self.save()
             if self.step != self.last_saved_step:
                 self.save()
-            if self.background_ckpt is not None:
-                self.background_ckpt.wait()  # the last checkpoint exists before the run reports it
+            self.checkpointer.wait()  # an asynchronous last checkpoint exists before the run reports it
         finally:
             if progress is not None:
                 progress.close()
@@ -276,6 +265,10 @@ class Trainer:
         if stopped_by and self.is_main:
             print(f"stopped by {stopped_by} at step {self.step}; checkpoint saved, resume with resume=auto", flush=True)
         return self.summary(stop_reason=stopped_by)
+
+    def _due(self, every: int) -> bool:
+        """Whether something done every ``every`` steps (and at the last step) is due after this step."""
+        return self.step % every == 0 or self.step == self.cfg.trainer.max_steps
 
     def _next_batches(self) -> list[dict] | None:
         """This rank's ``accum`` micro-batches of the next optimizer step (None when the data ran out)."""
@@ -502,17 +495,10 @@ class Trainer:
     def save(self) -> Path:
         state = {"step": self.step, "tokens": self.tokens, "nonfinite_total": self.nonfinite_total,
                  "nonfinite_in_a_row": self.nonfinite_in_a_row, "world_size": self.world,
-                 "wandb_run_id": self.wandb_run_id, "data_fingerprint": self.data.fingerprint}
+                 "wandb_run_id": self.wandb_run_id}
         if self.init_from is not None:
             state["init_from"] = self.init_from
-        tok = getattr(self.data.tokenizer, "path", None) if self.data.tokenizer is not None else None
-        path = ckpt.save_checkpoint(
-            self.run_dir, self.step, model=self.llama, optimizer=self.optimizer, schedule=self.schedule,
-            loader=self.train_iter, trainer_state=state, config_yaml=self.config_yaml,
-            tokenizer_path=str(tok) if tok else None, wandb_run_id=self.wandb_run_id,
-            fingerprint=self.data.fingerprint, keep_last=self.cfg.trainer.keep_last, fmt=self.checkpoint_format,
-            background=self.background_ckpt,
-        )
+        path = self.checkpointer.save(self.step, state)
         self.last_saved_step = self.step
         self.last["last_checkpoint"] = str(path)
         return path
@@ -574,8 +560,7 @@ class Trainer:
         }
 
     def close(self) -> None:
-        if self.background_ckpt is not None:
-            self.background_ckpt.close()  # a run that failed mid-save leaves that checkpoint unfinished
+        self.checkpointer.close()  # a run that failed mid-save leaves that checkpoint unfinished
         self.metrics.finish()
         torch.use_deterministic_algorithms(self._was_deterministic)
 
