@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("llama_jreg.generate", "sample text from a checkpoint, run dir, HF dir or GGUF (KV cache)"),
     "export-hf": ("llama_jreg.interop.export", "export a checkpoint as an HF Llama directory"),
     "lm-eval": ("llama_jreg.interop.lm_eval", "evaluate a checkpoint with lm-eval-harness tasks"),
+    "eval-tasks": ("llama_jreg.tasks.cli", "task accuracy (induction, cloze, choice, lm-eval) of any model"),
 }
 
 

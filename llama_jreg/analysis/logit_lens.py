@@ -14,7 +14,8 @@ longer changes up to layer L; an oracle early exit there skips (L - l) / L of th
 distribution of saturation layers and the mean fraction of blocks saved.
 
 For induction data (batches with ``eval_mask``): accuracy of the final (and every lens) top-1 on the
-second-and-later trigger outputs, the tokens only an induction head can predict.
+second-and-later trigger outputs, the tokens only an induction head can predict (``induction_hits``, the
+definition the ``induction`` task uses: llama_jreg/tasks/induction.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 
 from llama_jreg import UserError
 from llama_jreg.model import Llama
+from llama_jreg.tasks.induction import induction_hits
 
 
 @torch.no_grad()
@@ -64,10 +66,10 @@ def logit_lens(model: Llama, batches, device: torch.device | str = "cpu") -> dic
         suffix_all = torch.flip(torch.cumprod(torch.flip(agree.long(), [0]), 0), [0])
         sat = n_lens - suffix_all.sum(0)  # (B, T) in 0..L
         sat_hist += torch.bincount(sat[valid].flatten().cpu(), minlength=n_lens).double()
-        if "eval_mask" in batch:
-            m = batch["eval_mask"].to(device).bool() & valid
-            ind_sum += ((top1 == y.unsqueeze(0)) & m).flatten(1).sum(1).double().cpu()
-            n_ind += int(m.sum())
+        if "eval_mask" in batch:  # the induction task's definition, at every lens layer
+            hits, count = induction_hits(top1, y, batch["eval_mask"].to(device))
+            ind_sum += hits.double().cpu()
+            n_ind += int(count)
         n_tok += int(valid.sum())
     if n_tok == 0:
         raise UserError("no tokens to evaluate")

@@ -130,6 +130,7 @@ class Trainer:
             )
         self.accum = gbs // (B * self.world)
         self.tokens_per_step = gbs * T
+        self.tasks = self._build_tasks()  # tasks=[...]: their data read and checked now, before any step
 
         # -- model, parallelism, optimizer, schedule ---------------------------------------------------
         model = Llama(cfg.model)
@@ -246,6 +247,8 @@ class Trainer:
                     self.log_jump(out)
                 if t.eval_batches > 0 and (self.step % t.eval_every == 0 or self.step == t.max_steps):
                     self.evaluate()
+                if self.tasks and (self.step % (t.task_every or t.eval_every) == 0 or self.step == t.max_steps):
+                    self.evaluate_tasks()
                 if out["stop"]:
                     stopped_by = self._stop_signal or "signal"
                     break
@@ -442,6 +445,8 @@ class Trainer:
         self.metrics.log({"kind": "jump", "step": self.step, "tokens": self.tokens, "psi": val_psi, "zeta_L": z,
                           "psi_post_norm_L": None, "val_psi": val_psi, "val_zeta_L": z, "psi_batch": "validation"})
         self.last.update(zeta_L=z, psi=val_psi, val_zeta_L=z)
+        if self.tasks:
+            self.evaluate_tasks()
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -466,6 +471,29 @@ class Trainer:
                           "val_ppl": math.exp(min(val_loss, 700.0))})
         self.last["val_loss"] = val_loss
         return val_loss
+
+    def _build_tasks(self) -> list:
+        """The run's ``tasks`` (llama_jreg.tasks), every task's data read and checked (UserError)."""
+        if not self.cfg.tasks:
+            return []
+        from llama_jreg.tasks import build_tasks, context_for_run
+
+        ctx = context_for_run(self.data, self.cfg.data, max_length=self.cfg.model.max_seq_len,
+                              default_n=self.cfg.trainer.task_n)
+        with self.accelerator.main_process_first():  # lm-eval datasets: one rank fills the cache first
+            return build_tasks(self.cfg.tasks, ctx)
+
+    def evaluate_tasks(self) -> list[dict]:
+        """Evaluate the tasks (sharded over ranks, sums all-reduced; collective) and log ``kind=task`` rows."""
+        from llama_jreg.tasks import evaluate_tasks
+
+        rows = evaluate_tasks(self.llama, self.tasks, rank=self.rank, world=self.world, device=self.device,
+                              batch_size=self.cfg.trainer.task_batch_size, autocast=self._autocast)
+        for r in rows:
+            row = {"kind": "task", "step": self.step, "tokens": self.tokens, **r}
+            self.metrics.log(row)
+            self.last.setdefault("tasks", {})[r["task"]] = row
+        return rows
 
     # ------------------------------------------------------------------------------------------- checkpoints
 
@@ -528,6 +556,7 @@ class Trainer:
             "zeta_L": self.last.get("zeta_L"),
             "val_zeta_L": self.last.get("val_zeta_L"),
             "val_loss": self.last.get("val_loss"),
+            "tasks": self.last.get("tasks") or {},  # task name -> its latest kind=task row
             "tokens": self.tokens,
             "steps": self.step,
             "device": self.device.type,
