@@ -307,7 +307,7 @@ def test_task_errors_stop_before_training(text_run, ckpt, tmp_path):
 def test_two_ranks_give_the_numbers_of_one(text_run, tmp_path):
     """Step 0 of an init_from run (identical weights): FSDP2 on 2 processes equals one process, task by task
     (odd example counts, so the ranks run different numbers of examples and the padding forwards matter)."""
-    src = text_run["run"]
+    src = text_run["run"] / "checkpoints" / "step_00000007"
     common = [*TEXT, *text_run["data"], text_run["tasks"].replace("@6", "@7"), f"init_from={src}",
               "trainer.max_steps=1", "trainer.global_batch_size=4"]
     run_inprocess([*common, f"run.dir={tmp_path / 'one'}"])
