@@ -101,6 +101,18 @@ def test_specs():
         parse_specs(["choice:a/x.jsonl", "choice:b/x.jsonl"])
 
 
+def test_config_keys():
+    from llama_jreg.config import load_config
+
+    cfg = load_config(["tasks=[cloze:data/x.txt@5,induction]", "trainer.task_every=7", "trainer.task_n=9"])
+    assert cfg.tasks == ["cloze:data/x.txt@5", "induction"] and (cfg.trainer.task_every, cfg.trainer.task_n) == (7, 9)
+    assert load_config([]).tasks == [] and load_config([]).trainer.task_every is None  # off by default
+    for ov, msg in ((["tasks=[cloze,bogus@3]"], "unknown task 'bogus@3'"), (["trainer.task_every=0"], "task_every=0"),
+                    (["trainer.task_n=0"], "task_n=0")):
+        with pytest.raises(UserError, match=msg):
+            load_config(ov)
+
+
 def test_selection_is_fixed():
     a = select(1000, 7)
     assert a == select(1000, 7) and len(set(a)) == 7 and a == sorted(a)
@@ -320,3 +332,22 @@ def test_two_ranks_give_the_numbers_of_one(text_run, tmp_path):
         for k in ("acc_norm", "loglik", "loglik_per_token"):
             if k in a:
                 assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6)
+
+
+def test_shards_cover_every_example_once(ckpt):
+    """Rank r of W takes examples r, r + W, ...: the shards of 2 ranks partition the examples, and evaluating
+    twice gives the same numbers (no state, no randomness)."""
+    from llama_jreg.analysis.load import load_any
+    from llama_jreg.tasks.cli import task_context
+
+    model, tok, info = load_any(ckpt["dir"])
+    tasks = build_tasks([f"choice:{ckpt['items']}@9", f"cloze:{ckpt['passages']}"], task_context(model, tok, info, [], 5))
+    full = evaluate_tasks(model, tasks)
+    assert [r["n"] for r in full] == [9, 5]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in evaluate_tasks(model, tasks)] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in full]
+    halves = [evaluate_tasks(model, tasks, rank=r, world=2) for r in (0, 1)]  # one process: no all-reduce
+    for i, row in enumerate(full):
+        a, b = halves[0][i], halves[1][i]
+        assert (a["n"], b["n"]) == ((row["n"] + 1) // 2, row["n"] // 2)
+        assert a["accuracy"] * a["n"] + b["accuracy"] * b["n"] == pytest.approx(row["accuracy"] * row["n"])
