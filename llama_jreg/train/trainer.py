@@ -3,7 +3,8 @@
 Read top to bottom: ``Trainer.__init__`` sets everything up (accelerate, seeds, run dir, data, model,
 parallelism, optimizer, schedule, resume, logging); ``fit`` is the loop; ``train_step`` is one optimizer
 step (gradient accumulation, the JREG term, clipping, the non-finite guard); ``evaluate`` and ``val_jump``
-are the validation metrics; ``save`` writes a checkpoint.
+are the validation metrics, ``evaluate_tasks`` the task accuracies (``tasks=[...]``, llama_jreg/tasks/);
+``save`` writes a checkpoint.
 
 Launch: ``llama-jreg train ...`` (one process), ``torchrun --nproc_per_node N -m llama_jreg train ...`` or
 ``accelerate launch -m llama_jreg train ...`` (several; multi-node: see scripts/launch_slurm.sh).
