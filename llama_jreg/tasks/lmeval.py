@@ -6,7 +6,9 @@ number of shots, ``construct_requests``) and turns our log-likelihoods into per-
 So a task gives the numbers ``llama-jreg lm-eval`` gives, on the same documents. Only log-likelihood tasks
 (``multiple_choice``, ``loglikelihood``) with an ``acc`` metric can run here; use ``llama-jreg lm-eval`` for
 generation and perplexity tasks. ``accuracy`` is lm-eval's ``acc``; every other metric that lm-eval averages
-over documents (``acc_norm``, ...) is reported under its own name.
+over documents (``acc_norm``, ...) is reported under its own name. A few-shot task draws each document's
+examples from a seed of the document's index, so every rank count builds the same prompts (lm-eval's own runs
+draw them from one stream: few-shot numbers can differ from ``llama-jreg lm-eval``'s; zero-shot ones agree).
 
 ``lm-eval:NAME`` needs the task's dataset (the HF hub, or the HF datasets cache). Offline, point at a local
 copy: a task YAML whose ``dataset_path: json`` reads a local file (``dataset_kwargs: {data_files: {test:
@@ -18,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llama_jreg import UserError
-from llama_jreg.tasks.base import Task, TaskContext, select
+from llama_jreg.tasks.base import SELECT_SEED, Task, TaskContext, select
 from llama_jreg.tasks.scoring import Request, Score, encode_pair, pair_request, prefix_token
 from llama_jreg.tasks.spec import TaskSpec
 
@@ -74,6 +76,8 @@ class LmEvalTask(Task):
     def _instances(self, doc_id: int, doc) -> list:
         t = self.task
         shots = t.config.num_fewshot or 0
+        if shots:  # few-shot examples drawn from a seed of the document's index: the same prompt on any rank
+            t.set_fewshot_seed(seed=SELECT_SEED + doc_id)
         ctx = t.fewshot_context(doc, num_fewshot=shots, gen_prefix=t.doc_to_prefix(doc))
         inst = t.construct_requests(doc=doc, ctx=ctx, metadata=(t.config.task, doc_id, 1))
         return inst if isinstance(inst, list) else [inst]
