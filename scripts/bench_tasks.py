@@ -109,6 +109,8 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=200, help="examples of choice / lm-eval / induction")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--every", type=int, default=200, help="task_every for the share of training time")
+    p.add_argument("--data", nargs="+", default=["shakespeare", "induction"], choices=["shakespeare", "induction"],
+                   help="which trainers to measure (default both)")
     p.add_argument("--json", help="append the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -119,19 +121,20 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         # items for choice / lm-eval from the Shakespeare validation text (decoded windows)
-        probe = trainer_for([*COMMON, "data=shakespeare", f"run.dir={tmp / 'probe'}", "tasks=[cloze]"])
+        probe = None if "shakespeare" not in args.data else trainer_for([*COMMON, "data=shakespeare", f"run.dir={tmp / 'probe'}", "tasks=[cloze]"])
         from llama_jreg.tasks.cloze import validation_passages
 
-        texts = validation_passages(_ctx(probe), probe.data.tokenizer)
-        probe.close()
         items = tmp / "items.jsonl"
-        items.write_text("".join(json.dumps(x) + "\n" for x in choice_items(texts, args.n)))
+        if probe is not None:
+            texts = validation_passages(_ctx(probe), probe.data.tokenizer)
+            probe.close()
+            items.write_text("".join(json.dumps(x) + "\n" for x in choice_items(texts, args.n)))
         (tmp / "yaml").mkdir()
         (tmp / "yaml" / "choice.yaml").write_text(YAML.format(data=items))
         runs = [("shakespeare", [*COMMON, "data=shakespeare",
                                  f"tasks=[cloze,choice:{items}@{args.n},lm-eval:{tmp / 'yaml' / 'choice.yaml'}@{args.n}]"]),
                 ("induction", [*COMMON, "data=induction", f"tasks=[induction@{args.n}]"])]
-        for name, ov in runs:
+        for name, ov in [r for r in runs if r[0] in args.data]:
             trainer = trainer_for([*ov, f"run.dir={tmp / name}"])
             try:
                 step_s, evals, n = measure(trainer, args.steps, args.repeats)
