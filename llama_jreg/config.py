@@ -91,6 +91,12 @@ class TrainerConfig:
     # every step (process-wide mallopt settings; llama_jreg/train/allocator.py)
     malloc_tuning: bool = True
     plots: bool = True  # write <run.dir>/plots/ at the end of the run (llama_jreg.analysis.plots)
+    # task evaluation (top-level ``tasks``; llama_jreg/tasks/): every task_every steps (null = eval_every), at
+    # the end, and at step 0 of an init_from run; task_n examples per task without @N; task_batch_size
+    # sequences per forward pass
+    task_every: int | None = None
+    task_n: int = 200
+    task_batch_size: int = 8
 
 
 @dataclass
@@ -131,6 +137,9 @@ class TrainConfig:
     # continued pre-training: the weights (only) of a checkpoint / run dir / HF Llama dir / .gguf; the model
     # architecture and (without data.tokenizer) the tokenizer come from it (llama_jreg/train/init_from.py)
     init_from: str | None = None
+    # task evaluation during training: specs KIND[:ARG][@N], e.g. [induction, cloze@100, choice:piqa.jsonl]
+    # (llama_jreg/tasks/spec.py); empty = off
+    tasks: list[str] = field(default_factory=list)
 
 
 def _register() -> None:
@@ -179,6 +188,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for key in ("max_steps", "log_every", "jump_every", "eval_every", "ckpt_every", "keep_last"):
         if getattr(t, key) < 1:
             raise UserError(f"trainer.{key}={getattr(t, key)} must be >= 1")
+    if t.task_every is not None and t.task_every < 1:
+        raise UserError(f"trainer.task_every={t.task_every} must be >= 1 (null = trainer.eval_every)")
+    for key in ("task_n", "task_batch_size"):
+        if getattr(t, key) < 1:
+            raise UserError(f"trainer.{key}={getattr(t, key)} must be >= 1")
+    if cfg.tasks:
+        from llama_jreg.tasks.spec import parse_specs
+
+        parse_specs(cfg.tasks)  # syntax and names; the tasks' data is checked in the trainer's set-up
     if t.loss_chunk_tokens is not None and t.loss_chunk_tokens < 0:
         raise UserError(f"trainer.loss_chunk_tokens={t.loss_chunk_tokens} must be >= 0 (null = auto, 0 = unfused)")
     if t.profile_from is not None and (t.profile_from < 1 or t.profile_steps < 1):
@@ -302,6 +320,31 @@ def load_config(overrides: list[str] | None = None) -> TrainConfig:
     if cfg.init_from is not None:
         cfg = apply_init_from(cfg, list(overrides or []))
     return validate(cfg)
+
+
+def apply_data_overrides(base, overrides: list[str]):
+    """The checkpoint's TrainConfig with Hydra-style data overrides (``data=NAME``, ``data.key=value``,
+    ``seed=N``) applied, validated through the same schema as training."""
+    raw = OmegaConf.structured(base)
+    for ov in overrides:
+        if "=" not in ov:
+            raise UserError(f"bad override {ov!r}; use key=value, e.g. data=induction or data.seq_len=64")
+        key, value = ov.split("=", 1)
+        key = key.lstrip("+")
+        if key == "data":
+            path = CONFIG_DIR / "data" / f"{value}.yaml"
+            if not path.is_file():
+                choices = ", ".join(sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml")))
+                raise UserError(f"unknown data config {value!r}; choose one of {choices}")
+            raw.data = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(path))
+        elif key.startswith("data.") or key == "seed":
+            try:
+                OmegaConf.update(raw, key, OmegaConf.from_dotlist([f"v={value}"]).v, merge=True)
+            except Exception as e:  # noqa: BLE001 - omegaconf raises several kinds
+                raise UserError(f"bad override {ov!r}: {str(e).splitlines()[0]}") from None
+        else:
+            raise UserError(f"override {ov!r}: eval takes only data.* and seed overrides")
+    return to_train_config(raw)  # fills data.vocab_size / data.induction.vocab_size from the model
 
 
 def to_yaml(cfg: TrainConfig) -> str:

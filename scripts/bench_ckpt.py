@@ -90,7 +90,7 @@ def _async_phase(save, train_step, bg) -> tuple[dict, dict]:
     ``_phase``, stall figures)."""
     import torch.distributed as dist
 
-    from llama_jreg.train.parallel import all_reduce_sum, barrier, is_distributed
+    from llama_jreg.train.distributed import all_reduce_sum, barrier, is_distributed
 
     barrier()
     resettable = _reset_peak()

@@ -150,6 +150,13 @@ def _mix(w, tmp: Path, weight_a: str, weight_b: str, file_b=None, name_b: str = 
             f"{{name: {name_b}, weight: {weight_b}, files: [{file_b or w['other']}]}}]")
 
 
+def _choice_file(tmp: Path, second_line: str) -> Path:
+    """A choice-task jsonl whose second line is ``second_line``."""
+    p = tmp / "items.jsonl"
+    p.write_text('{"context": "the king", "choices": ["speaks", "hears", "sees"], "gold": 0}\n' + second_line + "\n")
+    return p
+
+
 def _full_dir(tmp: Path) -> Path:
     d = tmp / "full"
     d.mkdir()
@@ -288,6 +295,22 @@ CASES = [
                                                        f"init_from={w['root'] / 'hf_llama'}", "model.n_layers=3",
                                                        "data.seq_len=32", f"run.dir={t / 'r'}"],
      "model.n_layers=3 contradicts init_from=", "no run dir"),
+    # ---- task evaluation (tasks=[...] in training, eval-tasks)
+    ("unknown-task", lambda w, t: ["train", "tasks=[induction,clozee]"], "unknown task 'clozee'", "no run dir"),
+    ("task-file-malformed-row", lambda w, t: ["train", *TRAIN, *w["data"],
+                                              f"tasks=[choice:{_choice_file(t, '{context: the queen}')}]",
+                                              f"run.dir={t / 'r'}"], "items.jsonl line 2 is not JSON",
+     "the task file, the prepared data"),
+    ("task-gold-out-of-range", lambda w, t: ["train", *TRAIN, *w["data"], "tasks=[choice:" + str(_choice_file(
+        t, '{"context": "the queen", "choices": ["a", "b", "c"], "gold": 3}')) + "]", f"run.dir={t / 'r'}"],
+     "gold=3 is out of range for 3 choices", "the task file, the prepared data"),
+    ("task-needs-a-source-the-run-lacks", lambda w, t: ["train", *TRAIN, *w["data"], "tasks=[induction]",
+                                                        f"run.dir={t / 'r'}"],
+     "needs the synthetic induction source", "the prepared data"),
+    ("eval-tasks-unknown-task", lambda w, t: ["eval-tasks", str(w["run"]), "--tasks", "cloze,multiple"],
+     "unknown task 'multiple'", "-"),
+    ("eval-tasks-lm-eval-offline", lambda w, t: ["eval-tasks", str(w["run"]), "--tasks", "lm-eval:hellaswag"],
+     "lm-eval could not load the data of 'hellaswag'", "-"),
     # ---- analysis / export commands
     ("jump-missing-path", lambda w, t: ["jump", str(t / "nope"), "--text", str(w["corpus"])],
      "no such file or directory", "-"),
@@ -321,7 +344,8 @@ FAST = {"negative-jreg-weight", "negative-z-loss", "unknown-size", "unknown-expe
         "resume-truncated-checkpoint", "resume-auto-with-other-data", "export-hf-into-non-empty-dir",
         "jump-non-llama-hf-dir", "init-from-non-llama", "init-from-contradicting-override", "unknown-command", "unknown-option",
         "unquoted-equals-in-a-path", "unclosed-list", "missing-argument", "sweep-report-missing-dir",
-        "async-checkpoint-full-format", "mixture-weight-not-positive", "mixture-empty-source"}
+        "async-checkpoint-full-format", "mixture-weight-not-positive", "mixture-empty-source",
+        "unknown-task", "task-file-malformed-row", "eval-tasks-unknown-task"}
 PARAMS = [pytest.param(*c, id=c[0], marks=() if c[0] in FAST else pytest.mark.slow) for c in CASES]
 
 

@@ -85,7 +85,7 @@ def test_sweep_and_report(tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["train", "jreg.weight=-1"], "jreg.weight=-1.0 must be >= 0"),
-    (["train", "model=huge"], "model/huge"),
+    (["train", "model=huge"], "unknown model 'huge'"),
     (["train", "trainer.nope=3"], "trainer.nope"),
     (["train", "jreg.weight=0,0.1"], "add -m"),
     (["train", "data.seq_len=100000"], "longer than the model context"),

@@ -4,7 +4,7 @@ import pytest
 
 from llama_jreg import UserError
 from llama_jreg.config import CONFIG_DIR, TrainConfig, from_yaml, load_config, to_yaml
-from llama_jreg.train.cli import expand_sweep
+from llama_jreg.train.command import expand_sweep
 
 
 def test_defaults_compose_to_typed_config():

@@ -141,7 +141,7 @@ def test_init_from_smollm2_alias_and_the_continued_preset(tmp_path):
 
 
 def test_forked_sweep_from_one_base_checkpoint(tmp_path):
-    from llama_jreg.train.cli import main as train_main
+    from llama_jreg.train.command import main as train_main
 
     tiny = ["data=induction", "model.n_layers=2", "model.dim=64", "model.n_heads=4", "model.n_kv_heads=2",
             "model.ffn_dim=128", "model.vocab_size=64", "data.seq_len=32", "data.micro_batch_size=4",

@@ -10,7 +10,7 @@ import shlex
 import pytest
 
 from llama_jreg.config import load_config
-from llama_jreg.train.cli import _print_summary
+from llama_jreg.train.command import _print_summary
 from llama_jreg.train.reference import (
     REFERENCE_PATH,
     load_reference,

@@ -271,7 +271,7 @@ def test_task_rows_reach_the_summary_and_findings(sweep, tmp_path):
 
 def test_cpu_plan_keeps_its_run_names(tmp_path):
     """The cpu study's run dirs are found again by a rerun only if the sweeps expand to the same job names."""
-    from llama_jreg.train.cli import expand_sweep
+    from llama_jreg.train.command import expand_sweep
 
     plan = _script().PLANS["cpu"]
     names = {sw.name: [n for _, n in expand_sweep(sw.overrides)] for sw in plan.sweeps}
@@ -290,7 +290,7 @@ def test_cpu_plan_presets_keep_the_resolved_configs():
     job resolves to the config it had when the same recipe was written out key by key (so existing runs resume
     unchanged). init_from stays unresolved here (resolving it fetches SmolLM2)."""
     from llama_jreg.config import compose, to_train_config
-    from llama_jreg.train.cli import expand_sweep
+    from llama_jreg.train.command import expand_sweep
 
     rep = _script()
     text_keys = ["model=tiny", "data=shakespeare", "data.seq_len=256", "data.micro_batch_size=8",

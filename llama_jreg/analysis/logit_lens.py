@@ -14,7 +14,8 @@ longer changes up to layer L; an oracle early exit there skips (L - l) / L of th
 distribution of saturation layers and the mean fraction of blocks saved.
 
 For induction data (batches with ``eval_mask``): accuracy of the final (and every lens) top-1 on the
-second-and-later trigger outputs, the tokens only an induction head can predict.
+second-and-later trigger outputs, the tokens only an induction head can predict (``induction_hits``, the
+definition the ``induction`` task uses: llama_jreg/tasks/induction.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from llama_jreg import UserError
+from llama_jreg.config import apply_data_overrides
 from llama_jreg.model import Llama
+from llama_jreg.tasks.scoring import induction_hits
 
 
 @torch.no_grad()
@@ -64,10 +67,10 @@ def logit_lens(model: Llama, batches, device: torch.device | str = "cpu") -> dic
         suffix_all = torch.flip(torch.cumprod(torch.flip(agree.long(), [0]), 0), [0])
         sat = n_lens - suffix_all.sum(0)  # (B, T) in 0..L
         sat_hist += torch.bincount(sat[valid].flatten().cpu(), minlength=n_lens).double()
-        if "eval_mask" in batch:
-            m = batch["eval_mask"].to(device).bool() & valid
-            ind_sum += ((top1 == y.unsqueeze(0)) & m).flatten(1).sum(1).double().cpu()
-            n_ind += int(m.sum())
+        if "eval_mask" in batch:  # the induction task's definition, at every lens layer
+            hits, count = induction_hits(top1, y, batch["eval_mask"].to(device))
+            ind_sum += hits.double().cpu()
+            n_ind += int(count)
         n_tok += int(valid.sum())
     if n_tok == 0:
         raise UserError("no tokens to evaluate")
@@ -107,36 +110,6 @@ def text_batches(ids: list[int], seq_len: int, num_seqs: int, batch_size: int) -
         raise UserError("the text is too short to evaluate")
     return [{"input_ids": w[i:i + batch_size, :-1], "labels": w[i:i + batch_size, 1:]}
             for i in range(0, w.shape[0], batch_size)]
-
-
-def _apply_overrides(base, overrides: list[str]):
-    """The checkpoint's TrainConfig with Hydra-style data overrides (``data=NAME``, ``data.key=value``,
-    ``seed=N``) applied, validated through the same schema as training."""
-    from omegaconf import OmegaConf
-
-    from llama_jreg.config import CONFIG_DIR, to_train_config
-    from llama_jreg.data.config import DataConfig
-
-    raw = OmegaConf.structured(base)
-    for ov in overrides:
-        if "=" not in ov:
-            raise UserError(f"bad override {ov!r}; use key=value, e.g. data=induction or data.seq_len=64")
-        key, value = ov.split("=", 1)
-        key = key.lstrip("+")
-        if key == "data":
-            path = CONFIG_DIR / "data" / f"{value}.yaml"
-            if not path.is_file():
-                choices = ", ".join(sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml")))
-                raise UserError(f"unknown data config {value!r}; choose one of {choices}")
-            raw.data = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(path))
-        elif key.startswith("data.") or key == "seed":
-            try:
-                OmegaConf.update(raw, key, OmegaConf.from_dotlist([f"v={value}"]).v, merge=True)
-            except Exception as e:  # noqa: BLE001 - omegaconf raises several kinds
-                raise UserError(f"bad override {ov!r}: {str(e).splitlines()[0]}") from None
-        else:
-            raise UserError(f"override {ov!r}: eval takes only data.* and seed overrides")
-    return to_train_config(raw)  # fills data.vocab_size / data.induction.vocab_size from the model
 
 
 def config_batches(train_cfg, model: Llama, n_batches: int | None) -> tuple[list[dict], dict]:
@@ -205,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 "windows": sum(int(b["input_ids"].shape[0]) for b in batches)}
     else:
         if info["kind"] == "checkpoint":
-            train_cfg = _apply_overrides(info["train_config"], args.overrides)
+            train_cfg = apply_data_overrides(info["train_config"], args.overrides)
         else:
             if not args.overrides:
                 raise UserError(f"{args.model} is not one of our checkpoints: give --text FILE or data overrides")

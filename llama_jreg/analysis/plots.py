@@ -6,6 +6,7 @@ Writes into ``RUN_DIR/plots/``:
 * ``psi_layers.png``  Psi per layer at a few steps (``--steps 100,500``; default: up to 5 evenly spaced jump
                       rows), the post-final-norm Psi_L marked when logged
 * ``loss.png``        training loss (and lm_loss / jreg_loss when present), when training rows exist
+* ``tasks.png``       task accuracy over steps, one line per task, when the run evaluated tasks (``kind=task``)
 
 Jump rows are the lines that carry ``psi`` (a list, one value per layer) and ``zeta_L``; an unreadable line
 (e.g. one being written while training runs) is skipped. ``plot_run(run_dir, steps=None)`` does the same from
@@ -92,8 +93,10 @@ def plot_run(run_dir: str | Path, steps: list[int] | None = None) -> list[Path]:
     jump_rows = list({r["step"]: r for r in jump_rows}.values())
     jump_rows.sort(key=lambda r: r["step"])
     train_rows = sorted({r["step"]: r for r in rows if _num(r.get("loss"))}.values(), key=lambda r: r["step"])
-    if not jump_rows and not train_rows:
-        raise UserError(f"{mpath} has no jump rows (psi, zeta_L) and no training rows (loss) to plot")
+    task_rows = [r for r in rows if r.get("kind") == "task" and isinstance(r.get("task"), str)
+                 and _num(r.get("accuracy"))]
+    if not jump_rows and not train_rows and not task_rows:
+        raise UserError(f"{mpath} has no jump rows (psi, zeta_L), no training rows (loss) and no task rows to plot")
     out_dir = run / "plots"
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -136,6 +139,16 @@ def plot_run(run_dir: str | Path, steps: list[int] | None = None) -> list[Path]:
         ax.set_ylabel("loss")
         ax.set_title(f"{run.name}: loss")
         written.append(save_figure(fig, ax, out_dir / "loss.png"))
+
+    if task_rows:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name in sorted({r["task"] for r in task_rows}):
+            pts = sorted({r["step"]: r["accuracy"] for r in task_rows if r["task"] == name}.items())
+            ax.plot(*zip(*pts), marker=".", label=name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{run.name}: tasks")
+        written.append(save_figure(fig, ax, out_dir / "tasks.png"))
     return written
 
 

@@ -1,8 +1,8 @@
 """`llama-jreg sweep-report SWEEP_DIR`: one Markdown row per run of a JREG sweep, plus plots.
 
 A run is any directory under SWEEP_DIR holding ``config.yaml`` and ``metrics.jsonl`` (what `llama-jreg train
--m ...` writes). Columns: jreg.weight, final train loss, validation loss, zeta_L, tokens (then mode, seed and
-run name). Plots, in ``SWEEP_DIR/plots/``: validation loss vs lambda, zeta_L vs lambda, Psi per layer for each
+-m ...` writes). Columns: jreg.weight, final train loss, validation loss, zeta_L, tokens, the last accuracy of each task
+the runs evaluated (``tasks=[...]``: one ``NAME acc`` column per task), then mode, seed and run name. Plots, in ``SWEEP_DIR/plots/``: validation loss vs lambda, zeta_L vs lambda, Psi per layer for each
 lambda. The table is also written to ``SWEEP_DIR/report.md``.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from llama_jreg import UserError
@@ -28,6 +28,7 @@ class RunResult:
     zeta_L: float | None
     tokens: int | None
     psi: list[float] | None
+    tasks: dict[str, float | None] = field(default_factory=dict)  # task name -> its last accuracy
 
 
 def _last(rows: list[dict], key: str):
@@ -63,6 +64,7 @@ def collect(sweep_dir: Path) -> list[RunResult]:
             zeta_L=_last(rows, "zeta_L"),
             tokens=_last(rows, "tokens"),
             psi=_last(rows, "psi"),
+            tasks={r["task"]: r.get("accuracy") for r in rows if r.get("kind") == "task" and isinstance(r.get("task"), str)},
         ))
     if not results:
         raise UserError(f"no runs (config.yaml + metrics.jsonl) under {sweep_dir}; is this a sweep dir?")
@@ -78,11 +80,14 @@ def _fmt(v, digits=4) -> str:
 
 
 def markdown_table(results: list[RunResult]) -> str:
-    lines = ["| jreg.weight | final train loss | val loss | zeta_L | tokens | mode | seed | run |",
-             "|---:|---:|---:|---:|---:|---|---:|---|"]
+    tasks = sorted({t for r in results for t in r.tasks})
+    lines = ["| jreg.weight | final train loss | val loss | zeta_L | tokens | "
+             + "".join(f"{t} acc | " for t in tasks) + "mode | seed | run |",
+             "|---:|---:|---:|---:|---:|" + "---:|" * len(tasks) + "---|---:|---|"]
     for r in results:
         lines.append(f"| {r.weight:g} | {_fmt(r.train_loss)} | {_fmt(r.val_loss)} | {_fmt(r.zeta_L, 3)} | "
-                     f"{_fmt(r.tokens)} | {r.mode} | {r.seed} | {r.name} |")
+                     f"{_fmt(r.tokens)} | " + "".join(f"{_fmt(r.tasks.get(t))} | " for t in tasks)
+                     + f"{r.mode} | {r.seed} | {r.name} |")
     return "\n".join(lines)
 
 

@@ -20,7 +20,6 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from llama_jreg import UserError
 
@@ -85,47 +84,22 @@ class LlamaJregLM(_LMBase):
         return self.tok.encode(text)
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """Tokens of context and continuation, split the way lm-eval's HF model does (encode the whole, so
-        merges across the boundary are kept; trailing context spaces move to the continuation)."""
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces:
-            continuation = context[-n_spaces:] + continuation
-            context = context[:-n_spaces]
-        if not context:
-            return [self.prefix_token_id], self.tok_encode(continuation)
-        whole = self.tok_encode(context + continuation)
-        ctx = self.tok_encode(context)
-        return whole[:len(ctx)], whole[len(ctx):]
+        """Tokens of context and continuation, split the way lm-eval's HF model does
+        (``llama_jreg.tasks.scoring.encode_pair``, shared with the trainer's tasks)."""
+        from llama_jreg.tasks.scoring import encode_pair
 
-    @torch.no_grad()
+        return encode_pair(self.tok_encode, self.prefix_token_id, context, continuation)
+
     def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
-        """(sum log p(cont | ctx), cont == greedy) for token pairs, batched with right padding."""
-        results: list[tuple[float, bool] | None] = [None] * len(pairs)
-        order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]) - len(pairs[i][1]))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            seqs, spans = [], []
-            for i in idx:
-                ctx, cont = pairs[i]
-                if not cont:
-                    raise UserError("an lm-eval request has an empty continuation")
-                full = (ctx + cont)[-(self.max_length + 1):]
-                inp = full[:-1]
-                seqs.append(inp)
-                spans.append((len(inp) - len(cont), len(inp), cont))
-            T = max(len(s) for s in seqs)
-            batch = torch.zeros(len(seqs), T, dtype=torch.long)
-            for r, s in enumerate(seqs):
-                batch[r, :len(s)] = torch.tensor(s)
-            logp = F.log_softmax(self.model(batch.to(self._device)).logits.float(), dim=-1)
-            for r, i in enumerate(idx):
-                a, b, cont = spans[r]
-                lp = logp[r, a:b]
-                target = torch.tensor(cont, device=lp.device)
-                ll = lp.gather(-1, target[:, None]).sum().item()
-                greedy = bool((lp.argmax(-1) == target).all())
-                results[i] = (ll, greedy)
-        return results  # type: ignore[return-value]
+        """(sum log p(cont | ctx), cont == greedy) for token pairs, batched with right padding
+        (``llama_jreg.tasks.scoring``, shared with the trainer's tasks)."""
+        from llama_jreg.tasks.scoring import pair_request, score_requests
+
+        if any(not cont for _, cont in pairs):
+            raise UserError("an lm-eval request has an empty continuation")
+        scores = score_requests(self.model, [pair_request(ctx, cont, self.max_length) for ctx, cont in pairs],
+                                batch_size=self.batch_size, device=self._device)
+        return [(s.loglik, s.greedy) for s in scores]
 
     # ------------------------------------------------------------------------------------------ lm-eval API
 

@@ -15,6 +15,9 @@ Every row of metrics.jsonl is one JSON object with a ``kind``:
   batch of that step), ``zeta_L, psi_post_norm_L, val_psi, val_zeta_L`` (on a fixed validation batch);
 * ``eval``  (every ``trainer.eval_every`` steps and at the end): ``step, tokens, val_loss, val_ppl``; with
   ``data.mixture`` also ``val_loss/<name>`` per source (``val_loss`` is then their weighted mean).
+* ``task``  (with ``tasks=[...]``: every ``trainer.task_every`` steps, at the end, at step 0 of an init_from
+  run): ``step, tokens, task, accuracy, n, seconds`` plus the task's own keys (``acc_norm``, ``loglik``, ...;
+  llama_jreg/tasks/); to wandb as ``task/NAME/accuracy``.
 
 ``step`` counts optimizer steps taken (1 after the first update). ``tokens`` counts input tokens seen, over
 all ranks. ``loss = lm_loss + jreg_weight * jreg_loss``; ``lm_loss`` is the mean cross-entropy over all
@@ -181,6 +184,8 @@ class MetricsLogger:
                 out["zeta_L"] = r.get("zeta_L")
             elif r.get("kind") == "eval":
                 out["val_loss"] = r.get("val_loss")
+            elif r.get("kind") == "task" and isinstance(r.get("task"), str):
+                out.setdefault("tasks", {})[r["task"]] = r
         return out
 
     def _write_text(self, text: str, mode: str = "w") -> None:
@@ -225,17 +230,18 @@ class MetricsLogger:
         import wandb
 
         kind, step = row["kind"], row["step"]
+        prefix = f"task/{row['task']}" if kind == "task" else kind  # task/NAME/accuracy, task/NAME/n, ...
         data = {}
         for k, v in row.items():
             if k in ("kind", "step") or v is None or isinstance(v, str):
                 continue
             if isinstance(v, list):
                 for i, x in enumerate(v):
-                    data[f"{kind}/{k}/layer_{i + 1:02d}"] = x
+                    data[f"{prefix}/{k}/layer_{i + 1:02d}"] = x
             elif isinstance(v, dict):  # tokens_by_source
-                data.update({f"{kind}/{k}/{name}": x for name, x in v.items()})
+                data.update({f"{prefix}/{k}/{name}": x for name, x in v.items()})
             else:
-                data[f"{kind}/{k}"] = v
+                data[f"{prefix}/{k}"] = v
         if kind == "jump" and row.get("psi"):
             table = wandb.Table(columns=["layer", "psi"], data=[[i + 1, p] for i, p in enumerate(row["psi"])])
             data["jump/psi_per_layer"] = wandb.plot.line(table, "layer", "psi", title=f"Psi per layer (step {step})")

@@ -3,7 +3,8 @@
 Read top to bottom: ``Trainer.__init__`` sets everything up (accelerate, seeds, run dir, data, model,
 parallelism, optimizer, schedule, resume, logging); ``fit`` is the loop; ``train_step`` is one optimizer
 step (gradient accumulation, the JREG term, clipping, the non-finite guard); ``evaluate`` and ``val_jump``
-are the validation metrics; ``save`` writes a checkpoint.
+are the validation metrics, ``evaluate_tasks`` the task accuracies (``tasks=[...]``, llama_jreg/tasks/);
+``save`` writes a checkpoint.
 
 Launch: ``llama-jreg train ...`` (one process), ``torchrun --nproc_per_node N -m llama_jreg train ...`` or
 ``accelerate launch -m llama_jreg train ...`` (several; multi-node: see scripts/launch_slurm.sh).
@@ -135,6 +136,7 @@ class Trainer:
             )
         self.accum = gbs // (B * self.world)
         self.tokens_per_step = gbs * T
+        self.tasks = self._build_tasks()  # tasks=[...]: their data read and checked now, before any step
 
         # -- model, parallelism, optimizer, schedule ---------------------------------------------------
         model = Llama(cfg.model)
@@ -246,6 +248,8 @@ class Trainer:
                     self.log_jump(out)
                 if t.eval_batches > 0 and self._due(t.eval_every):
                     self.evaluate()
+                if self.tasks and self._due(t.task_every or t.eval_every):
+                    self.evaluate_tasks()
                 if out["stop"]:
                     stopped_by = self._stop_signal or "signal"
                     break
@@ -457,6 +461,8 @@ class Trainer:
         self.metrics.log({"kind": "jump", "step": self.step, "tokens": self.tokens, "psi": val_psi, "zeta_L": z,
                           "psi_post_norm_L": None, "val_psi": val_psi, "val_zeta_L": z, "psi_batch": "validation"})
         self.last.update(zeta_L=z, psi=val_psi, val_zeta_L=z)
+        if self.tasks:
+            self.evaluate_tasks()
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -489,6 +495,29 @@ class Trainer:
         self.metrics.log(row)
         self.last["val_loss"] = val_loss
         return val_loss
+
+    def _build_tasks(self) -> list:
+        """The run's ``tasks`` (llama_jreg.tasks), every task's data read and checked (UserError)."""
+        if not self.cfg.tasks:
+            return []
+        from llama_jreg.tasks import build_tasks, context_for_run
+
+        ctx = context_for_run(self.data, self.cfg.data, max_length=self.cfg.model.max_seq_len,
+                              default_n=self.cfg.trainer.task_n)
+        with self.accelerator.main_process_first():  # lm-eval datasets: one rank fills the cache first
+            return build_tasks(self.cfg.tasks, ctx)
+
+    def evaluate_tasks(self) -> list[dict]:
+        """Evaluate the tasks (sharded over ranks, sums all-reduced; collective) and log ``kind=task`` rows."""
+        from llama_jreg.tasks import evaluate_tasks
+
+        rows = evaluate_tasks(self.llama, self.tasks, rank=self.rank, world=self.world, device=self.device,
+                              batch_size=self.cfg.trainer.task_batch_size, autocast=self._autocast)
+        for r in rows:
+            row = {"kind": "task", "step": self.step, "tokens": self.tokens, **r}
+            self.metrics.log(row)
+            self.last.setdefault("tasks", {})[r["task"]] = row
+        return rows
 
     # ------------------------------------------------------------------------------------------- checkpoints
 
@@ -545,6 +574,7 @@ class Trainer:
             "zeta_L": self.last.get("zeta_L"),
             "val_zeta_L": self.last.get("val_zeta_L"),
             "val_loss": self.last.get("val_loss"),
+            "tasks": self.last.get("tasks") or {},  # task name -> its latest kind=task row
             "tokens": self.tokens,
             "steps": self.step,
             "device": self.device.type,

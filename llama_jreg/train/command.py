@@ -44,6 +44,8 @@ user-facing keys (KEY=VALUE):
   data.document_mask (attention within documents)  data.document_positions (RoPE restarts per document)
   data.streaming  logger.project  logger.group  logger.tags
   run.dir   resume=auto|PATH
+  tasks=[induction,cloze@100,choice:FILE,lm-eval:NAME]  task evaluation every trainer.task_every steps
+            (null = eval_every) and at the end; trainer.task_n (examples per task without @N)
   init_from=PATH  continued pre-training: start from the weights (only) of a checkpoint / run dir / HF Llama
             dir / .gguf; the architecture and, without data.tokenizer, the tokenizer come from it
   data.tokenizer=PATH  a SentencePiece .model or an HF tokenizer.json (or a directory holding one)
@@ -150,6 +152,9 @@ def _print_summary(summary: dict, cfg=None) -> None:
         v = summary.get(key)
         if v is not None:
             lines.append(f"{label:>18}: {v:.4f}" if isinstance(v, float) else f"{label:>18}: {v}")
+    for name, row in (summary.get("tasks") or {}).items():
+        acc = "-" if row.get("accuracy") is None else f"{row['accuracy']:.4f}"
+        lines.append(f"{'task':>18}: {name} accuracy {acc} (n={row.get('n')}, step {row.get('step')})")
     if cfg is not None:
         from llama_jreg.train.reference import matching_reference, summary_lines
 
