@@ -23,6 +23,7 @@ from llama_jreg.data.config import DataConfig
 from llama_jreg.data.mixture import check_mixture
 from llama_jreg.jreg import JregConfig
 from llama_jreg.model import SIZES, ModelConfig
+from llama_jreg.tasks.spec import parse_specs
 from llama_jreg.train.init_from import apply_init_from
 
 CONFIG_DIR = Path(os.environ.get("LLAMA_JREG_CONFIGS", Path(__file__).resolve().parent.parent / "configs"))
@@ -194,8 +195,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if getattr(t, key) < 1:
             raise UserError(f"trainer.{key}={getattr(t, key)} must be >= 1")
     if cfg.tasks:
-        from llama_jreg.tasks.spec import parse_specs
-
         parse_specs(cfg.tasks)  # syntax and names; the tasks' data is checked in the trainer's set-up
     if t.loss_chunk_tokens is not None and t.loss_chunk_tokens < 0:
         raise UserError(f"trainer.loss_chunk_tokens={t.loss_chunk_tokens} must be >= 0 (null = auto, 0 = unfused)")

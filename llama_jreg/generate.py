@@ -20,6 +20,7 @@ import torch
 
 from llama_jreg import UserError
 from llama_jreg.attention import attention_over_cache
+from llama_jreg.load import load_model, need_tokenizer, pick_device, read_text
 from llama_jreg.model import Llama
 from llama_jreg.ops import apply_rope
 
@@ -138,8 +139,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from llama_jreg.load import load_model, need_tokenizer, pick_device, read_text
-
     args = build_parser().parse_args(argv)
     if (args.prompt is None) == (args.prompt_file is None):
         raise UserError("give the text to continue with exactly one of --prompt TEXT or --prompt-file FILE")

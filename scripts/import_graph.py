@@ -5,7 +5,8 @@ functions, and the largest files and functions.
     python scripts/import_graph.py --json     # the same as JSON
 
 Every ``import`` / ``from ... import`` of a ``llama_jreg`` module counts as an edge, wherever it stands (module
-level or inside a function): an import deferred into a function still ties the two modules together.
+level or inside a function): an import deferred into a function still ties the two modules together. Importing
+``a.b.c`` also runs the ``__init__`` of package ``a.b``, so that is an edge as well (from outside the package).
 Cycles are the strongly connected components of that graph with more than one module (Tarjan).
 """
 
@@ -81,6 +82,12 @@ def scan(root: Path = ROOT) -> dict:
                 if tgt is None or tgt == mod:
                     continue
                 edges[mod].add(tgt)
+                # importing a.b.c runs the __init__ of a.b first: an edge to every enclosing package too
+                parent = tgt.rpartition(".")[0]
+                while parent and parent != PACKAGE:
+                    if parent in modules and parent != mod and not mod.startswith(parent + "."):
+                        edges[mod].add(parent)
+                    parent = parent.rpartition(".")[0]
                 if in_function(node.lineno):
                     inner.append((mod, tgt, node.lineno))
                 if (name and name.startswith("_") and not name.startswith("__")

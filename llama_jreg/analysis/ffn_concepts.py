@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from llama_jreg import UserError
+from llama_jreg.load import load_model, need_tokenizer, pick_device, read_text
 from llama_jreg.model import Llama
 
 
@@ -62,8 +63,6 @@ def ffn_sub_updates(model: Llama, ids: torch.Tensor, layer: int, position: int, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from llama_jreg.load import load_model, need_tokenizer, pick_device, read_text
-
     p = argparse.ArgumentParser(prog="llama-jreg ffn-concepts", formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="top FFN sub-updates and the tokens they promote", epilog=__doc__)
     p.add_argument("model", help="checkpoint dir, run dir, HF Llama dir or .gguf file")

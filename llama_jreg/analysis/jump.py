@@ -18,6 +18,7 @@ import torch
 
 from llama_jreg import UserError
 from llama_jreg.jreg import psi_per_token, zeta, zeta_L
+from llama_jreg.load import load_model, need_tokenizer, pick_device, read_text
 from llama_jreg.model import Llama
 
 
@@ -124,8 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from llama_jreg.load import load_model, need_tokenizer, pick_device, read_text
-
     args = build_parser().parse_args(argv)
     text = read_text(args.text)
     device = pick_device(args.device)

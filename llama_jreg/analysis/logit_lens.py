@@ -29,7 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from llama_jreg import UserError
-from llama_jreg.config import apply_data_overrides
+from llama_jreg.analysis.jump import make_windows
+from llama_jreg.config import apply_data_overrides, load_config
+from llama_jreg.data import build_data
+from llama_jreg.load import load_model, need_tokenizer, pick_device, read_text
 from llama_jreg.model import Llama
 from llama_jreg.tasks.scoring import induction_hits
 
@@ -103,8 +106,6 @@ def logit_lens(model: Llama, batches, device: torch.device | str = "cpu") -> dic
 
 
 def text_batches(ids: list[int], seq_len: int, num_seqs: int, batch_size: int) -> list[dict]:
-    from llama_jreg.analysis.jump import make_windows
-
     w = make_windows(ids, seq_len + 1, num_seqs)
     if w.shape[1] < 2:
         raise UserError("the text is too short to evaluate")
@@ -113,8 +114,6 @@ def text_batches(ids: list[int], seq_len: int, num_seqs: int, batch_size: int) -
 
 
 def config_batches(train_cfg, model: Llama, n_batches: int | None) -> tuple[list[dict], dict]:
-    from llama_jreg.data import build_data
-
     bundle = build_data(train_cfg.data, seed=train_cfg.seed, model_vocab=model.cfg.vocab_size)
     if train_cfg.data.seq_len > model.cfg.max_seq_len:
         raise UserError(f"data.seq_len={train_cfg.data.seq_len} exceeds the model context {model.cfg.max_seq_len}")
@@ -148,8 +147,6 @@ def format_report(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from llama_jreg.load import load_model, need_tokenizer, pick_device, read_text
-
     p = argparse.ArgumentParser(prog="llama-jreg eval", formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="validation loss, perplexity, logit lens, early exit, induction "
                                             "accuracy", epilog=__doc__)
@@ -182,7 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if not args.overrides:
                 raise UserError(f"{args.model} is not one of our checkpoints: give --text FILE or data overrides")
-            from llama_jreg.config import load_config
 
             train_cfg = load_config(args.overrides)
         batches, data = config_batches(train_cfg, model, args.batches)

@@ -20,7 +20,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from llama_jreg.analysis.plots import read_metrics, save_figure
+from llama_jreg.analysis.jump import plot_psi
+from llama_jreg.analysis.plots import _pick_rows, read_metrics, save_figure
 from llama_jreg.analysis.stats import holm, sign_flip_p, t_quantile, t_sf2
 from llama_jreg.train.provenance import read_provenance
 
@@ -805,8 +806,6 @@ def plot_e2_zeta(results: list[dict], experiment: str, path: Path) -> Path | Non
 def plot_psi_over_training(results: list[dict], experiment: str, path: Path) -> Path | None:
     """E2: Psi per layer of the first lambda = 0 run at up to 6 points of training, training batch (left) and
     fixed validation batch (right)."""
-    from llama_jreg.analysis.plots import _pick_rows
-
     base = _base_runs(results, experiment)
     if not base:
         return None
@@ -896,8 +895,6 @@ def plot_vs_lambda(results: list[dict], key: str, ylabel: str, path: Path) -> Pa
 
 def make_plots(results: list[dict], e1: list[dict], fig_dir: Path) -> dict[str, Path]:
     """Every figure of the report, by name; figures with no data are left out."""
-    from llama_jreg.analysis.jump import plot_psi
-
     fig_dir.mkdir(parents=True, exist_ok=True)
     results = complete(results)
     figs: dict[str, Path | None] = {}

@@ -30,6 +30,8 @@ from llama_jreg.data.prepare import (
     validation_tokens,
 )
 from llama_jreg.data.sources import cache_root, make_source
+from llama_jreg.data.streaming import STREAMING_VERSION, StreamingLoader, holdout_validation
+from llama_jreg.data.synthetic import InductionSequences, build_bigram
 from llama_jreg.data.tokenizer import HFTokenizer, Tokenizer, load_tokenizer, train_tokenizer
 from llama_jreg.files import short_hash
 
@@ -162,8 +164,6 @@ def _build_prepared(cfg: DataConfig, seed: int, rank: int, world_size: int, mode
 
 
 def _build_induction(cfg: DataConfig, seed: int, rank: int, world_size: int, model_vocab: int) -> DataBundle:
-    from llama_jreg.data.synthetic import InductionSequences, build_bigram
-
     ind = cfg.induction
     if ind.vocab_size is None:
         ind.vocab_size = model_vocab
@@ -193,8 +193,6 @@ def streaming_tokenizer(cfg: DataConfig, source) -> Tokenizer | HFTokenizer:
 
 
 def _build_streaming(cfg: DataConfig, seed: int, rank: int, world_size: int, model_vocab: int) -> DataBundle:
-    from llama_jreg.data.streaming import STREAMING_VERSION, StreamingLoader, holdout_validation
-
     source = make_source(cfg)
     tok = streaming_tokenizer(cfg, source)
     tok.check_fits(model_vocab)

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from llama_jreg import UserError
-from llama_jreg.data.config import InductionConfig
+from llama_jreg.data.config import DataConfig, InductionConfig
+from llama_jreg.data.sources import cache_root, fetch_shakespeare
 
 MAX_VOCAB = 16384  # the dense V x V matrix costs 4 V^2 bytes (1 GiB at this size)
 _SPLITS = {"train": 0, "validation": 1}
@@ -107,9 +108,6 @@ def build_bigram(cfg: InductionConfig, seed: int, cache: Path | None = None) -> 
     if cfg.bigram == "random":
         return BigramModel.random(v, cfg.alpha, seed)
     if cfg.bigram == "shakespeare" and not Path(cfg.bigram).exists():
-        from llama_jreg.data.config import DataConfig
-        from llama_jreg.data.sources import cache_root, fetch_shakespeare
-
         files = fetch_shakespeare(cache if cache is not None else cache_root(DataConfig()))
         return BigramModel.from_chars("".join(Path(f).read_text(encoding="utf-8") for f in files), v)
     return BigramModel.from_text(cfg.bigram, v)

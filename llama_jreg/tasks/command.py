@@ -19,15 +19,17 @@ import json
 from pathlib import Path
 
 from llama_jreg import UserError
+from llama_jreg.config import TrainConfig, apply_data_overrides
+from llama_jreg.data import build_data
+from llama_jreg.load import load_model, pick_device
+from llama_jreg.tasks import TaskContext, build_tasks, evaluate_tasks, format_rows
+from llama_jreg.tasks.spec import parse_specs
 
 DEFAULT_N = 200
 
 
 def task_context(model, tok, info: dict, overrides: list[str], n: int | None):
     """The TaskContext of a loaded model: the run's (or the overrides') data config, built on first use."""
-    from llama_jreg.config import TrainConfig, apply_data_overrides
-    from llama_jreg.tasks import TaskContext
-
     if info["kind"] == "checkpoint":
         train_cfg = apply_data_overrides(info["train_config"], overrides)
         source, default_n = train_cfg.data.source, n or train_cfg.trainer.task_n
@@ -42,7 +44,6 @@ def task_context(model, tok, info: dict, overrides: list[str], n: int | None):
     def bundle():
         if train_cfg is None:
             return None
-        from llama_jreg.data import build_data
 
         if train_cfg.data.seq_len > model.cfg.max_seq_len:
             raise UserError(f"data.seq_len={train_cfg.data.seq_len} exceeds the model context {model.cfg.max_seq_len}; "
@@ -54,10 +55,6 @@ def task_context(model, tok, info: dict, overrides: list[str], n: int | None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from llama_jreg.load import load_model, pick_device
-    from llama_jreg.tasks import build_tasks, evaluate_tasks, format_rows
-    from llama_jreg.tasks.spec import parse_specs
-
     p = argparse.ArgumentParser(prog="llama-jreg eval-tasks", formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="task accuracy (induction, cloze, choice, lm-eval) of any model",
                                 epilog=__doc__)

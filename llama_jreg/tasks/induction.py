@@ -12,6 +12,7 @@ used by this task and by ``llama-jreg eval`` (``analysis/logit_lens.py``, every 
 from __future__ import annotations
 
 from llama_jreg import UserError
+from llama_jreg.data.synthetic import InductionSequences
 from llama_jreg.tasks.base import Task, TaskContext
 from llama_jreg.tasks.scoring import Request, Score
 from llama_jreg.tasks.spec import TaskSpec
@@ -34,8 +35,6 @@ class InductionTask(Task):
 
 
 def build(spec: TaskSpec, ctx: TaskContext) -> InductionTask:
-    from llama_jreg.data.synthetic import InductionSequences
-
     bundle = ctx.bundle() if ctx.data_source == "induction" else None
     if bundle is None or not isinstance(bundle.validation, InductionSequences):
         src = f"data={ctx.data_source}" if ctx.data_source else "no run config"

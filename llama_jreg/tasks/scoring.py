@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from llama_jreg import UserError
+
 
 @dataclass
 class Request:
@@ -71,7 +73,6 @@ def prefix_token(tok) -> int:
     for v in (bos, eos):
         if v is not None and int(v) >= 0:
             return int(v)
-    from llama_jreg import UserError
 
     raise UserError("the tokenizer has neither a BOS nor an EOS token to start an empty context with")
 

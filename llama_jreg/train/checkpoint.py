@@ -61,6 +61,7 @@ import torch
 import torch.distributed as dist
 
 from llama_jreg import UserError
+from llama_jreg.data.tokenizer import load_tokenizer
 from llama_jreg.files import sha256_file
 from llama_jreg.train.distributed import barrier, broadcast_object, is_distributed
 
@@ -345,8 +346,6 @@ def _write_shared_files(tmp: Path, *, schedule, trainer_state: dict, config_yaml
 def _copy_tokenizer(tmp: Path, tokenizer_path: str | None) -> None:
     """Rank 0: the tokenizer next to the weights (analysis commands and export-hf read it from there)."""
     if tokenizer_path:
-        from llama_jreg.data.tokenizer import load_tokenizer
-
         load_tokenizer(tokenizer_path).save_to(tmp)
 
 

@@ -22,6 +22,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from llama_jreg import UserError
+from llama_jreg.config import check_run_dir, load_config, to_yaml
+from llama_jreg.train.reference import matching_reference, summary_lines
+from llama_jreg.train.trainer import train
 
 HELP_KEYS = """\
 config groups (pick one with GROUP=NAME):
@@ -156,8 +159,6 @@ def _print_summary(summary: dict, cfg=None) -> None:
         acc = "-" if row.get("accuracy") is None else f"{row['accuracy']:.4f}"
         lines.append(f"{'task':>18}: {name} accuracy {acc} (n={row.get('n')}, step {row.get('step')})")
     if cfg is not None:
-        from llama_jreg.train.reference import matching_reference, summary_lines
-
         ref = matching_reference(cfg, summary)
         if ref is not None:
             lines += summary_lines(ref)
@@ -174,9 +175,6 @@ def _print_summary(summary: dict, cfg=None) -> None:
 
 
 def run_one(overrides: list[str]) -> dict:
-    from llama_jreg.config import load_config
-    from llama_jreg.train.trainer import train
-
     cfg = load_config(overrides)
     summary = train(cfg)
     _print_summary(summary, cfg)
@@ -184,9 +182,6 @@ def run_one(overrides: list[str]) -> dict:
 
 
 def run_sweep(overrides: list[str], hydra: dict[str, str]) -> list[dict]:
-    from llama_jreg.config import check_run_dir, load_config
-    from llama_jreg.train.trainer import train
-
     sweep_dir = Path(hydra.get("hydra.sweep.dir") or f"multirun/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
     jobs = expand_sweep(overrides)
     cfgs = []
@@ -230,8 +225,6 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     overrides, hydra = _split_hydra(args.overrides)
     if args.print_config:
-        from llama_jreg.config import load_config, to_yaml
-
         for job_overrides, _ in expand_sweep(overrides) if args.multirun else [(overrides, "")]:
             print(to_yaml(load_config(job_overrides)))
         return 0

@@ -35,6 +35,7 @@ import torch
 from llama_jreg import UserError
 from llama_jreg.data.tokenizer import load_tokenizer
 from llama_jreg.files import sha256_file
+from llama_jreg.interop.smollm2 import smollm2_dir
 from llama_jreg.model import SIZES, Llama
 from llama_jreg.model_path import ModelPath, resolve
 
@@ -70,8 +71,6 @@ def apply_init_from(cfg, overrides: list[str]):
     """``cfg`` (a TrainConfig with ``init_from`` set) with the source's architecture and tokenizer. Reads
     configs only. Raises UserError when an explicit ``model.*`` override contradicts the source."""
     if cfg.init_from == SMOLLM2_ALIAS and not Path(SMOLLM2_ALIAS).exists():
-        from llama_jreg.interop.smollm2 import smollm2_dir
-
         cfg.init_from = str(smollm2_dir())
     src = resolve_source(cfg.init_from)
     try:

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from llama_jreg import __version__
+
 PROVENANCE = "provenance.json"
 
 
@@ -67,8 +69,6 @@ def record_start(run_dir: str | Path, step: int = 0, resumed: bool = False, worl
     if not enabled:
         return None
     import torch
-
-    from llama_jreg import __version__
 
     argv = list(sys.argv if argv is None else argv)
     commit, dirty = git_state()

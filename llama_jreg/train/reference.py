@@ -15,6 +15,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from llama_jreg.analysis.plots import read_metrics
+from llama_jreg.config import from_yaml
+
 REFERENCE_PATH = Path(__file__).with_name("demo_reference.json")
 
 # the config sections / keys that make two runs comparable step for step (JREG excluded: it is the variable);
@@ -66,9 +69,6 @@ def matching_reference(cfg, summary: dict, path: str | Path = REFERENCE_PATH) ->
 
 def make_reference(run_dir: str | Path, machine: str, command: str) -> dict:
     """The reference of a finished lambda = 0 run: its recipe and its last jump and eval rows."""
-    from llama_jreg.analysis.plots import read_metrics
-    from llama_jreg.config import from_yaml
-
     run = Path(run_dir)
     cfg = from_yaml(run / "config.yaml")
     if cfg.jreg.weight != 0:

@@ -39,8 +39,10 @@ import torch
 from llama_jreg import UserError
 from llama_jreg import jreg as J
 from llama_jreg.config import TrainConfig, check_run_dir, to_yaml
+from llama_jreg.data import build_data
 from llama_jreg.loss import IGNORE_INDEX
 from llama_jreg.model import Llama
+from llama_jreg.tasks import build_tasks, context_for_run, evaluate_tasks
 from llama_jreg.train import checkpoint as ckpt
 from llama_jreg.train.allocator import tune_cpu_allocator
 from llama_jreg.train.distributed import all_reduce_sum, barrier, broadcast_object
@@ -119,7 +121,6 @@ class Trainer:
         self._write_run_file(None)  # creates run.dir; config.yaml is written once set-up and resume succeeded
 
         # -- data (per rank, already split: never through accelerator.prepare) -----------------------------
-        from llama_jreg.data import build_data
 
         with self.accelerator.main_process_first():
             self.data = build_data(cfg.data, seed=cfg.seed, rank=self.rank, world_size=self.world,
@@ -500,7 +501,6 @@ class Trainer:
         """The run's ``tasks`` (llama_jreg.tasks), every task's data read and checked (UserError)."""
         if not self.cfg.tasks:
             return []
-        from llama_jreg.tasks import build_tasks, context_for_run
 
         ctx = context_for_run(self.data, self.cfg.data, max_length=self.cfg.model.max_seq_len,
                               default_n=self.cfg.trainer.task_n)
@@ -509,8 +509,6 @@ class Trainer:
 
     def evaluate_tasks(self) -> list[dict]:
         """Evaluate the tasks (sharded over ranks, sums all-reduced; collective) and log ``kind=task`` rows."""
-        from llama_jreg.tasks import evaluate_tasks
-
         rows = evaluate_tasks(self.llama, self.tasks, rank=self.rank, world=self.world, device=self.device,
                               batch_size=self.cfg.trainer.task_batch_size, autocast=self._autocast)
         for r in rows:
