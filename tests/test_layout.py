@@ -28,3 +28,21 @@ def test_no_import_cycle_and_no_private_cross_package_import():
     assert len(scan["modules"]) > 30  # the whole package was read
     assert g.cycles(scan["edges"]) == []
     assert scan["private"] == []
+
+
+def test_readme_layout_names_every_module_and_script():
+    root = SCRIPT.parent.parent
+    readme = (root / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[: layout.index("```", layout.index("```") + 3)]
+    missing = []
+    for f in sorted((root / "llama_jreg").rglob("*.py")):
+        rel = f.relative_to(root).as_posix()
+        if f.name in ("__init__.py", "__main__.py") or rel in layout:
+            continue
+        if f.parent.relative_to(root).as_posix() + "/" in layout:  # a package listed as a whole
+            continue
+        missing.append(rel)
+    missing += [f"scripts/{f.name}" for f in sorted((root / "scripts").iterdir())
+                if f.suffix in (".py", ".sh") and f.name not in layout]
+    assert not missing, f"README Layout does not name: {missing}"
