@@ -157,6 +157,8 @@ CASES = [
     ("negative-jreg-weight", lambda w, t: ["train", "jreg.weight=-1"], "jreg.weight=-1.0 must be >= 0", "no run dir"),
     ("unknown-size", lambda w, t: ["train", "model=huge"], "model/huge", "no run dir"),
     ("unknown-jreg-mode", lambda w, t: ["train", "jreg.mode=sideways"], "unknown jreg.mode='sideways'", "no run dir"),
+    ("unknown-jreg-stream", lambda w, t: ["train", "jreg.stream=after"], "unknown jreg.stream='after'", "no run dir"),
+    ("jreg-l0-negative", lambda w, t: ["train", "jreg.l0=-2"], "jreg.l0=-2 must be >= 2", "no run dir"),
     ("negative-loss-chunk", lambda w, t: ["train", "trainer.loss_chunk_tokens=-1"],
      "trainer.loss_chunk_tokens=-1 must be >= 0", "no run dir"),
     ("profile-step-zero", lambda w, t: ["train", "trainer.profile_from=0"],
