@@ -209,3 +209,16 @@ def test_optimising_each_regularizer_lowers_it(cfg):
 def test_bad_jreg_configs(kw, match):
     with pytest.raises(UserError, match=match):
         JregConfig(**kw).validate(n_layers=4)
+
+
+def test_study_cells_tell_the_variants_apart():
+    """The study report groups runs by cell: jump (l0 = 2), jump_last (l0 = -1) and the streams stay apart."""
+    from llama_jreg.analysis.study import cell_label
+
+    labels = [cell_label("jump", "uniform", 2, "pre_norm"), cell_label("jump", "uniform", -1, "pre_norm"),
+              cell_label("jump", "uniform", 4, "pre_norm"), cell_label("paper", "uniform", 2, "post_norm"),
+              cell_label("paper", "uniform", 2, "pre_norm"), cell_label("final", "uniform", 2, "post_norm"),
+              cell_label("weighted", "linear", 2, "pre_norm")]
+    assert labels == ["jump", "jump-last", "jump-l0=4", "paper", "paper-pre-norm", "final-post-norm",
+                      "weighted-linear"]
+    assert cell_label("final", "uniform") == "final"  # configs written before jreg.stream existed

@@ -27,9 +27,19 @@ def _dedup(rows: list[dict]) -> list[dict]:
     return sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])
 
 
-def cell_label(mode: str, weighting: str) -> str:
-    """The JREG variant of a run: ``jump``, ``final`` or ``weighted-<weighting>``."""
-    return f"weighted-{weighting}" if mode == "weighted" else mode
+def cell_label(mode: str, weighting: str, l0: int = 2, stream: str | None = None) -> str:
+    """The JREG variant of a run: ``jump`` (l0 = 2), ``jump-last`` (l0 = -1), ``jump-l0=K``, ``final``, ``paper``
+    or ``weighted-<weighting>``, with ``-pre-norm`` / ``-post-norm`` when the stream is not the preset's."""
+    if mode == "weighted":
+        label = f"weighted-{weighting}"
+    elif mode == "jump":
+        label = {2: "jump", -1: "jump-last"}.get(l0, f"jump-l0={l0}")
+    else:
+        label = mode
+    usual = "post_norm" if mode == "paper" else "pre_norm"
+    if stream is not None and stream != usual:
+        label += "-" + stream.replace("_", "-")
+    return label
 
 
 def run_result(run_dir: str | Path, experiment: str, eval_json: dict | None = None) -> dict:
@@ -59,7 +69,8 @@ def run_result(run_dir: str | Path, experiment: str, eval_json: dict | None = No
         "jreg.weight": float(cfg.jreg.weight),
         "jreg.mode": str(cfg.jreg.mode),
         "jreg.weighting": str(cfg.jreg.weighting),
-        "cell": cell_label(str(cfg.jreg.mode), str(cfg.jreg.weighting)),
+        "cell": cell_label(str(cfg.jreg.mode), str(cfg.jreg.weighting), int(cfg.jreg.get("l0", 2)),
+                           str(cfg.jreg.get("stream", "pre_norm"))),
         "seed": int(cfg.seed),
         "steps": steps,
         "max_steps": int(cfg.trainer.max_steps),
