@@ -155,6 +155,11 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, mid - half), min(1.0, mid + half)
 
 
+def zeta_tail(psi: list[float], k: int) -> float:
+    """zeta_(L-k+1) = 100 * sum of max(0, Psi_l - Psi_(l-1)) over the last k layers (k = 1: zeta_L)."""
+    return 100 * sum(max(0.0, psi[i] - psi[i - 1]) for i in range(len(psi) - k, len(psi)))
+
+
 def curves(log: Path, name: str) -> str:
     """Per seed, val zeta_L at every measurement of configuration ``name`` (a markdown table), and the
     emergence rate with its Wilson interval."""
@@ -162,13 +167,15 @@ def curves(log: Path, name: str) -> str:
     if not rs:
         return f"no finished run of {name} in {log}\n"
     steps = sorted({int(k) for r in rs for k in r["val_zeta_L"]})
-    lines = ["| seed | " + " | ".join(str(st) for st in steps) + " | Ψ_L-1, Ψ_L (end) | grew |",
-             "|---:|" + "---:|" * len(steps) + "---|---|"]
+    lines = ["| seed | " + " | ".join(str(st) for st in steps) + " | Ψ_L-2, Ψ_L-1, Ψ_L (end) | ζ_L-1 (end) | grew | "
+             "wall time (s) |",
+             "|---:|" + "---:|" * len(steps) + "---|---:|---|---:|"]
     for r in rs:
         z = [r["val_zeta_L"].get(str(st)) for st in steps]
         psi = r["val_psi_final"]
         lines.append(f"| {r['seed']} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in z) +
-                     f" | {psi[-2]:.4f}, {psi[-1]:.4f} | {'yes' if grows(r) else 'no'} |")
+                     f" | {psi[-3]:.4f}, {psi[-2]:.4f}, {psi[-1]:.4f} | {zeta_tail(psi, 2):.2f} | "
+                     f"{'yes' if grows(r) else 'no'} | {r['wall_s']:.0f} |")
     k, n = sum(grows(r) for r in rs), len(rs)
     lo, hi = wilson(k, n)
     finals = [r["final_val_zeta_L"] for r in rs]

@@ -62,5 +62,7 @@ def test_search_criterion_and_table(tmp_path):
     assert row.startswith("| `c` | 3 | 600 x 2 | 10-12 |") and row.endswith("| 1/3 |")
     text = s.curves(log, "c")
     assert "Grew in 1 of 3 seeds" in text
+    assert "| 1 | 0.00 | 1.50 | 0.0100, 0.0200, 0.0300 | 2.00 | yes | 10 |" in text  # zeta_(L-1) = 100 * 0.02
+    assert abs(s.zeta_tail([0.3, 0.1, 0.4, 0.2], 1)) < 1e-12 and abs(s.zeta_tail([0.3, 0.1, 0.4, 0.2], 2) - 30) < 1e-9
     lo, hi = s.wilson(1, 3)
     assert 0.0 < lo < 1 / 3 < hi < 1.0 and s.wilson(5, 5)[1] == 1.0 and round(s.wilson(5, 5)[0], 3) == 0.566
