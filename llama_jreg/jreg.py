@@ -9,9 +9,14 @@ before the final norm):
 
 Regularizers R(Psi) (``jreg.mode``), see docs/jreg.md:
 
-* ``jump``     R = sum_{l=l0..L} max(0, Psi_l - Psi_{l-1}) = zeta_{l0} / 100   (default, l0 = 2)
+* ``jump``     R = sum_{l=l0..L} max(0, Psi_l - Psi_{l-1}) = zeta_{l0} / 100   (default, l0 = 2; l0 = -1 means L)
 * ``final``    R = Psi_L
+* ``paper``    R = mean over tokens of 1 - cos(h_{L-1}, h_L) = 2 Psi_L   (the sources' literal wording)
 * ``weighted`` R = sum_l w_l Psi_l, w in {uniform, linear, last_k}, normalised to sum 1
+
+``jreg.stream`` says which h_L the penalty sees: ``pre_norm`` (the last block's output, as in the measurement
+above; default) or ``post_norm`` (final_norm(h_L), what the LM head reads; transformers' ``hidden_states[-1]``).
+It replaces Psi_L inside R only; the logged Psi / zeta stay pre-norm.
 
 Total loss = LM loss + weight(step) * R, where weight(step) ramps linearly from 0 to ``jreg.weight`` over
 ``jreg.warmup_steps``. ``jreg.weight == 0`` means the term is never built: loss and gradients are exactly
@@ -26,7 +31,8 @@ import torch
 
 from llama_jreg import UserError
 
-MODES = ("jump", "final", "weighted")
+MODES = ("jump", "final", "paper", "weighted")
+STREAMS = ("pre_norm", "post_norm")
 WEIGHTINGS = ("uniform", "linear", "last_k")
 
 
@@ -34,10 +40,11 @@ WEIGHTINGS = ("uniform", "linear", "last_k")
 class JregConfig:
     weight: float = 0.0  # lambda; 0 = off
     mode: str = "jump"
-    l0: int = 2  # first layer (1-indexed) of the jump sum, mode=jump
+    l0: int = 2  # first layer (1-indexed) of the jump sum, mode=jump; -1 = the last layer L, whatever the depth
     weighting: str = "uniform"  # mode=weighted
     last_k: int = 2  # weighting=last_k
     warmup_steps: int = 0  # linear warm-up of the weight
+    stream: str = "pre_norm"  # h_L inside R: pre_norm (last block output) | post_norm (after the final norm)
 
     def validate(self, n_layers: int | None = None) -> JregConfig:
         if not (self.weight >= 0.0):
@@ -48,8 +55,11 @@ class JregConfig:
             raise UserError(f"unknown jreg.weighting={self.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
         if self.warmup_steps < 0:
             raise UserError(f"jreg.warmup_steps={self.warmup_steps} must be >= 0")
-        if self.l0 < 2:
-            raise UserError(f"jreg.l0={self.l0} must be >= 2 (the jump at layer l needs Psi_(l-1))")
+        if self.stream not in STREAMS:
+            raise UserError(f"unknown jreg.stream={self.stream!r}; choose one of {', '.join(STREAMS)}")
+        if self.l0 < 2 and self.l0 != -1:
+            raise UserError(f"jreg.l0={self.l0} must be >= 2 (the jump at layer l needs Psi_(l-1)) or -1 (= the "
+                            "last layer L)")
         if n_layers is not None:
             if n_layers < 2:
                 raise UserError("JREG needs a model with at least 2 layers")
@@ -62,6 +72,10 @@ class JregConfig:
     @property
     def enabled(self) -> bool:
         return self.weight > 0.0
+
+    def first_layer(self, n_layers: int) -> int:
+        """l0 as a layer number: ``jreg.l0=-1`` is the last layer L of an ``n_layers``-deep model."""
+        return n_layers if self.l0 == -1 else self.l0
 
 
 def psi_per_token(cos: torch.Tensor) -> torch.Tensor:
@@ -118,13 +132,29 @@ def layer_weights(n_layers: int, weighting: str, last_k: int = 2, device=None) -
 def regularizer(psi_values: torch.Tensor, cfg: JregConfig) -> torch.Tensor:
     """R(Psi) for the configured mode (a scalar; differentiable in Psi)."""
     if cfg.mode == "jump":
-        return jumps(psi_values)[cfg.l0 - 2 :].sum()
+        return jumps(psi_values)[cfg.first_layer(psi_values.numel()) - 2 :].sum()
     if cfg.mode == "final":
         return psi_values[-1]
+    if cfg.mode == "paper":
+        return 2.0 * psi_values[-1]  # mean(1 - cos) = 2 * mean((1 - cos) / 2)
     if cfg.mode == "weighted":
         w = layer_weights(psi_values.numel(), cfg.weighting, cfg.last_k, psi_values.device)
         return (w * psi_values).sum()
     raise UserError(f"unknown jreg.mode={cfg.mode!r}; choose one of {', '.join(MODES)}")
+
+
+def penalty(cos: torch.Tensor, cos_post_norm: torch.Tensor | None, mask: torch.Tensor | None,
+            cfg: JregConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Psi, R) for one micro-batch: Psi (L,) from the pre-norm cosines ``cos`` (what is logged), and R with
+    Psi_L taken on ``cfg.stream`` - with ``post_norm`` from ``cos_post_norm`` = cos(h_{L-1}, final_norm(h_L)),
+    which must carry gradient (the model's ``stats="grad"`` forward provides it)."""
+    p = psi(cos, mask)
+    if cfg.stream == "post_norm":
+        if cos_post_norm is None:
+            raise ValueError("jreg.stream=post_norm needs the post-norm cosines (forward with stats='grad')")
+        p_reg = torch.cat([p[:-1], psi(cos_post_norm[None], mask)])
+        return p, regularizer(p_reg, cfg)
+    return p, regularizer(p, cfg)
 
 
 def weight_at(cfg: JregConfig, step: int) -> float:

@@ -135,7 +135,8 @@ class ModelOutput(NamedTuple):
     logits: torch.Tensor | None
     # (L, B, T) fp32 token-wise cos(h_{l-1}, h_l) for l = 1..L, or None when stats were not asked for
     cos: torch.Tensor | None = None
-    # (B, T) fp32 cos(h_{L-1}, final_norm(h_L)) - the post-final-norm variant of the last layer
+    # (B, T) fp32 cos(h_{L-1}, final_norm(h_L)) - the post-final-norm variant of the last layer (with gradient
+    # when stats="grad")
     cos_post_norm: torch.Tensor | None = None
     # [h_0, ..., h_L] residual streams (pre final norm), only with return_hidden=True
     hidden: list[torch.Tensor] | None = None
@@ -372,6 +373,9 @@ class Llama(nn.Module):
         if mode == 0:
             return ModelOutput(logits, hidden=hidden, loss=loss, ce=ce, lse_sq=lse_sq)
         layer_cos = stream_cosines(streams) if over_streams else torch.stack(layer_cos)
-        with torch.no_grad():  # post-final-norm variant of the last layer: for logging only
-            post = token_cosine(prev.detach(), h_final.detach())
+        if mode == 2:  # post-final-norm variant of the last layer, with gradient for jreg.stream=post_norm
+            post = token_cosine(prev, h_final)
+        else:
+            with torch.no_grad():  # for logging only
+                post = token_cosine(prev.detach(), h_final.detach())
         return ModelOutput(logits, layer_cos, post, hidden, loss, ce, lse_sq)

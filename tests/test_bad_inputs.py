@@ -177,6 +177,8 @@ CASES = [
     ("unknown-experiment", lambda w, t: ["train", "experiment=bogus"], "unknown experiment 'bogus'; choose experiment=",
      "no run dir"),
     ("unknown-jreg-mode", lambda w, t: ["train", "jreg.mode=sideways"], "unknown jreg.mode='sideways'", "no run dir"),
+    ("unknown-jreg-stream", lambda w, t: ["train", "jreg.stream=after"], "unknown jreg.stream='after'", "no run dir"),
+    ("jreg-l0-negative", lambda w, t: ["train", "jreg.l0=-2"], "jreg.l0=-2 must be >= 2", "no run dir"),
     ("negative-loss-chunk", lambda w, t: ["train", "trainer.loss_chunk_tokens=-1"],
      "trainer.loss_chunk_tokens=-1 must be >= 0", "no run dir"),
     ("profile-step-zero", lambda w, t: ["train", "trainer.profile_from=0"],

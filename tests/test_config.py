@@ -16,7 +16,7 @@ def test_defaults_compose_to_typed_config():
 
 @pytest.mark.parametrize("group,options", [
     ("model", ["tiny", "small", "medium", "large"]),
-    ("jreg", ["off", "jump", "final", "weighted"]),
+    ("jreg", ["off", "jump", "jump_last", "final", "paper", "weighted"]),
     ("data", ["shakespeare", "local", "hf", "induction"]),
     ("schedule", ["cosine", "wsd", "constant"]),
     ("logger", ["none", "wandb"]),

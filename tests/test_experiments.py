@@ -19,7 +19,7 @@ INDUCTION = ["model=tiny", "model.vocab_size=65", "model.dim=64", "model.n_layer
 
 
 def test_presets_are_the_listed_ones():
-    assert sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")) == ["continued", "induction", "text"]
+    assert sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")) == ["continued", "induction", "jump_emergence", "text"]
     for p in (CONFIG_DIR / "experiment").glob("*.yaml"):
         assert p.read_text().startswith("# @package _global_\n"), p  # Hydra's experiment convention
 
@@ -57,9 +57,9 @@ def test_continued_preset_starts_from_smollm2():
 
 
 def test_unknown_experiment_is_one_error_line(capsys):
-    with pytest.raises(UserError, match="unknown experiment 'nope'; choose experiment=continued.induction.text$"):
+    with pytest.raises(UserError, match="unknown experiment 'nope'; choose experiment=continued.induction.jump_emergence.text$"):
         load_config(["experiment=nope"])
     assert cli(["train", "experiment=nope", "--print-config"]) == 2  # the CLI in-process (test_bad_inputs: a subprocess)
     out = capsys.readouterr()
     assert out.out == "" and out.err.strip().splitlines() == [
-        "error: unknown experiment 'nope'; choose experiment=continued|induction|text"]
+        "error: unknown experiment 'nope'; choose experiment=continued|induction|jump_emergence|text"]

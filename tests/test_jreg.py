@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from llama_jreg import UserError
-from llama_jreg.jreg import JregConfig, layer_weights, psi, regularizer, weight_at, zeta, zeta_L
+from llama_jreg.jreg import JregConfig, layer_weights, penalty, psi, regularizer, weight_at, zeta, zeta_L
 from llama_jreg.model import Llama, ModelConfig
 
 
@@ -45,7 +45,11 @@ def test_regularizer_modes_hand_computed():
     p = torch.tensor([0.10, 0.05, 0.08, 0.30])
     torch.testing.assert_close(regularizer(p, JregConfig(mode="jump", l0=2)), torch.tensor(0.25))
     torch.testing.assert_close(regularizer(p, JregConfig(mode="jump", l0=4)), torch.tensor(0.22))
+    torch.testing.assert_close(regularizer(p, JregConfig(mode="jump", l0=-1)), torch.tensor(0.22))  # l0=-1: L
+    torch.testing.assert_close(regularizer(torch.tensor([0.1, 0.4, 0.2]), JregConfig(mode="jump", l0=-1)),
+                               torch.tensor(0.0))  # the last layer rotates less than the one before: no jump
     torch.testing.assert_close(regularizer(p, JregConfig(mode="final")), torch.tensor(0.30))
+    torch.testing.assert_close(regularizer(p, JregConfig(mode="paper")), torch.tensor(0.60))  # 1 - cos = 2 Psi
     torch.testing.assert_close(regularizer(p, JregConfig(mode="weighted", weighting="uniform")), p.mean())
     lin = (torch.tensor([1.0, 2, 3, 4]) * p).sum() / 10
     torch.testing.assert_close(regularizer(p, JregConfig(mode="weighted", weighting="linear")), lin)
@@ -95,6 +99,63 @@ def test_jump_gradient_reaches_layers_l0_and_above_only_through_active_terms():
     assert any(m.layers[i].attn.wq.weight.grad.abs().sum() > 0 for i in range(4))
 
 
+def _hidden(seed=0):
+    m = tiny_model(seed)
+    x = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(seed))
+    return m, m(x, stats="grad", return_hidden=True)
+
+
+def test_paper_penalty_is_one_minus_cos_of_the_last_layer_on_either_stream():
+    """R = mean(1 - cos(h_{L-1}, h_L)) by hand, with h_L before and after the final norm."""
+    m, out = _hidden()
+    h_prev, h_last = out.hidden[-2], out.hidden[-1]
+    by_hand = {
+        "pre_norm": (1 - F.cosine_similarity(h_prev, h_last, dim=-1)).mean(),
+        "post_norm": (1 - F.cosine_similarity(h_prev, m.norm(h_last), dim=-1)).mean(),
+    }
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[0, :5] = False  # padding tokens do not count
+    for stream, want in by_hand.items():
+        p, r = penalty(out.cos, out.cos_post_norm, None, JregConfig(mode="paper", stream=stream))
+        torch.testing.assert_close(r, want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(p, psi(out.cos))  # the logged Psi stays pre-norm
+        _, r_masked = penalty(out.cos, out.cos_post_norm, mask, JregConfig(mode="paper", stream=stream))
+        h_n = h_last if stream == "pre_norm" else m.norm(h_last)
+        torch.testing.assert_close(r_masked, (1 - F.cosine_similarity(h_prev, h_n, dim=-1))[mask].mean(),
+                                   rtol=1e-5, atol=1e-6)
+    # the two streams are different quantities (the final norm's per-channel gain rotates h_L)
+    with torch.no_grad():
+        m.norm.weight.copy_(torch.linspace(0.2, 3.0, m.norm.weight.numel()))
+        out = m(torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0)), stats=True)
+    pre = penalty(out.cos, out.cos_post_norm, None, JregConfig(mode="paper", stream="pre_norm"))[1]
+    post = penalty(out.cos, out.cos_post_norm, None, JregConfig(mode="paper", stream="post_norm"))[1]
+    assert abs(pre.item() - post.item()) > 1e-3, (pre.item(), post.item())
+
+
+@pytest.mark.parametrize("stream", ["pre_norm", "post_norm"])
+def test_paper_penalty_gradient_exists_and_lowers_it(stream):
+    """The gradient reaches the last block (and the final norm's gain only on post_norm), and a small step
+    against it lowers R: the sign is right."""
+    m, out = _hidden(1)
+    cfg = JregConfig(weight=1.0, mode="paper", stream=stream)
+    r = penalty(out.cos, out.cos_post_norm, None, cfg)[1]
+    r.backward()
+    assert m.layers[-1].mlp.w2.weight.grad.abs().sum() > 0
+    g_norm = m.norm.weight.grad
+    if stream == "post_norm":
+        assert g_norm is not None and g_norm.abs().sum() > 0
+    else:
+        assert g_norm is None or g_norm.abs().sum() == 0
+    x = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for q in m.parameters():
+            if q.grad is not None:
+                q -= 1e-3 * q.grad / (q.grad.norm() + 1e-12)
+        out2 = m(x, stats=True)
+    r2 = penalty(out2.cos, out2.cos_post_norm, None, cfg)[1]
+    assert r2.item() < r.item(), (stream, r.item(), r2.item())
+
+
 # jreg.weight == 0 bit-identical to plain LM training is tested on the real trainer step:
 # tests/test_train_loss.py::test_jreg_off_is_plain_lm_bit_for_bit
 
@@ -102,6 +163,8 @@ def test_jump_gradient_reaches_layers_l0_and_above_only_through_active_terms():
 @pytest.mark.parametrize("cfg", [
     JregConfig(weight=1.0, mode="jump"),
     JregConfig(weight=1.0, mode="final"),
+    JregConfig(weight=1.0, mode="jump", l0=-1),
+    JregConfig(weight=1.0, mode="paper", stream="post_norm"),
     JregConfig(weight=1.0, mode="weighted", weighting="linear"),
     JregConfig(weight=1.0, mode="weighted", weighting="last_k", last_k=1),
 ])
@@ -113,7 +176,8 @@ def test_optimising_each_regularizer_lowers_it(cfg):
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
 
     def r_value():
-        return regularizer(psi(m(x, stats="grad").cos), cfg)
+        out = m(x, stats="grad")
+        return penalty(out.cos, out.cos_post_norm, None, cfg)[1]
 
     start = r_value().item()
     if cfg.mode == "jump" and start < 1e-4:
@@ -138,8 +202,23 @@ def test_optimising_each_regularizer_lowers_it(cfg):
     (dict(mode="bogus"), "unknown jreg.mode"),
     (dict(weighting="bogus"), "unknown jreg.weighting"),
     (dict(l0=1), "must be >= 2"),
+    (dict(l0=-2), r"or -1 \(= the last layer L\)"),
+    (dict(stream="after"), "unknown jreg.stream"),
     (dict(l0=9), "exceeds the number of layers"),
 ])
 def test_bad_jreg_configs(kw, match):
     with pytest.raises(UserError, match=match):
         JregConfig(**kw).validate(n_layers=4)
+
+
+def test_study_cells_tell_the_variants_apart():
+    """The study report groups runs by cell: jump (l0 = 2), jump_last (l0 = -1) and the streams stay apart."""
+    from llama_jreg.analysis.study import cell_label
+
+    labels = [cell_label("jump", "uniform", 2, "pre_norm"), cell_label("jump", "uniform", -1, "pre_norm"),
+              cell_label("jump", "uniform", 4, "pre_norm"), cell_label("paper", "uniform", 2, "post_norm"),
+              cell_label("paper", "uniform", 2, "pre_norm"), cell_label("final", "uniform", 2, "post_norm"),
+              cell_label("weighted", "linear", 2, "pre_norm")]
+    assert labels == ["jump", "jump-last", "jump-l0=4", "paper", "paper-pre-norm", "final-post-norm",
+                      "weighted-linear"]
+    assert cell_label("final", "uniform") == "final"  # configs written before jreg.stream existed

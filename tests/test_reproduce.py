@@ -208,6 +208,8 @@ def test_penalised_layers_and_mechanical_readings():
     assert study.penalised_psi(r) == {6} and study.penalised_streams(r) == {5, 6}
     assert study.penalised_streams({**r, "jreg.mode": "jump"}) == set(range(7))
     assert study.penalised_streams({**r, "jreg.mode": "jump", "jreg.l0": 4}) == {2, 3, 4, 5, 6}
+    assert study.penalised_psi({**r, "jreg.mode": "jump", "jreg.l0": -1}) == {5, 6}  # jump_last: l0 = L
+    assert study.penalised_psi({**r, "jreg.mode": "paper"}) == {6}
     assert study.penalised_streams({**r, "jreg.mode": "weighted", "jreg.weighting": "last_k"}) == {4, 5, 6}
     assert study.penalised_streams({**r, "jreg.weight": 0.0}) == set()
     # 6 seeds; `final` lowers h3 and h5 (= h_(L-1), which it acts on) by 0.5 and raises h1 by 0.3

@@ -89,6 +89,33 @@ def test_jreg_term_is_the_mean_over_micro_batches(tmp_path):
     assert not all(torch.equal(got[k], p.grad) for k, p in ref2.named_parameters())
 
 
+def test_paper_penalty_on_the_post_norm_stream_in_the_trainer(tmp_path):
+    """jreg=paper (stream post_norm): the trainer's gradient is that of CE/n + w * mean(1 - cos(h_{L-1},
+    final_norm(h_L))) written out by hand; the logged Psi stays the pre-norm one."""
+    tr = _trainer(tmp_path, "jreg=paper", "jreg.weight=0.5")
+    assert tr.cfg.jreg.stream == "post_norm"
+    with torch.no_grad():  # a non-uniform final-norm gain, so the two streams differ
+        tr.llama.norm.weight.copy_(torch.linspace(0.5, 2.0, tr.llama.norm.weight.numel()))
+    ref = copy.deepcopy(tr.llama)
+    batches = _batches(2, 1, ignore=[7])
+    fb = tr.forward_backward(batches, weight=0.5, want_stats=True)
+
+    b = batches[0]
+    mask = b["labels"] != -100
+    out = ref(b["input_ids"], labels=b["labels"], return_hidden=True)
+    h_prev, h_last = out.hidden[-2], out.hidden[-1]
+    reg = (1 - F.cosine_similarity(h_prev, ref.norm(h_last), dim=-1))[mask].mean()
+    (out.loss / int(mask.sum()) + 0.5 * reg).backward()
+    got, want = _grads(tr.llama), _grads(ref)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-7)
+    reg = float(reg.detach())
+    assert fb["jreg_loss"] == pytest.approx(reg, rel=1e-5)
+    pre = (1 - F.cosine_similarity(h_prev, h_last, dim=-1))[mask].mean().detach() / 2
+    assert fb["psi"][-1] == pytest.approx(float(pre), rel=1e-5)
+    assert abs(fb["psi"][-1] - reg / 2) > 1e-4  # the penalty did not read the logged (pre-norm) Psi_L
+
+
 def test_accumulation_normalises_by_all_target_tokens(tmp_path):
     """2 micro-batches of 2 with uneven padding == 1 micro-batch of 4 (the mean over all target tokens, not the
     mean of the per-micro-batch means)."""

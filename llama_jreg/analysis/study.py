@@ -33,9 +33,19 @@ def _dedup(rows: list[dict]) -> list[dict]:
     return sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])
 
 
-def cell_label(mode: str, weighting: str) -> str:
-    """The JREG variant of a run: ``jump``, ``final`` or ``weighted-<weighting>``."""
-    return f"weighted-{weighting}" if mode == "weighted" else mode
+def cell_label(mode: str, weighting: str, l0: int = 2, stream: str | None = None) -> str:
+    """The JREG variant of a run: ``jump`` (l0 = 2), ``jump-last`` (l0 = -1), ``jump-l0=K``, ``final``, ``paper``
+    or ``weighted-<weighting>``, with ``-pre-norm`` / ``-post-norm`` when the stream is not the preset's."""
+    if mode == "weighted":
+        label = f"weighted-{weighting}"
+    elif mode == "jump":
+        label = {2: "jump", -1: "jump-last"}.get(l0, f"jump-l0={l0}")
+    else:
+        label = mode
+    usual = "post_norm" if mode == "paper" else "pre_norm"
+    if stream is not None and stream != usual:
+        label += "-" + stream.replace("_", "-")
+    return label
 
 
 def run_result(run_dir: str | Path, experiment: str, eval_json: dict | None = None) -> dict:
@@ -73,7 +83,8 @@ def run_result(run_dir: str | Path, experiment: str, eval_json: dict | None = No
         "jreg.weighting": str(cfg.jreg.weighting),
         "jreg.l0": int(cfg.jreg.get("l0", 2)),
         "jreg.last_k": int(cfg.jreg.get("last_k", 2)),
-        "cell": cell_label(str(cfg.jreg.mode), str(cfg.jreg.weighting)),
+        "cell": cell_label(str(cfg.jreg.mode), str(cfg.jreg.weighting), int(cfg.jreg.get("l0", 2)),
+                           str(cfg.jreg.get("stream", "pre_norm"))),
         "n_layers": len(val_psi) if val_psi else int(cfg.model.n_layers),
         "seed": int(cfg.seed),
         "steps": steps,
@@ -339,17 +350,19 @@ COMPARE_RULE = (
 
 
 def penalised_psi(r: dict) -> set[int]:
-    """The layers l whose Ψ_l the run's penalty R contains (1-indexed; empty at λ = 0): ``final`` Ψ_L; ``jump``
-    with l0: Ψ_{l0-1} .. Ψ_L (R sums max(0, Ψ_l - Ψ_{l-1}) over l = l0..L); ``weighted``: every l with w_l > 0
+    """The layers l whose Ψ_l the run's penalty R contains (1-indexed; empty at λ = 0): ``final`` and ``paper``
+    Ψ_L (``paper``: 1 - cos(h_{L-1}, h_L), pre- or post-norm); ``jump`` with l0 (-1 = L): Ψ_{l0-1} .. Ψ_L (R sums
+    max(0, Ψ_l - Ψ_{l-1}) over l = l0..L); ``weighted``: every l with w_l > 0
     (all of them for ``uniform`` and ``linear``, the last ``last_k`` for ``last_k``)."""
     L = r.get("n_layers")
     if not L or not r["jreg.weight"] > 0:
         return set()
     mode = r["jreg.mode"]
-    if mode == "final":
+    if mode in ("final", "paper"):
         return {L}
     if mode == "jump":
-        return set(range(max(1, int(r.get("jreg.l0", 2)) - 1), L + 1))
+        l0 = int(r.get("jreg.l0", 2))
+        return set(range(max(1, (L if l0 == -1 else l0) - 1), L + 1))
     if mode == "weighted":
         if r["jreg.weighting"] == "last_k":
             return set(range(L - int(r.get("jreg.last_k", 2)) + 1, L + 1))

@@ -28,13 +28,14 @@ from llama_jreg.train.trainer import train
 
 HELP_KEYS = """\
 config groups (pick one with GROUP=NAME):
-  model=tiny|small|medium|large          jreg=off|jump|final|weighted
+  model=tiny|small|medium|large          jreg=off|jump|jump_last|final|paper|weighted
   data=shakespeare|local|hf|induction    optim=adamw   schedule=cosine|wsd|constant
   trainer=default|demo   logger=none|wandb   parallel=ddp|fsdp
   experiment=induction|text|continued    a whole recipe (docs/recipes.md); other overrides still win
 
 user-facing keys (KEY=VALUE):
-  jreg.weight (lambda, >=0)  jreg.mode (jump|final|weighted)  jreg.l0  jreg.weighting  jreg.warmup_steps
+  jreg.weight (lambda, >=0)  jreg.mode (jump|final|paper|weighted)  jreg.l0 (-1 = last layer)  jreg.weighting
+  jreg.warmup_steps  jreg.stream (pre_norm|post_norm: h_L before / after the final norm)
   data.files=[a.jsonl,b.txt]  data.text_field  data.seq_len  data.micro_batch_size  data.tokenizer
   seed  trainer.max_steps  trainer.global_batch_size  trainer.log_every  trainer.jump_every
   trainer.eval_every  trainer.ckpt_every  trainer.keep_last  trainer.compile  trainer.precision

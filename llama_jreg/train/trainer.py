@@ -340,8 +340,7 @@ class Trainer:
                 loss = out.loss / tokens_per_rank
                 if use_jreg:
                     with torch.profiler.record_function("jreg_term"):  # named for scripts/bench_cpu.py
-                        psi = J.psi(out.cos, mask)
-                        reg = J.regularizer(psi, cfg.jreg)
+                        psi, reg = J.penalty(out.cos, out.cos_post_norm, mask, cfg.jreg)
                         loss = loss + (weight / n_micro) * reg
                     sums[1] += reg.detach().double()
                 if nan:
