@@ -31,9 +31,7 @@ This module holds the checks, the order and the loader; ``bundle.build_mixture``
 
 from __future__ import annotations
 
-import glob
 import math
-import os
 from dataclasses import replace
 from typing import Any
 
@@ -42,6 +40,7 @@ import torch
 
 from llama_jreg import UserError
 from llama_jreg.data.config import DataConfig, MixtureSource
+from llama_jreg.data.sources import resolve_files
 
 MIXTURE_VERSION = 1
 MIX_SALT = 0x6D6978  # separates the mixture's random stream from the sources' own orders
@@ -91,14 +90,7 @@ def check_mixture(cfg: DataConfig) -> None:
 
 def _check_files(where: str, patterns: list[str]) -> None:
     """Every pattern matches a file, and not every file is empty (a missing or empty source)."""
-    found: list[str] = []
-    for pattern in patterns:
-        expanded = os.path.expanduser(str(pattern))
-        hits = sorted(glob.glob(expanded, recursive=True)) if glob.has_magic(expanded) else [expanded]
-        hits = [h for h in hits if os.path.isfile(h)]
-        if not hits:
-            raise UserError(f"{where}: {pattern} matches no file; check the path (globs like data/*.jsonl work)")
-        found += hits
+    found = resolve_files(patterns, where)
     if not any(_has_text(h) for h in found):
         raise UserError(f"{where}: its files are empty ({', '.join(patterns)}); add text or drop the source")
 

@@ -150,15 +150,16 @@ def _is_utf8(path: str) -> bool:
         return False
 
 
-def resolve_files(patterns: list[str]) -> tuple[str, ...]:
-    """Expand globs (``**`` allowed) into sorted absolute paths; a pattern matching nothing is a UserError."""
+def resolve_files(patterns: list[str], where: str = "data.files") -> tuple[str, ...]:
+    """Expand globs (``**`` allowed) into sorted absolute paths; a pattern matching nothing is a UserError
+    (its message starts with ``where``)."""
     out: list[str] = []
     for pattern in patterns:
         expanded = os.path.expanduser(str(pattern))
         hits = sorted(glob.glob(expanded, recursive=True)) if glob.has_magic(expanded) else [expanded]
         hits = [h for h in hits if os.path.isfile(h)]
         if not hits:
-            raise UserError(f"data.files: {pattern} matches no file; check the path (globs like data/*.jsonl work)")
+            raise UserError(f"{where}: {pattern} matches no file; check the path (globs like data/*.jsonl work)")
         out += [str(Path(h).resolve()) for h in hits]
     return tuple(dict.fromkeys(out))
 
