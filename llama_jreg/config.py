@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
 from omegaconf import MISSING, OmegaConf  # noqa: F401
+from omegaconf.errors import OmegaConfBaseException
 
 from llama_jreg import UserError
 from llama_jreg.data.config import DataConfig
@@ -144,8 +151,6 @@ class TrainConfig:
 
 
 def _register() -> None:
-    from hydra.core.config_store import ConfigStore
-
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
 
@@ -253,12 +258,6 @@ def _explain_omegaconf_error(e: Exception) -> str:
 
 def compose(overrides: list[str] | None = None) -> Any:
     """Compose the raw (DictConfig) train config from configs/ plus overrides."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     if not CONFIG_DIR.is_dir():
         raise UserError(f"config directory {CONFIG_DIR} not found; set LLAMA_JREG_CONFIGS to the repo's configs/")
     _register()
@@ -290,8 +289,6 @@ def _first_line(e: Exception) -> str:
 
 
 def to_train_config(raw: Any) -> TrainConfig:
-    from omegaconf.errors import OmegaConfBaseException
-
     try:
         schema = OmegaConf.structured(TrainConfig)
         merged = OmegaConf.merge(schema, raw)
@@ -352,8 +349,6 @@ def to_yaml(cfg: TrainConfig) -> str:
 
 def from_yaml(path: str | Path) -> TrainConfig:
     """Read a resolved config.yaml (as written into run dirs and checkpoints)."""
-    import yaml
-
     try:
         raw = OmegaConf.load(path)  # a safe YAML loader: python-object tags are refused, never run
     except (OSError, yaml.YAMLError) as e:

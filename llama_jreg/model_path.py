@@ -179,7 +179,7 @@ def _gguf_model_config(path: Path) -> ModelConfig:
         from gguf.quants import _type_traits
     except ImportError:
         raise UserError(f"{path}: reading a GGUF file needs the gguf package: pip install 'llama-jreg[gguf]'") from None
-    from transformers import AutoConfig  # deferred: importing transformers costs seconds
+    from transformers import AutoConfig  # deferred: ~0.6 s to import (scripts/bench_imports.py)
 
     try:
         reader = gguf.GGUFReader(str(path))
@@ -209,7 +209,7 @@ def gguf_tokenizer_dir(path: Path) -> Path:
     out = cache_dir() / "tokenizers" / f"gguf-{path.stem}-{st.st_size}-{int(st.st_mtime)}"
     if (out / "tokenizer.json").is_file():
         return out
-    from transformers import AutoTokenizer  # deferred: importing transformers costs seconds
+    from transformers import AutoTokenizer  # deferred: ~0.6 s to import (scripts/bench_imports.py)
 
     try:
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

@@ -85,7 +85,7 @@ def format_table(res: dict) -> str:
 
 
 def plot_psi(res: dict, out: str | Path, title: str = "") -> Path:
-    import matplotlib
+    import matplotlib  # deferred: ~0.4 s to import (scripts/bench_imports.py)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

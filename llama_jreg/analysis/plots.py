@@ -43,7 +43,7 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 def save_figure(fig, ax, path: Path, legend: bool = True, legend_fontsize=None) -> Path:
     """Grid, legend, tight layout, write ``path`` (PNG) and close the figure."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: ~0.4 s to import (scripts/bench_imports.py)
 
     ax.grid(alpha=0.3)
     if legend:
@@ -76,7 +76,7 @@ def _pick_rows(jump_rows: list[dict], steps: list[int] | None, default_n: int = 
 
 def plot_run(run_dir: str | Path, steps: list[int] | None = None) -> list[Path]:
     """Write the plots for ``run_dir`` (see the module docstring); returns their paths."""
-    import matplotlib
+    import matplotlib  # deferred: ~0.4 s to import (scripts/bench_imports.py)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

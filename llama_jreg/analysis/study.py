@@ -16,9 +16,12 @@ computed from the numbers, plots and the Markdown report.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from llama_jreg.analysis.jump import plot_psi
 from llama_jreg.analysis.plots import _pick_rows, read_metrics, save_figure
@@ -51,8 +54,6 @@ def cell_label(mode: str, weighting: str, l0: int = 2, stream: str | None = None
 def run_result(run_dir: str | Path, experiment: str, eval_json: dict | None = None) -> dict:
     """One run's figures (see the module docstring). ``complete`` is False while the run is short of
     ``trainer.max_steps``."""
-    from omegaconf import OmegaConf
-
     run = Path(run_dir)
     cfg = OmegaConf.load(run / "config.yaml")
     rows = read_metrics(run / "metrics.jsonl")
@@ -759,7 +760,7 @@ def stat_list(results: list[dict], key: str) -> list[float] | None:
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # deferred: ~0.4 s to import (scripts/bench_imports.py)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -768,7 +769,7 @@ def _plt():
 
 
 def _integer_x(ax) -> None:
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # deferred: ~0.4 s to import (scripts/bench_imports.py)
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
@@ -938,8 +939,6 @@ def make_plots(results: list[dict], e1: list[dict], fig_dir: Path) -> dict[str, 
 
 def machine() -> str:
     """CPU model name and core count (``/proc/cpuinfo``), plus the CUDA device when there is one."""
-    import os
-
     name = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

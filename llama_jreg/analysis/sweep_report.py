@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from llama_jreg import UserError
 from llama_jreg.analysis.plots import read_metrics, save_figure
 
@@ -39,8 +41,6 @@ def _last(rows: list[dict], key: str):
 
 
 def collect(sweep_dir: Path) -> list[RunResult]:
-    from omegaconf import OmegaConf
-
     if not sweep_dir.exists():
         raise UserError(f"sweep dir {sweep_dir} does not exist; pass the hydra.sweep.dir of a `train -m` run")
     if not sweep_dir.is_dir():
@@ -92,7 +92,7 @@ def markdown_table(results: list[RunResult]) -> str:
 
 
 def make_plots(results: list[RunResult], out_dir: Path) -> list[Path]:
-    import matplotlib
+    import matplotlib  # deferred: ~0.4 s to import (scripts/bench_imports.py)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

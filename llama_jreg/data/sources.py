@@ -79,7 +79,7 @@ class TextSource:
 
     def dataset(self):
         """A fresh streaming ``datasets.IterableDataset`` with a single ``text`` column."""
-        import datasets
+        import datasets  # deferred: ~0.7 s to import (scripts/bench_imports.py)
 
         kwargs: dict[str, Any] = {"split": self.split, "streaming": True}
         if self.files:

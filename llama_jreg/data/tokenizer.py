@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import sentencepiece as spm
+from tokenizers import Tokenizer as RustTokenizer
 
 from llama_jreg import UserError
 from llama_jreg.files import sha256_file
@@ -126,8 +127,6 @@ class HFTokenizer:
     file_name = "tokenizer.json"
 
     def __init__(self, path: str | Path):
-        from tokenizers import Tokenizer as RustTokenizer
-
         p = Path(path).expanduser()
         if p.is_dir():
             p = p / self.file_name

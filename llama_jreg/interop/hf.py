@@ -27,10 +27,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import sentencepiece as spm
 import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import normalizers
 
 from llama_jreg import UserError
 from llama_jreg.model import Llama, ModelConfig, rope_tables
@@ -150,7 +154,7 @@ def _hf_rope_scaling(cfg: ModelConfig) -> dict | None:
 
 def hf_config_from_ours(cfg: ModelConfig, dtype: torch.dtype = torch.float32, **extra):
     """A ``transformers.LlamaConfig`` for our :class:`ModelConfig` (``architectures=["LlamaForCausalLM"]``)."""
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig  # deferred: ~0.6 s to import (scripts/bench_imports.py)
 
     kw = {
         "vocab_size": cfg.vocab_size,
@@ -225,8 +229,6 @@ def hf_state_dict(model: Llama) -> dict[str, torch.Tensor]:
 
 
 def _read_weights(d: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     index = d / "model.safetensors.index.json"
     if (d / "model.safetensors").is_file():
         return load_file(str(d / "model.safetensors"))
@@ -284,7 +286,10 @@ def load_hf_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
         import gguf  # noqa: F401
     except ImportError:
         raise UserError("loading GGUF files needs the gguf package: pip install 'llama-jreg[gguf]'") from None
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import (  # deferred: ~0.6 s to import (scripts/bench_imports.py)
+        AutoConfig,
+        AutoModelForCausalLM,
+    )
 
     try:
         hf_cfg = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -358,11 +363,10 @@ def save_hf_tokenizer(tokenizer_path: str | Path, out_dir: str | Path, *, model_
     The class is the generic ``PreTrainedTokenizerFast`` because ``LlamaTokenizer``'s constructor (transformers
     5) rebuilds the normalizer/pre-tokenizer, undoing the first fix; ``AutoTokenizer`` loads it either way.
     """
-    import tempfile
-
-    import sentencepiece as spm
-    from tokenizers import normalizers
-    from transformers import LlamaTokenizer, PreTrainedTokenizerFast
+    from transformers import (  # deferred: ~0.6 s to import (scripts/bench_imports.py)
+        LlamaTokenizer,
+        PreTrainedTokenizerFast,
+    )
 
     tokenizer_path = Path(tokenizer_path)
     if not tokenizer_path.is_file():
@@ -411,8 +415,6 @@ def save_hf_llama(
     model's own dtype). ``special_ids``: ``bos_token_id`` / ``eos_token_id`` / ``pad_token_id`` for config.json
     when the tokenizer is not one of ours (an HF tokenizer saved next to it by the caller). Loads offline with
     ``AutoModelForCausalLM.from_pretrained(out_dir)``."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dtype = dtype or next(model.parameters()).dtype
@@ -420,8 +422,6 @@ def save_hf_llama(
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
     extra = dict(special_ids or {})
     if tokenizer_path is not None:
-        import sentencepiece as spm
-
         sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
         extra = {
             "bos_token_id": sp.bos_id() if sp.bos_id() >= 0 else None,

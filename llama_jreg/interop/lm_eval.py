@@ -109,7 +109,10 @@ class LlamaJregLM(_LMBase):
         return out
 
     def loglikelihood_rolling(self, requests) -> list[float]:
-        from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+        from lm_eval.utils import (  # deferred: ~0.9 s to import (scripts/bench_imports.py)
+            get_rolling_token_windows,
+            make_disjoint_window,
+        )
 
         out = []
         for req in requests:
@@ -168,7 +171,7 @@ class LlamaJregLM(_LMBase):
 def run_lm_eval(model_path: str, tasks: list[str], *, include_path: str | None = None, num_fewshot: int | None = None,
                 limit: float | None = None, batch_size: int = 8, device: str = "auto") -> dict:
     require_lm_eval()
-    import lm_eval
+    import lm_eval  # deferred: ~0.9 s to import (scripts/bench_imports.py)
     from lm_eval.tasks import TaskManager
 
     if include_path and not Path(include_path).is_dir():
@@ -206,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--tasks is empty")
     res = run_lm_eval(args.model, tasks, include_path=args.include_path, num_fewshot=args.num_fewshot,
                       limit=args.limit, batch_size=args.batch_size, device=args.device)
-    from lm_eval.utils import make_table
+    from lm_eval.utils import make_table  # deferred: ~0.9 s to import (scripts/bench_imports.py)
 
     print(make_table(res))
     if args.json_out:

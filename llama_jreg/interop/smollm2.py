@@ -20,6 +20,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import torch
+
 from llama_jreg import UserError
 from llama_jreg.interop.hf import load_hf_gguf
 
@@ -83,8 +85,7 @@ def smollm2_dir() -> Path:
     out = cache_dir() / "smollm2" / NAME
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
-    import torch
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: ~0.6 s to import (scripts/bench_imports.py)
 
     gguf = smollm2_gguf()
     hf_model = load_hf_gguf(gguf, dtype=torch.float32)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
 
 from llama_jreg.tasks import choice, cloze, induction, lmeval
 from llama_jreg.tasks.base import Task, TaskContext
@@ -47,8 +48,6 @@ def context_for_run(bundle, data_cfg, *, max_length: int, default_n: int, where:
 
 
 def _all_reduce_max(v: int, device) -> int:
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()):
         return v
     t = torch.tensor([v], dtype=torch.int64, device=device)

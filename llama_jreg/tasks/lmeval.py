@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from llama_jreg import UserError
 from llama_jreg.tasks.base import SELECT_SEED, Task, TaskContext, select
 from llama_jreg.tasks.scoring import Request, Score, encode_pair, pair_request, prefix_token
@@ -36,8 +38,6 @@ def _load_task(spec: TaskSpec):
         raise UserError(f"task {spec.text} needs lm-eval: pip install 'llama-jreg[eval]'") from None
     arg = spec.arg
     if arg.endswith((".yaml", ".yml")):
-        import yaml
-
         path = Path(arg).expanduser()
         if not path.is_file():
             raise UserError(f"task {spec.text}: no such task YAML; give an lm-eval task name or a task .yaml file")
@@ -105,7 +105,7 @@ def build(spec: TaskSpec, ctx: TaskContext) -> LmEvalTask:
     if kind not in ("multiple_choice", "loglikelihood"):
         raise UserError(f"task {spec.text}: {name!r} is a {kind} task; tasks here score log-likelihoods "
                         "(multiple_choice, loglikelihood): run it with `llama-jreg lm-eval`")
-    from lm_eval.api.metrics import mean
+    from lm_eval.api.metrics import mean  # deferred: ~0.9 s to import (scripts/bench_imports.py)
 
     metrics = [k for k, agg in task.aggregation().items() if agg is mean]
     if "acc" not in metrics:

@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 
 from llama_jreg import UserError
 from llama_jreg.data.tokenizer import load_tokenizer
@@ -219,13 +220,19 @@ def set_rng_state(state: dict) -> None:
 
 def _full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Full (unsharded) CPU state dict on rank 0 (empty elsewhere under FSDP2). Collective."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (  # deferred: ~0.8 s to import (scripts/bench_imports.py)
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def _full_optim_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (  # deferred: ~0.8 s to import (scripts/bench_imports.py)
+        StateDictOptions,
+        get_optimizer_state_dict,
+    )
 
     return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
@@ -280,8 +287,6 @@ def _local_nonfinite(sd: dict) -> list[str]:
 
 def _write_full_state(tmp: Path, step: int, model_sd: dict, optim_sd: dict, tied: bool) -> None:
     """Rank 0: model.safetensors + optimizer.pt from full state dicts."""
-    from safetensors.torch import save_file
-
     bad = _local_nonfinite(model_sd)
     if bad:
         raise ValueError(f"refusing to save non-finite weights ({', '.join(bad[:3])}...)")
@@ -298,7 +303,9 @@ def _write_full_state(tmp: Path, step: int, model_sd: dict, optim_sd: dict, tied
 def _write_errors() -> tuple:
     """What a failed write raises: any Exception, and DCP's CheckpointException (a BaseException, which a
     plain ``except Exception`` lets through as a traceback)."""
-    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.api import (
+        CheckpointException,  # deferred: ~0.8 s to import (scripts/bench_imports.py)
+    )
 
     return (Exception, CheckpointException)
 
@@ -315,7 +322,7 @@ def _describe_write_error(e: BaseException) -> str:
 def _write_sharded_state(tmp: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> str | None:
     """Every rank writes its shards of model + optimizer into ``tmp/state`` (DCP). Collective; returns the error
     (the same on every rank) or None."""
-    import torch.distributed.checkpoint as dcp
+    import torch.distributed.checkpoint as dcp  # deferred: ~0.8 s to import (scripts/bench_imports.py)
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_sd, optim_sd = get_state_dict(model, optimizer)
@@ -438,7 +445,10 @@ class AsyncCheckpointer:
         when the layout changes; pinned when CUDA is there). Reusing them makes a save's copy several times
         cheaper than into fresh memory (page faults; docs/benchmarks.md), at the price of one resident copy of
         the state. Safe: the next save waits for the previous write before copying."""
-        from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
+        from torch.distributed._state_dict_utils import (  # deferred: ~0.8 s to import (scripts/bench_imports.py)
+            _copy_state_dict,
+            _create_cpu_state_dict,
+        )
 
         layout = _layout(state)
         if self._staged is None or layout != self._staged_layout:
@@ -509,7 +519,9 @@ def _layout(obj, path: str = "") -> list:
 def _already_staged():
     """A ``dcp.async_save`` stager for a state dict that ``AsyncCheckpointer.stage`` already copied (built on
     use: torch.distributed.checkpoint is imported only when a checkpoint is written)."""
-    from torch.distributed.checkpoint.staging import AsyncStager
+    from torch.distributed.checkpoint.staging import (
+        AsyncStager,  # deferred: ~0.8 s to import (scripts/bench_imports.py)
+    )
 
     class AlreadyStaged(AsyncStager):
         _synchronize_after_execute = False
@@ -530,7 +542,7 @@ def _start_sharded_async(tmp: Path, model: torch.nn.Module, optimizer: torch.opt
                          background: AsyncCheckpointer) -> tuple[str | None, Future | None]:
     """Stage this rank's shards in CPU memory and start writing them in the background (collective). Returns
     (error agreed by all ranks, future of this rank's hash share)."""
-    import torch.distributed.checkpoint as dcp
+    import torch.distributed.checkpoint as dcp  # deferred: ~0.8 s to import (scripts/bench_imports.py)
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_sd, optim_sd = get_state_dict(model, optimizer)
@@ -779,7 +791,9 @@ def _model_fits(path: Path, model: torch.nn.Module, got: dict[str, tuple]) -> st
 
 def _sharded_model_shapes(path: Path) -> dict[str, tuple]:
     """{parameter name: global shape} of the model in a sharded checkpoint (from its DCP metadata)."""
-    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint import (
+        FileSystemReader,  # deferred: ~0.8 s to import (scripts/bench_imports.py)
+    )
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     md = FileSystemReader(str(path / SHARDED_DIR)).read_metadata()
@@ -789,8 +803,7 @@ def _sharded_model_shapes(path: Path) -> dict[str, tuple]:
 
 def _load_full_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> None:
     """model.safetensors + optimizer.pt: rank 0 reads the files, the state_dict API broadcasts / shards them."""
-    from safetensors.torch import load_file
-    from torch.distributed.checkpoint.state_dict import (
+    from torch.distributed.checkpoint.state_dict import (  # deferred: ~0.8 s to import (scripts/bench_imports.py)
         StateDictOptions,
         set_model_state_dict,
         set_optimizer_state_dict,
@@ -817,7 +830,7 @@ def _load_full_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.
 def _load_sharded_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> None:
     """``state/`` (DCP): every rank reads the parts of every shard that its own (new) sharding needs, so a
     checkpoint of any world size loads at any other."""
-    import torch.distributed.checkpoint as dcp
+    import torch.distributed.checkpoint as dcp  # deferred: ~0.8 s to import (scripts/bench_imports.py)
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     err = None
@@ -846,12 +859,10 @@ def read_model_state(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     fmt = checkpoint_format(path)
     if fmt == "full":
-        from safetensors.torch import load_file
-
         return load_file(str(path / "model.safetensors"))
     if fmt is None:
         raise UserError(f"{path} is not a checkpoint: no model.safetensors and no {SHARDED_DIR}/.metadata")
-    import torch.distributed.checkpoint as dcp
+    import torch.distributed.checkpoint as dcp  # deferred: ~0.8 s to import (scripts/bench_imports.py)
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     reader = dcp.FileSystemReader(str(path / SHARDED_DIR))

@@ -21,6 +21,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+
 from llama_jreg import UserError
 from llama_jreg.config import check_run_dir, load_config, to_yaml
 from llama_jreg.train.reference import matching_reference, summary_lines
@@ -94,9 +97,6 @@ def _split_hydra(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
 
 def _unparsable(overrides: list[str], detail: str) -> str:
     """The error line for an override Hydra's grammar refuses: which one, and how to quote its value."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
     parser = OverridesParser.create()
     for o in overrides:
         try:
@@ -115,9 +115,6 @@ def _unparsable(overrides: list[str], detail: str) -> str:
 
 def expand_sweep(overrides: list[str]) -> list[tuple[list[str], str]]:
     """Cartesian product of all sweep overrides -> [(overrides, job_name)], in Hydra's BasicSweeper order."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:

@@ -227,7 +227,7 @@ class MetricsLogger:
             self._log_wandb(row)
 
     def _log_wandb(self, row: dict) -> None:
-        import wandb
+        import wandb  # deferred: ~0.4 s to import (scripts/bench_imports.py)
 
         kind, step = row["kind"], row["step"]
         prefix = f"task/{row['task']}" if kind == "task" else kind  # task/NAME/accuracy, task/NAME/n, ...

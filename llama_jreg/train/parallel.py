@@ -45,6 +45,8 @@ import contextlib
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from llama_jreg.config import TrainConfig
 from llama_jreg.model import Llama
@@ -61,8 +63,6 @@ def parallelize(model: Llama, cfg: TrainConfig, device: torch.device, precision:
     if not is_distributed():
         return model
     if cfg.parallel.name == "fsdp":
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
         kw = {}
         if precision == "bf16":
             kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -70,7 +70,6 @@ def parallelize(model: Llama, cfg: TrainConfig, device: torch.device, precision:
             fully_shard(block, **kw)
         fully_shard(model, **kw)
         return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
     device_ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
     return DDP(model, device_ids=device_ids)

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from llama_jreg import __version__
 
 PROVENANCE = "provenance.json"
@@ -68,7 +70,6 @@ def record_start(run_dir: str | Path, step: int = 0, resumed: bool = False, worl
     replaced atomically."""
     if not enabled:
         return None
-    import torch
 
     argv = list(sys.argv if argv is None else argv)
     commit, dirty = git_state()

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from llama_jreg.analysis.plots import read_metrics
 from llama_jreg.config import from_yaml
 
@@ -25,7 +27,8 @@ REFERENCE_PATH = Path(__file__).with_name("demo_reference.json")
 RECIPE_KEYS = ("model", "optim", "schedule", "seed", "init_from", "data.source", "data.files", "data.text_field",
                "data.text_sample_by", "data.hf_path", "data.hf_name", "data.hf_split", "data.tokenizer",
                "data.vocab_size", "data.tokenizer_train_chars", "data.seq_len", "data.micro_batch_size",
-               "data.val_fraction", "data.val_sequences", "data.max_documents", "trainer.max_steps",
+               "data.val_fraction", "data.val_sequences", "data.max_documents", "data.document_mask",
+               "data.document_positions", "data.mixture", "data.streaming", "trainer.max_steps",
                "trainer.global_batch_size", "trainer.jump_every", "trainer.eval_every", "trainer.eval_batches",
                "trainer.precision", "trainer.loss_chunk_tokens", "trainer.compile")
 
@@ -43,8 +46,6 @@ def recipe(cfg) -> dict:
     """The recipe of a TrainConfig (or a resolved config mapping) as a flat ``{dotted.key: value}`` dict of the
     :data:`RECIPE_KEYS` that are set (unset keys, None, are left out, so a key added to the config later with
     a None default does not make an older reference stale)."""
-    from omegaconf import OmegaConf
-
     raw = OmegaConf.to_container(OmegaConf.structured(cfg) if not isinstance(cfg, dict) else OmegaConf.create(cfg))
     flat = _flatten(raw)
     return {k: v for k, v in sorted(flat.items())

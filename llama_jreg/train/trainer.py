@@ -26,15 +26,22 @@ training (tests/test_train_loss.py); so is ``optim.z_loss == 0``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
 import os
 import signal
 import time
+import uuid
 import warnings
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
 
 from llama_jreg import UserError
 from llama_jreg import jreg as J
@@ -81,9 +88,6 @@ def _resolve_device(cfg: TrainConfig) -> str:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
-        from accelerate import Accelerator
-        from accelerate.utils import set_seed
-
         self.cfg = cfg
         t = cfg.trainer
         if t.steps_per_run is not None and t.steps_per_run < 1:
@@ -213,8 +217,6 @@ class Trainer:
         self._install_signal_handlers()
         progress = None
         if self.is_main and t.progress:
-            from tqdm.auto import tqdm
-
             progress = tqdm(total=t.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         meter = Throughput(self.tokens_per_step, self.flops_per_token, self.world, self.peak_flops, self.device)
         stopped_by = None
@@ -599,11 +601,9 @@ def _destroy_process_group_at_exit() -> None:
     """Tear the process group down before interpreter shutdown (else gloo/NCCL threads may abort the
     process after a successful run). At exit, not in ``close``, so several runs in one process still work."""
     global _AT_EXIT_REGISTERED
-    import torch.distributed as dist
 
     if _AT_EXIT_REGISTERED or not dist.is_initialized():
         return
-    import atexit
 
     def destroy():
         if dist.is_initialized():
@@ -619,12 +619,8 @@ def _new_run_id() -> str:
 
         return generate_id()
     except ImportError:
-        import uuid
-
         return uuid.uuid4().hex[:8]
 
 
 def _plain_config(cfg: TrainConfig) -> dict:
-    from omegaconf import OmegaConf
-
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
