@@ -26,8 +26,8 @@ from omegaconf import MISSING, OmegaConf  # noqa: F401
 from omegaconf.errors import OmegaConfBaseException
 
 from llama_jreg import UserError
-from llama_jreg.data.config import DataConfig
 from llama_jreg.data.mixture import check_mixture
+from llama_jreg.data.schema import DataConfig
 from llama_jreg.jreg import JregConfig
 from llama_jreg.model import SIZES, ModelConfig
 from llama_jreg.tasks.spec import parse_specs

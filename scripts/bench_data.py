@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from llama_jreg.data import build_data
-from llama_jreg.data.config import DataConfig
 from llama_jreg.data.prepare import prepare
+from llama_jreg.data.schema import DataConfig
 from llama_jreg.data.sources import cache_root, fetch_shakespeare
 from llama_jreg.data.tokenizer import train_tokenizer
 

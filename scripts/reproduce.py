@@ -169,7 +169,7 @@ def e1_text(out: Path) -> Path:
     """A fixed slice of the Shakespeare corpus (characters 20,000-80,000 of the first work in name order)."""
     path = out / "e1" / "text.txt"
     if not path.is_file():
-        from llama_jreg.data.config import DataConfig
+        from llama_jreg.data.schema import DataConfig
         from llama_jreg.data.sources import cache_root, fetch_shakespeare
 
         first = sorted(fetch_shakespeare(cache_root(DataConfig())))[0]

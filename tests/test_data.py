@@ -14,8 +14,8 @@ import torch
 from llama_jreg import UserError
 from llama_jreg.data import build_data
 from llama_jreg.data.command import main as prepare_main
-from llama_jreg.data.config import DataConfig
 from llama_jreg.data.prepare import FORMAT_VERSION, prepare, read_manifest
+from llama_jreg.data.schema import DataConfig
 from llama_jreg.data.tokenizer import Tokenizer, train_tokenizer
 
 WORDS = ["the", "king", "queen", "lord", "lady", "night", "day", "sword", "crown", "love", "death", "heart", "blood", "fair", "foul", "speak", "hear", "see", "thou", "thee", "thy", "hath", "doth", "shall", "will", "come", "go", "stay", "1599", "42", "Ænon", "café", "naïve", "—", "“quoted”", "’tis"]

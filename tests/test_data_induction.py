@@ -11,7 +11,7 @@ import torch
 from llama_jreg import UserError
 from llama_jreg.config import load_config
 from llama_jreg.data import build_data
-from llama_jreg.data.config import DataConfig, InductionConfig
+from llama_jreg.data.schema import DataConfig, InductionConfig
 from llama_jreg.data.synthetic import BigramModel, InductionSequences
 
 

@@ -18,8 +18,8 @@ import pytest
 
 from llama_jreg import UserError
 from llama_jreg.data import build_data
-from llama_jreg.data.config import DataConfig, MixtureSource
 from llama_jreg.data.mixture import block_counts
+from llama_jreg.data.schema import DataConfig, MixtureSource
 from tests.test_data import make_docs, rows, take, write_jsonl
 from tests.test_train_helpers import TINY, by_step, run_inprocess, run_torchrun
 from tests.test_train_helpers import rows as metric_rows

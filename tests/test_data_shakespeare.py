@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llama_jreg.data import build_data
-from llama_jreg.data.config import DataConfig
+from llama_jreg.data.schema import DataConfig
 from llama_jreg.data.sources import SHAKESPEARE_SHA256, fetch_shakespeare
 from llama_jreg.files import sha256_file
 

@@ -11,8 +11,8 @@ import pytest
 
 from llama_jreg import UserError
 from llama_jreg.data import build_data
-from llama_jreg.data.config import DataConfig
 from llama_jreg.data.prepare import data_fingerprint, prepare
+from llama_jreg.data.schema import DataConfig
 from llama_jreg.data.sources import make_source
 from llama_jreg.data.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
 from tests.hf_assets import TEXT, make_bpe_tokenizer

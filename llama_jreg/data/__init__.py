@@ -9,6 +9,6 @@ See :class:`llama_jreg.data.bundle.DataBundle` for what it holds.
 """
 
 from llama_jreg.data.bundle import DataBundle, build_data
-from llama_jreg.data.config import DataConfig, InductionConfig
+from llama_jreg.data.schema import DataConfig, InductionConfig
 
 __all__ = ["DataBundle", "DataConfig", "InductionConfig", "build_data"]

@@ -9,7 +9,6 @@ from typing import Any
 import torch
 
 from llama_jreg import UserError
-from llama_jreg.data.config import DataConfig
 from llama_jreg.data.loader import (
     LOADER_VERSION,
     DocumentBatches,
@@ -29,6 +28,7 @@ from llama_jreg.data.prepare import (
     tokenizer_spec,
     validation_tokens,
 )
+from llama_jreg.data.schema import DataConfig
 from llama_jreg.data.sources import cache_root, make_source
 from llama_jreg.data.streaming import STREAMING_VERSION, StreamingLoader, holdout_validation
 from llama_jreg.data.synthetic import InductionSequences, build_bigram

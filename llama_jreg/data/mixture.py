@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from llama_jreg import UserError
-from llama_jreg.data.config import DataConfig, MixtureSource
+from llama_jreg.data.schema import DataConfig, MixtureSource
 from llama_jreg.data.sources import resolve_files
 
 MIXTURE_VERSION = 1

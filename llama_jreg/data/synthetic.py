@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from llama_jreg import UserError
-from llama_jreg.data.config import DataConfig, InductionConfig
+from llama_jreg.data.schema import DataConfig, InductionConfig
 from llama_jreg.data.sources import cache_root, fetch_shakespeare
 
 MAX_VOCAB = 16384  # the dense V x V matrix costs 4 V^2 bytes (1 GiB at this size)
