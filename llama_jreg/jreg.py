@@ -143,15 +143,22 @@ def regularizer(psi_values: torch.Tensor, cfg: JregConfig) -> torch.Tensor:
     raise UserError(f"unknown jreg.mode={cfg.mode!r}; choose one of {', '.join(MODES)}")
 
 
+def stats_mode(cfg: JregConfig) -> str:
+    """The model's ``stats`` argument for a JREG forward under ``cfg``: the post-norm cosine carries gradient
+    (and its autograd graph its saved tensors) only when the penalty reads it."""
+    return "grad_post_norm" if cfg.stream == "post_norm" else "grad"
+
+
 def penalty(cos: torch.Tensor, cos_post_norm: torch.Tensor | None, mask: torch.Tensor | None,
             cfg: JregConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(Psi, R) for one micro-batch: Psi (L,) from the pre-norm cosines ``cos`` (what is logged), and R with
     Psi_L taken on ``cfg.stream`` - with ``post_norm`` from ``cos_post_norm`` = cos(h_{L-1}, final_norm(h_L)),
-    which must carry gradient (the model's ``stats="grad"`` forward provides it)."""
+    which must carry gradient (the model's ``stats=stats_mode(cfg)`` forward provides it)."""
     p = psi(cos, mask)
     if cfg.stream == "post_norm":
-        if cos_post_norm is None:
-            raise ValueError("jreg.stream=post_norm needs the post-norm cosines (forward with stats='grad')")
+        if cos_post_norm is None or (cos.requires_grad and not cos_post_norm.requires_grad):
+            raise ValueError("jreg.stream=post_norm needs post-norm cosines with gradient "
+                             "(forward with stats='grad_post_norm')")
         p_reg = torch.cat([p[:-1], psi(cos_post_norm[None], mask)])
         return p, regularizer(p_reg, cfg)
     return p, regularizer(p, cfg)

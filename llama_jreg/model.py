@@ -318,7 +318,8 @@ class Llama(nn.Module):
         position_ids: torch.Tensor | None = None,
     ) -> ModelOutput:
         """tokens: (B, T) int64. ``stats``: False (default), True/"detached" (fp32 cosines for logging, no
-        gradient) or "grad" (cosines that carry gradient, for JREG). ``labels`` (B, T) with -100 = ignore:
+        gradient), "grad" (cosines that carry gradient, for JREG; the post-final-norm one stays detached) or
+        "grad_post_norm" (that one with gradient too, for ``jreg.stream=post_norm``). ``labels`` (B, T) with -100 = ignore:
         return the summed cross-entropy in ``loss`` through the fused chunked LM head + loss
         (``llama_jreg.loss.linear_cross_entropy``; ``loss_chunk_tokens`` tokens per chunk, None = auto,
         0 = materialised logits) and no logits. ``z_loss``: add ``z_loss * logsumexp(logits)^2`` per target token
@@ -334,7 +335,7 @@ class Llama(nn.Module):
                 f"sequence length {T} exceeds the model context model.max_seq_len={self.cfg.max_seq_len}; "
                 "use a shorter data.seq_len or a larger model.max_seq_len"
             )
-        mode = 0 if not stats else (2 if stats == "grad" else 1)
+        mode = 0 if not stats else (2 if stats in ("grad", "grad_post_norm") else 1)
         # cosines with gradient over all residual streams at once (eager), unless the blocks compute them
         over_streams = mode == 2 and not self.stats_in_blocks
         block_mode = 0 if over_streams else mode
@@ -373,7 +374,7 @@ class Llama(nn.Module):
         if mode == 0:
             return ModelOutput(logits, hidden=hidden, loss=loss, ce=ce, lse_sq=lse_sq)
         layer_cos = stream_cosines(streams) if over_streams else torch.stack(layer_cos)
-        if mode == 2:  # post-final-norm variant of the last layer, with gradient for jreg.stream=post_norm
+        if stats == "grad_post_norm":  # post-final-norm variant of the last layer, with gradient (jreg.stream)
             post = token_cosine(prev, h_final)
         else:
             with torch.no_grad():  # for logging only

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from llama_jreg import UserError
-from llama_jreg.jreg import JregConfig, layer_weights, penalty, psi, regularizer, weight_at, zeta, zeta_L
+from llama_jreg.jreg import (JregConfig, layer_weights, penalty, psi, regularizer, stats_mode, weight_at, zeta,
+                             zeta_L)
 from llama_jreg.model import Llama, ModelConfig
 
 
@@ -102,7 +103,7 @@ def test_jump_gradient_reaches_layers_l0_and_above_only_through_active_terms():
 def _hidden(seed=0):
     m = tiny_model(seed)
     x = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(seed))
-    return m, m(x, stats="grad", return_hidden=True)
+    return m, m(x, stats="grad_post_norm", return_hidden=True)
 
 
 def test_paper_penalty_is_one_minus_cos_of_the_last_layer_on_either_stream():
@@ -156,6 +157,22 @@ def test_paper_penalty_gradient_exists_and_lowers_it(stream):
     assert r2.item() < r.item(), (stream, r.item(), r2.item())
 
 
+def test_post_norm_cosine_carries_gradient_only_when_the_penalty_reads_it():
+    """stats="grad" (every stream but post_norm) keeps the post-norm cosine out of the autograd graph, so it
+    saves nothing for backward; a post_norm penalty on such a forward is refused, not silently gradient-free."""
+    m = tiny_model(1)
+    x = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    assert stats_mode(JregConfig(mode="paper", stream="pre_norm")) == "grad"
+    assert stats_mode(JregConfig(mode="paper", stream="post_norm")) == "grad_post_norm"
+    out = m(x, stats="grad")
+    assert out.cos.requires_grad and not out.cos_post_norm.requires_grad
+    with pytest.raises(ValueError, match="grad_post_norm"):
+        penalty(out.cos, out.cos_post_norm, None, JregConfig(mode="paper", stream="post_norm"))
+    out = m(x, stats="grad_post_norm")
+    assert out.cos.requires_grad and out.cos_post_norm.requires_grad
+    torch.testing.assert_close(out.cos_post_norm, m(x, stats="grad").cos_post_norm)
+
+
 # jreg.weight == 0 bit-identical to plain LM training is tested on the real trainer step:
 # tests/test_train_loss.py::test_jreg_off_is_plain_lm_bit_for_bit
 
@@ -176,7 +193,7 @@ def test_optimising_each_regularizer_lowers_it(cfg):
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
 
     def r_value():
-        out = m(x, stats="grad")
+        out = m(x, stats=stats_mode(cfg))
         return penalty(out.cos, out.cos_post_norm, None, cfg)[1]
 
     start = r_value().item()

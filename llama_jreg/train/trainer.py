@@ -312,7 +312,7 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         use_jreg = cfg.jreg.enabled
-        stats = "grad" if use_jreg else bool(want_stats)
+        stats = J.stats_mode(cfg.jreg) if use_jreg else bool(want_stats)
         L = cfg.model.n_layers
 
         # global target-token count (+ the stop flag from SIGTERM/SIGINT, so all ranks stop on the same step)
