@@ -103,15 +103,47 @@ _TEST_COMMON = ["model=tiny", "model.n_layers=2", "model.dim=64", "model.n_heads
                 "trainer.eval_every=3", "trainer.eval_batches=2", "trainer.ckpt_every=6", "trainer.keep_last=1",
                 "trainer.progress=false", "trainer.plots=false"]
 
-_CPU_TEXT = _text(500, "1,2", "0,0.01,0.1,1", "final,weighted", 0.1)
+# the cpu study's experiments (issue 24): from scratch where the jump grows (cloze at the end), the induction
+# recipe (induction accuracy from `llama-jreg eval`) and SmolLM2-135M continued (cloze at step 0 and at the end)
+_END_TASKS = ["tasks=[cloze]", "trainer.task_every=100000"]  # at the end (and step 0 of init_from runs) only
+_STUDY = {"jump_emergence": ("je", ["experiment=jump_emergence", *_END_TASKS]),
+          "induction": ("ind", ["experiment=induction"]),
+          "continued": ("cont", ["experiment=continued", f"init_from={SMOLLM2}", *_END_TASKS])}
+
+
+def _cells(experiment: str, key_seeds: str = "1,2,3,4,5", grid_seeds: str = "1,2,3",
+           extra: tuple[str, ...] = ()) -> list[Sweep]:
+    """The study's cells of one experiment: the key comparison, lambda = 0 (``<name>_base``) against the
+    paper-literal penalty (``jreg=paper``: 1 - cos(h_{L-1}, final_norm(h_L)), ``<name>_paper``) at lambda = 1
+    on ``key_seeds``; then the paper penalty at lambda = 0.1 and 10 (``<name>_paper_grid``: with lambda = 1 a
+    grid of 3) and our default penalty (``jreg=jump`` at lambda = 1, ``<name>_jump``) on ``grid_seeds``. Seeds
+    pair across cells: seed k of every cell starts from the same initialisation and sees the same batches."""
+    name, preset = _STUDY[experiment]
+    common = [*preset, "trainer.progress=false", *extra]
+    return [Sweep(f"{name}_base", common + ["jreg=jump", "jreg.weight=0", f"seed={key_seeds}"], experiment),
+            Sweep(f"{name}_paper", common + ["jreg=paper", "jreg.weight=1", f"seed={key_seeds}"], experiment),
+            Sweep(f"{name}_paper_grid", common + ["jreg=paper", "jreg.weight=0.1,10", f"seed={grid_seeds}"],
+                  experiment),
+            Sweep(f"{name}_jump", common + ["jreg=jump", "jreg.weight=1", f"seed={grid_seeds}"], experiment)]
+
+
+_CPU = {e: _cells(e) for e in ("continued", "jump_emergence", "induction")}
+_QUICK = {"jump_emergence": ("trainer.max_steps=150", "trainer.jump_every=30"),
+          "induction": ("trainer.max_steps=120", "schedule.warmup_steps=12"),
+          "continued": ("trainer.max_steps=8", "trainer.jump_every=2", "trainer.eval_every=4",
+                        "trainer.ckpt_every=8")}
 
 PLANS: dict[str, Plan] = {
-    "quick": Plan(_text(120, "1", "0,1", None, 0.1) + _induction("1", "0,1", 120) + _continued(8, "1", "0,1"),
-                  about="the cpu pipeline with one seed and fewer, shorter runs (about 10 minutes on 2 cores)"),
-    # sweep order = the order `--lanes N` starts them in: the longest first, then E4 (ready early), then the rest
-    "cpu": Plan([_CPU_TEXT[0], *_continued(30, "1,2", "0,1"), *_CPU_TEXT[1:], *_induction("1,2", "0,0.1,1")],
-                about="model=tiny from scratch (E2, E3) and SmolLM2-135M continued (E4), 2 seeds per cell "
-                      "(about 2 hours on 2 CPU cores with --lanes 2)"),
+    "quick": Plan([sw for e, extra in _QUICK.items() for sw in _cells(e, "1", "1", extra)[:2]],
+                  about="the cpu study's three experiments with one seed, lambda = 0 against the paper penalty "
+                        "only, on shortened runs (a check of the pipeline, not a result)"),
+    # sweep order = the order `--lanes N` starts them in: the key cells (5 seeds) first, the longest
+    # (continued) leading, then the grids (3 seeds)
+    "cpu": Plan([_CPU[e][i] for i in (0, 1, 2, 3) for e in _CPU],
+                about="the jump from scratch (experiment=jump_emergence), induction heads (experiment=induction) "
+                      "and SmolLM2-135M continued (experiment=continued); lambda = 0 against the paper penalty at "
+                      "lambda = 1 on 5 seeds each, the paper penalty at lambda = 0.1 and 10 and our default "
+                      "(jump, lambda = 1) on 3 seeds (about 5 hours on 2 CPU cores with --lanes 2)"),
     # one CUDA GPU (bf16): model=small on FineWeb-Edu (streamed), seq 1024, 64 x 1024 tokens a step
     "gpu": Plan(
         [Sweep("text_jump", ["model=small", "data=hf", "data.seq_len=1024", "data.micro_batch_size=32",

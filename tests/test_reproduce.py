@@ -271,51 +271,47 @@ def test_task_rows_reach_the_summary_and_findings(sweep, tmp_path):
     assert len(c6) == 1 and "(task evaluation, step 3)" in c6[0] and "paired by seed (n = 2)" in c6[0]
 
 
-def test_cpu_plan_keeps_its_run_names(tmp_path):
-    """The cpu study's run dirs are found again by a rerun only if the sweeps expand to the same job names."""
+def test_cpu_plan_keeps_its_run_names():
+    """The cpu study's run dirs are found again by a rerun only if the sweeps expand to the same job names; the
+    key cells have 5 seeds, the grid cells 3, and the key cells start first (continued, the longest, leading)."""
     from llama_jreg.train.command import expand_sweep
 
     plan = _script().PLANS["cpu"]
     names = {sw.name: [n for _, n in expand_sweep(sw.overrides)] for sw in plan.sweeps}
-    assert names["text_jump"] == [f"{i}_seed={s}_jreg.weight={w}" for i, (s, w) in
-                                  enumerate((s, w) for s in (1, 2) for w in ("0", "0.01", "0.1", "1"))]
-    assert names["text_modes"] == ["0_jreg=final_seed=1", "1_jreg=final_seed=2", "2_jreg=weighted_seed=1",
-                                   "3_jreg=weighted_seed=2"]
-    assert names["induction_jump"] == [f"{i}_seed={s}_jreg.weight={w}" for i, (s, w) in
-                                       enumerate((s, w) for s in (1, 2) for w in ("0", "0.1", "1"))]
-    assert names["e4_continued"] == [f"{i}_seed={s}_jreg.weight={w}" for i, (s, w) in
-                                     enumerate((s, w) for s in (1, 2) for w in ("0", "1"))]
+    assert list(names)[:6] == ["cont_base", "je_base", "ind_base", "cont_paper", "je_paper", "ind_paper"]
+    for exp in ("je", "ind", "cont"):
+        for cell in ("base", "paper"):
+            assert names[f"{exp}_{cell}"] == [f"{i}_seed={s}" for i, s in enumerate(range(1, 6))]
+        assert names[f"{exp}_jump"] == [f"{i}_seed={s}" for i, s in enumerate(range(1, 4))]
+        assert names[f"{exp}_paper_grid"] == [f"{i}_jreg.weight={w}_seed={s}" for i, (w, s) in
+                                              enumerate((w, s) for w in ("0.1", "10") for s in (1, 2, 3))]
+    assert len(names) == 12 and sum(map(len, names.values())) == 3 * (5 + 5 + 6 + 3)
 
 
-def test_cpu_plan_presets_keep_the_resolved_configs():
-    """The cpu study's text and continued runs are ``experiment=text|continued`` + per-scale overrides now; every
-    job resolves to the config it had when the same recipe was written out key by key (so existing runs resume
-    unchanged). init_from stays unresolved here (resolving it fetches SmolLM2)."""
+def test_cpu_plan_cells_resolve_to_their_recipes():
+    """Every job of the cpu study is its experiment preset with only JREG and the seed changed (plus the cloze
+    task at the end where there is text): the penalty, lambda and seed each cell claims. init_from stays
+    unresolved here (resolving it fetches SmolLM2)."""
     from llama_jreg.config import compose, to_train_config
     from llama_jreg.train.command import expand_sweep
 
     rep = _script()
-    text_keys = ["model=tiny", "data=shakespeare", "data.seq_len=256", "data.micro_batch_size=8",
-                 "trainer.max_steps=500", "optim.lr=1e-3", "schedule.warmup_steps=50", "trainer.jump_every=25",
-                 "trainer.eval_every=100", "trainer.eval_batches=8", "trainer.ckpt_every=100", "trainer.keep_last=1",
-                 "trainer.progress=false"]
-    cont_keys = ["init_from=/m", "data=shakespeare", "data.seq_len=128", "data.micro_batch_size=4",
-                 "trainer.max_steps=30", "optim.lr=1e-4", "schedule.warmup_steps=0", "trainer.jump_every=5",
-                 "trainer.eval_every=5", "trainer.eval_batches=4", "trainer.ckpt_every=30", "trainer.keep_last=1",
-                 "trainer.progress=false"]
-    sweeps = {sw.name: sw for sw in rep.PLANS["cpu"].sweeps}
+    want = {"base": ("jump", 0.0), "paper": ("paper", 1.0), "jump": ("jump", 1.0)}
     checked = 0
-    for name, old in [("text_jump", text_keys), ("text_modes", text_keys), ("e4_continued", cont_keys)]:
-        sw = sweeps[name]
-        assert sw.overrides[0] == f"experiment={'continued' if name == 'e4_continued' else 'text'}"
-        mine = [o.replace(rep.SMOLLM2, "/m") for o in sw.overrides]
-        for job, _ in expand_sweep(mine):
-            axes = [o for o in job if o.startswith(("jreg", "seed"))]
-            assert to_train_config(compose(job)) == to_train_config(compose(old + axes)), (name, axes)
+    for sw in rep.PLANS["cpu"].sweeps:
+        exp, cell = sw.experiment, sw.name.split("_", 1)[1]
+        for job, _ in expand_sweep([o.replace(rep.SMOLLM2, "/m") for o in sw.overrides]):
+            cfg = to_train_config(compose(job))
+            preset = to_train_config(compose([f"experiment={exp}"] + ["init_from=/m"] * (exp == "continued")))
+            assert (cfg.model, cfg.optim, cfg.schedule) == (preset.model, preset.optim, preset.schedule), sw.name
+            assert cfg.trainer.max_steps == preset.trainer.max_steps and cfg.data.seq_len == preset.data.seq_len
+            mode, weight = want.get(cell, ("paper", None))
+            assert cfg.jreg.mode == mode and (weight is None or cfg.jreg.weight == weight), (sw.name, cfg.jreg)
+            if mode == "paper":
+                assert cfg.jreg.stream == "post_norm"
+            assert list(cfg.tasks) == ([] if exp == "induction" else ["cloze"])
             checked += 1
-    assert checked == 8 + 4 + 4
-    ind = sweeps["induction_jump"]
-    assert ind.overrides[0] == "experiment=induction" and ind.experiment == "induction"
+    assert checked == 57
 
 
 def test_wall_time_counts_parallel_lanes_once(tmp_path):
