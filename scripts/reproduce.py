@@ -9,17 +9,24 @@ Experiments (``PLANS[scale]`` says which runs each scale makes):
 
 * E1 open-weight jump: ``llama-jreg jump`` on SmolLM2-135M (plus ``--models`` HF dirs) on a fixed slice of the
   Shakespeare corpus (``OUT/e1/text.txt``): Psi per layer, zeta_L pre- and post-norm.
-* E2/E3 ``text``: from scratch on Shakespeare, ``jreg=jump`` at several lambda (lambda = 0 is E2, the jump
-  emerging unsuppressed), plus ``final`` and ``weighted`` at one lambda; every cell at every seed.
-* E3 ``induction``: the same lambda sweep on synthetic bigram-with-trigger data, ``experiment=induction`` (induction
-  accuracy).
-* E4 ``continued``: continued pre-training of SmolLM2-135M with lambda = 0 and lambda > 0 (``init_from=``).
+* ``jump_emergence`` (E2, E3): from scratch, the recipe chosen for the jump to grow at lambda = 0
+  (``experiment=jump_emergence``, docs/jump_emergence.md); cloze accuracy at the end.
+* ``induction`` (E3): ``experiment=induction``, the recipe that forms induction heads (induction accuracy).
+* ``continued`` (E4): SmolLM2-135M continued on Shakespeare (``experiment=continued``); cloze at step 0 and at
+  the end.
 
-Then per run ``llama-jreg eval RUN_DIR --json OUT/eval/<sweep>/<run>.json`` (logit lens, early exit, induction
-accuracy), and ``OUT/results.json`` (one object per run), ``OUT/report.md`` with ``OUT/figures/`` and the
-summary table alone in ``OUT/headline.md`` (``llama_jreg/analysis/study.py``). ``--docs docs/results.md``
-also writes the report there, its figures in ``docs/results/``. ``--dry-run`` prints the commands;
-``--report-only`` skips training (and evaluates only the runs that are complete).
+Each experiment has the same cells: lambda = 0 against the paper-literal penalty (``jreg=paper``) at lambda = 1
+on the key seeds, then the paper penalty at lambda = 0.1 and 10 and our default (``jreg=jump``, lambda = 1) on
+fewer seeds. Then per run ``llama-jreg eval RUN_DIR --json OUT/eval/<sweep>/<run>.json`` (logit lens, early
+exit, induction accuracy; ``--lanes`` at a time), and ``OUT/results.json`` (one object per run),
+``OUT/report.md`` with ``OUT/figures/`` and the summary table alone in ``OUT/headline.md``
+(``llama_jreg/analysis/study.py``). ``--docs docs/results.md`` also writes the report there, its figures in
+``docs/results/``. ``--dry-run`` prints the commands; ``--report-only`` skips training (and evaluates only the
+runs that are complete).
+
+The ``gpu`` scale runs where there is no network: ``--bundle DIR`` (here) prepares what it needs (the missing
+wheels, the corpus and its token shards) into one folder to carry, and ``scripts/gpu_study.sh`` (there) runs
+the study from it. ``--smoke`` runs any scale's plan with a tiny substitute for every run, on CPU.
 
 Run names are Hydra sweep job names (``<i>_seed=S_jreg.weight=W``); they must not change between versions of
 this script, or a rerun starts the runs again instead of resuming them.
@@ -59,41 +66,7 @@ class Plan:
     e1_seq_len: int = 256
     e1_num_seqs: int = 8
     about: str = ""
-
-
-def _text(steps: int, seeds: str, weights: str, extra_modes: str | None, lam_modes: float) -> list[Sweep]:
-    """E2/E3 text: ``experiment=text`` (configs/experiment/text.yaml, the 500-step cpu recipe) with the step
-    counts scaled to ``steps`` (at 500 they are the preset's own values)."""
-    common = ["experiment=text", f"trainer.max_steps={steps}", f"schedule.warmup_steps={max(10, steps // 10)}",
-              f"trainer.eval_every={max(25, steps // 5)}", f"trainer.ckpt_every={max(25, steps // 5)}",
-              "trainer.progress=false"]
-    sweeps = [Sweep("text_jump", common + ["jreg=jump", f"seed={seeds}", f"jreg.weight={weights}"])]
-    if extra_modes:
-        sweeps.append(Sweep("text_modes", common + [f"jreg={extra_modes}", f"seed={seeds}",
-                                                    f"jreg.weight={lam_modes}"]))
-    return sweeps
-
-
-def _induction(seeds: str, weights: str, steps: int | None = None) -> list[Sweep]:
-    """E3 induction: ``experiment=induction`` (configs/experiment/induction.yaml, the recipe that forms induction
-    heads at lambda = 0, docs/recipes.md); ``steps`` shortens it (too short to form them: a smoke run only)."""
-    common = ["experiment=induction", "trainer.progress=false"]
-    if steps is not None:
-        common += [f"trainer.max_steps={steps}", f"schedule.warmup_steps={max(10, steps // 10)}",
-                   f"trainer.eval_every={max(25, steps // 5)}", f"trainer.ckpt_every={max(25, steps // 5)}"]
-    return [Sweep("induction_jump", common + ["jreg=jump", f"seed={seeds}", f"jreg.weight={weights}"],
-                  experiment="induction")]
-
-
-def _continued(steps: int, seeds: str, weights: str, seq_len: int = 128, micro_batch: int = 4,
-               extra: tuple[str, ...] = ()) -> list[Sweep]:
-    """E4: SmolLM2-135M continued on Shakespeare with its own tokenizer (``init_from``), lambda = 0 vs > 0."""
-    every = max(1, steps // 6)
-    common = ["experiment=continued", f"init_from={SMOLLM2}", f"data.seq_len={seq_len}",
-              f"data.micro_batch_size={micro_batch}", f"trainer.max_steps={steps}", f"trainer.jump_every={every}",
-              f"trainer.eval_every={every}", f"trainer.ckpt_every={steps}", "trainer.progress=false", *extra]
-    return [Sweep("e4_continued", common + ["jreg=jump", f"seed={seeds}", f"jreg.weight={weights}"],
-                  experiment="continued")]
+    lanes: int = 1  # parallel sweeps when --lanes is not given
 
 
 # the hidden `test` scale: the whole pipeline on 2-layer models in a minute or two (tests/test_reproduce.py)
@@ -112,13 +85,14 @@ _STUDY = {"jump_emergence": ("je", ["experiment=jump_emergence", *_END_TASKS]),
 
 
 def _cells(experiment: str, key_seeds: str = "1,2,3,4,5", grid_seeds: str = "1,2,3",
-           extra: tuple[str, ...] = ()) -> list[Sweep]:
+           extra: tuple[str, ...] = (), name: str | None = None) -> list[Sweep]:
     """The study's cells of one experiment: the key comparison, lambda = 0 (``<name>_base``) against the
     paper-literal penalty (``jreg=paper``: 1 - cos(h_{L-1}, final_norm(h_L)), ``<name>_paper``) at lambda = 1
     on ``key_seeds``; then the paper penalty at lambda = 0.1 and 10 (``<name>_paper_grid``: with lambda = 1 a
     grid of 3) and our default penalty (``jreg=jump`` at lambda = 1, ``<name>_jump``) on ``grid_seeds``. Seeds
     pair across cells: seed k of every cell starts from the same initialisation and sees the same batches."""
-    name, preset = _STUDY[experiment]
+    short, preset = _STUDY[experiment]
+    name = name or short
     common = [*preset, "trainer.progress=false", *extra]
     return [Sweep(f"{name}_base", common + ["jreg=jump", "jreg.weight=0", f"seed={key_seeds}"], experiment),
             Sweep(f"{name}_paper", common + ["jreg=paper", "jreg.weight=1", f"seed={key_seeds}"], experiment),
@@ -133,6 +107,46 @@ _QUICK = {"jump_emergence": ("trainer.max_steps=150", "trainer.jump_every=30"),
           "continued": ("trainer.max_steps=8", "trainer.jump_every=2", "trainer.eval_every=4",
                         "trainer.ckpt_every=8")}
 
+def _gpu() -> list[Sweep]:
+    """The gpu plan's sweeps, at most 5 runs each so that 16 processes share the work evenly: the key cells of
+    jump_emergence (6 and 12 layers) and induction on seeds 1-10 (two sweeps each, ``_b`` = seeds 6-10), then
+    the grids on seeds 1-5 (the paper penalty's two other lambdas as two sweeps)."""
+    key = []
+    for seeds, b in (("1,2,3,4,5", ""), ("6,7,8,9,10", "_b")):
+        key += [Sweep(sw.name + b, sw.overrides, sw.experiment)
+                for sw in (_cells("jump_emergence", seeds)[:2] + _cells("induction", seeds)[:2]
+                           + [Sweep(sw.name, sw.overrides, "jump_emergence_12_layers") for sw in
+                              _cells("jump_emergence", seeds, extra=("model.n_layers=12",), name="jed")[:2]])]
+    grid = []
+    for exp in ("jump_emergence", "induction"):
+        paper_grid, jump = _cells(exp, grid_seeds="1,2,3,4,5")[2:]
+        grid += [Sweep(f"{paper_grid.name}_{w}", [o.replace("0.1,10", w) for o in paper_grid.overrides], exp)
+                 for w in ("0.1", "10")] + [jump]
+    return key + grid
+
+
+# --smoke: the same plan (sweeps, names, cells) with a tiny substitute for every run, one seed a cell, on CPU
+_SMOKE = ["model.dim=64", "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_dim=128", "data.seq_len=32",
+          "data.micro_batch_size=2", "trainer.max_steps=4", "schedule.warmup_steps=1", "trainer.jump_every=2",
+          "trainer.eval_every=2", "trainer.eval_batches=1", "trainer.ckpt_every=4", "trainer.task_n=8",
+          "trainer.device=cpu", "trainer.plots=false"]
+
+
+def smoke(plan: Plan) -> Plan:
+    """``plan`` with :data:`_SMOKE` replacing (or added to) every sweep's overrides and each seed list cut to
+    its first seed: every sweep, cell and stage runs, in a minute or two on a CPU (tests/test_reproduce.py)."""
+    def key(o: str) -> str:
+        return o.split("=", 1)[0]
+
+    sweeps = []
+    for sw in plan.sweeps:
+        mine = {key(o): o for o in _SMOKE}
+        ovs = [mine.pop(key(o), o) for o in sw.overrides]
+        ovs = [f"seed={o.split('=', 1)[1].split(',')[0]}" if key(o) == "seed" else o for o in ovs]
+        sweeps.append(Sweep(sw.name, ovs + list(mine.values()), sw.experiment))
+    return Plan(sweeps, plan.e1_models, 64, 2, f"{plan.about} -- smoke substitute", min(plan.lanes, 2))
+
+
 PLANS: dict[str, Plan] = {
     "quick": Plan([sw for e, extra in _QUICK.items() for sw in _cells(e, "1", "1", extra)[:2]],
                   about="the cpu study's three experiments with one seed, lambda = 0 against the paper penalty "
@@ -144,18 +158,12 @@ PLANS: dict[str, Plan] = {
                       "and SmolLM2-135M continued (experiment=continued); lambda = 0 against the paper penalty at "
                       "lambda = 1 on 5 seeds each, the paper penalty at lambda = 0.1 and 10 and our default "
                       "(jump, lambda = 1) on 3 seeds (about 5 hours on 2 CPU cores with --lanes 2)"),
-    # one CUDA GPU (bf16): model=small on FineWeb-Edu (streamed), seq 1024, 64 x 1024 tokens a step
-    "gpu": Plan(
-        [Sweep("text_jump", ["model=small", "data=hf", "data.seq_len=1024", "data.micro_batch_size=32",
-                             "trainer.global_batch_size=64", "trainer.max_steps=3000", "trainer.precision=bf16",
-                             "optim.lr=6e-4", "schedule.warmup_steps=200", "trainer.jump_every=100",
-                             "trainer.eval_every=500", "trainer.eval_batches=16", "trainer.ckpt_every=500",
-                             "trainer.keep_last=1", "trainer.progress=false", "jreg=jump", "seed=1,2",
-                             "jreg.weight=0,0.01,0.1,1"]),
-         *_induction("1,2", "0,0.1,1")]  # the cpu recipe as it is (fp32): it is the one known to form the heads
-        + _continued(300, "1,2", "0,0.1,1", seq_len=512, micro_batch=16, extra=("trainer.precision=bf16",)),
-        about="model=small on one CUDA GPU in bf16 (induction: experiment=induction as on CPU), 2 seeds per cell "
-              "(a plan: not run on the development machine)"),
+    "gpu": Plan(_gpu(), e1_models=[], lanes=16,
+                about="one H200-class GPU without network, 16 runs at a time as processes sharing it: the cpu "
+                      "study's from-scratch experiments with 10 seeds in the key cells and 5 in the grid, plus "
+                      "jump_emergence with 12 layers (key cells only); no continued pre-training (SmolLM2's "
+                      "538 MB of weights cannot travel in the 64 MiB a device call carries); data carried in "
+                      "(--bundle); planned for <= 8 minutes, not yet run on a GPU"),
     "test": Plan([Sweep("text_jump", _TEST_COMMON + ["data=shakespeare", "jreg=jump", "seed=1,2", "jreg.weight=0,1"]),
                   Sweep("induction_jump", ["experiment=induction", *_TEST_COMMON, "model.vocab_size=64",
                                            "data.seq_len=64", "data.induction.num_val=8", "jreg=jump", "seed=1",
@@ -281,9 +289,8 @@ def stage_sweeps(plan: Plan, out: Path, log, dry: bool, only: set[str] | None, l
     if dry or not todo:
         return
     threads = max(1, (os.cpu_count() or 1) // lanes) if lanes > 1 else None
-    env = dict(os.environ)
+    env = _lane_env(lanes)
     if threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         (out / "logs").mkdir(exist_ok=True)
 
     def one(item) -> int:
@@ -335,37 +342,52 @@ def stage_e1(plan: Plan, models: list[str], out: Path, log, dry: bool) -> list[d
     return results
 
 
-def stage_eval(plan: Plan, out: Path, log, dry: bool) -> list[dict]:
-    """``llama-jreg eval`` of every complete run (skipped when its JSON is for the run's final step), then one
-    result per run (``llama_jreg.analysis.study.run_result``)."""
+def stage_eval(plan: Plan, out: Path, log, dry: bool, lanes: int = 1) -> list[dict]:
+    """``llama-jreg eval`` of every complete run (skipped when its JSON is for the run's final step), ``lanes``
+    at a time (each with ``cpus // lanes`` threads), then one result per run
+    (``llama_jreg.analysis.study.run_result``), in plan order."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from llama_jreg.analysis.study import run_result
 
-    results = []
     t0 = time.time()
+    items = []  # (sweep, run, result without eval, eval JSON path, command)
     for sw in plan.sweeps:
         for run in run_dirs(out, sw):
-            res = run_result(run, sw.experiment)
             js = out / "eval" / sw.name / f"{run.name}.json"
-            cmd = [*_cli(), "eval", str(run), "--json", str(js)]
-            if dry:
-                log(f"$ {_show(cmd)}")
-                continue
-            ev = _json(js)
-            if res["complete"] and (ev is None or ev.get("step") != res["steps"]):
-                log(f"$ {_show(cmd)}")
-                js.parent.mkdir(parents=True, exist_ok=True)
-                with open(js.with_suffix(".txt"), "w") as f:
-                    subprocess.run(cmd, check=True, stdout=f)
-                ev = _json(js)
-            if ev is not None and ev.get("step") == res["steps"]:
-                res = run_result(run, sw.experiment, ev)
-            results.append(res)
+            items.append((sw, run, run_result(run, sw.experiment), js, [*_cli(), "eval", str(run), "--json", str(js)]))
     if dry:
+        for *_, cmd in items:
+            log(f"$ {_show(cmd)}")
         log("$ llama-jreg eval RUN_DIR --json OUT/eval/<sweep>/<run>.json   (every run of the sweeps above)")
-    else:
-        record_stage(out, "eval", t0, time.time())
-        log(f"  eval: {time.time() - t0:.0f} s")
+        return [res for _, _, res, _, _ in items]
+    env = _lane_env(lanes)
+
+    def one(item) -> dict:
+        sw, run, res, js, cmd = item
+        ev = _json(js)
+        if res["complete"] and (ev is None or ev.get("step") != res["steps"]):
+            log(f"$ {_show(cmd)}")
+            js.parent.mkdir(parents=True, exist_ok=True)
+            with open(js.with_suffix(".txt"), "w") as f:
+                subprocess.run(cmd, check=True, stdout=f, env=env)
+            ev = _json(js)
+        return run_result(run, sw.experiment, ev) if ev is not None and ev.get("step") == res["steps"] else res
+
+    with ThreadPoolExecutor(max_workers=max(1, lanes)) as pool:
+        results = list(pool.map(one, items))
+    record_stage(out, "eval", t0, time.time(), lanes=lanes)
+    log(f"  eval: {time.time() - t0:.0f} s")
     return results
+
+
+def _lane_env(lanes: int) -> dict:
+    """The environment of one of ``lanes`` parallel processes: ``cpus // lanes`` threads each (one lane: as is)."""
+    env = dict(os.environ)
+    if lanes > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // lanes))
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    return env
 
 
 README_START, README_END = "<!-- results-summary: written by scripts/reproduce.py --readme -->", "<!-- /results-summary -->"
@@ -422,11 +444,44 @@ def stage_report(args, plan: Plan, out: Path, results: list[dict], e1: list[dict
     return report
 
 
+def data_configs(plan: Plan) -> list[str]:
+    """The distinct data preparations the plan's runs read (one ``prepare-data`` override string each: the
+    sweep's first job without its JREG and seed choices, with the experiment's SmolLM2 runs left out)."""
+    from llama_jreg.train.command import expand_sweep
+
+    seen: list[str] = []
+    for sw in plan.sweeps:
+        job = expand_sweep(sw.overrides)[0][0]
+        keep = " ".join(o for o in job if not o.startswith(("jreg", "seed=", "trainer.", "tasks=", "init_from=")))
+        if SMOLLM2 not in " ".join(job) and keep not in seen:
+            seen.append(keep)
+    return seen
+
+
+def bundle(plan: Plan, dest: Path, dry: bool) -> int:
+    """``--bundle DIR``: ``scripts/prepare_gpu_carry.sh DIR`` with the plan's data configs: the wheels the GPU
+    image lacks and ``DIR/cache`` ($LLAMA_JREG_CACHE there) with the corpus and the token shards prepared."""
+    if any(SMOLLM2 in " ".join(sw.overrides) for sw in plan.sweeps):
+        raise SystemExit("error: this scale's plan loads SmolLM2-135M (538 MB), which a bundle cannot carry; "
+                         "bundle --scale gpu")
+    sets = data_configs(plan)
+    cmd = ["bash", str(REPO / "scripts" / "prepare_gpu_carry.sh"), str(dest)]
+    print(f"$ PREPARE={shlex.quote(';'.join(sets))} {' '.join(cmd)}")
+    if dry:
+        return 0
+    env = dict(os.environ, PREPARE=";".join(sets), PYTHON=sys.executable)
+    subprocess.run(cmd, env=env, check=True)
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) / 2**20
+    print(f"bundle {dest}: {size:.1f} MiB (a device call carries 64 MiB with the working tree); there, from the "
+          f"repository root: bash scripts/gpu_study.sh {dest}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--scale", choices=sorted(PLANS), default="quick", metavar="quick|cpu|gpu")
-    p.add_argument("--out", required=True, help="output dir (runs, eval JSON, results.json, report.md)")
+    p.add_argument("--out", help="output dir (runs, eval JSON, results.json, report.md); not with --bundle")
     p.add_argument("--models", nargs="*", default=[], help="E1: more HF Llama dirs (or checkpoints, GGUF files)")
     p.add_argument("--docs", help="also write the report here (e.g. docs/results.md), its figures next to it")
     p.add_argument("--readme", help="also put the summary table into this README between its results-summary "
@@ -434,11 +489,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--note", action="append", metavar="TEXT",
                    help="a line for the report's notes, e.g. where some runs came from (repeatable)")
     p.add_argument("--only", help="train only these sweeps (comma-separated names, e.g. e4_continued)")
-    p.add_argument("--lanes", type=int, default=1, metavar="N",
-                   help="run N sweeps at a time, each with cpus/N threads (make reproduce: 2 on 2 cores)")
+    p.add_argument("--lanes", type=int, default=None, metavar="N",
+                   help="run N sweeps (and evaluations) at a time, each with cpus/N threads (make reproduce: 2 on "
+                        "2 cores; default: the scale's, 12 for gpu, else 1)")
+    p.add_argument("--smoke", action="store_true",
+                   help="the scale's plan with a tiny substitute for every run (one seed a cell, on CPU)")
+    p.add_argument("--bundle", metavar="DIR",
+                   help="prepare what the scale needs where there is no network into DIR (wheels, corpus, token "
+                        "shards; carry it to the GPU machine, run scripts/gpu_study.sh DIR there) and exit")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--report-only", action="store_true", help="no training: evaluate complete runs and report")
     args = p.parse_args(argv)
+    plan = smoke(PLANS[args.scale]) if args.smoke else PLANS[args.scale]
+    args.lanes = plan.lanes if args.lanes is None else args.lanes
     if args.lanes < 1:
         p.error(f"--lanes {args.lanes}: give 1 or more (the number of sweeps run at a time)")
     if args.readme:
@@ -446,7 +509,10 @@ def main(argv: list[str] | None = None) -> int:
         if README_START not in text or README_END not in text:
             p.error(f"--readme {args.readme}: no results-summary block; add the lines {README_START} and "
                     f"{README_END} where the table goes")
-    plan = PLANS[args.scale]
+    if args.bundle:
+        return bundle(plan, Path(args.bundle), args.dry_run)
+    if not args.out:
+        p.error("--out DIR is required: where the runs, evaluations and the report go")
     out = Path(args.out)
     os.environ.setdefault("WANDB_MODE", "disabled")
     if not args.dry_run:
@@ -459,10 +525,16 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(msg + "\n")
 
     only = set(args.only.split(",")) if args.only else None
+    if args.dry_run:
+        from llama_jreg.train.command import expand_sweep
+
+        n = sum(len(expand_sweep(sw.overrides)) for sw in plan.sweeps if not only or sw.name in only)
+        log(f"# scale {args.scale}{' (smoke substitute)' if args.smoke else ''}: {len(plan.sweeps)} sweeps, {n} "
+            f"runs, {args.lanes} at a time; {plan.about}")
     if not args.report_only:
         stage_sweeps(plan, out, log, args.dry_run, only, args.lanes)
     e1 = stage_e1(plan, args.models, out, log, args.dry_run)
-    results = stage_eval(plan, out, log, args.dry_run)
+    results = stage_eval(plan, out, log, args.dry_run, args.lanes)
     if args.dry_run:
         return 0
     t0 = time.time()

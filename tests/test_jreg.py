@@ -7,8 +7,17 @@ import torch
 import torch.nn.functional as F
 
 from llama_jreg import UserError
-from llama_jreg.jreg import (JregConfig, layer_weights, penalty, psi, regularizer, stats_mode, weight_at, zeta,
-                             zeta_L)
+from llama_jreg.jreg import (
+    JregConfig,
+    layer_weights,
+    penalty,
+    psi,
+    regularizer,
+    stats_mode,
+    weight_at,
+    zeta,
+    zeta_L,
+)
 from llama_jreg.model import Llama, ModelConfig
 
 

