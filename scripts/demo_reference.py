@@ -4,7 +4,7 @@
 or re-opens) the demo recipe without JREG and records its step, train zeta_L, validation zeta_L and validation
 loss at the last step, the recipe (``llama_jreg.train.reference.recipe``) and the machine. The run summary of
 `make demo` prints these next to the run's own figures when the recipes match. Rerun it whenever
-``configs/trainer/demo.yaml`` or the demo command in the Makefile changes (``tests/test_reference.py`` fails
+``configs/experiment/continued.yaml`` or the demo command in the Makefile changes (``tests/test_reference.py`` fails
 until then).
 """
 
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-OVERRIDES = ["trainer=demo", "jreg.weight=0", "logger=none"]
+OVERRIDES = ["experiment=continued", "jreg=jump", "jreg.weight=0", "logger=none"]
 
 
 def main(argv: list[str] | None = None) -> int:

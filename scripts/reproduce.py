@@ -57,6 +57,7 @@ class Sweep:
     name: str
     overrides: list[str]
     experiment: str = "text"
+    tier: int = 0  # the order runs start in: tier 0 (the key cells) before tier 1 (the grids)
 
 
 @dataclass
@@ -66,7 +67,8 @@ class Plan:
     e1_seq_len: int = 256
     e1_num_seqs: int = 8
     about: str = ""
-    lanes: int = 1  # parallel sweeps when --lanes is not given
+    lanes: int = 1  # parallel runs when --lanes is not given
+    eval_args: list[str] = field(default_factory=list)  # extra `llama-jreg eval` arguments (quick: fewer batches)
 
 
 # the hidden `test` scale: the whole pipeline on 2-layer models in a minute or two (tests/test_reproduce.py)
@@ -97,8 +99,8 @@ def _cells(experiment: str, key_seeds: str = "1,2,3,4,5", grid_seeds: str = "1,2
     return [Sweep(f"{name}_base", common + ["jreg=jump", "jreg.weight=0", f"seed={key_seeds}"], experiment),
             Sweep(f"{name}_paper", common + ["jreg=paper", "jreg.weight=1", f"seed={key_seeds}"], experiment),
             Sweep(f"{name}_paper_grid", common + ["jreg=paper", "jreg.weight=0.1,10", f"seed={grid_seeds}"],
-                  experiment),
-            Sweep(f"{name}_jump", common + ["jreg=jump", "jreg.weight=1", f"seed={grid_seeds}"], experiment)]
+                  experiment, tier=1),
+            Sweep(f"{name}_jump", common + ["jreg=jump", "jreg.weight=1", f"seed={grid_seeds}"], experiment, tier=1)]
 
 
 _CPU = {e: _cells(e) for e in ("continued", "jump_emergence", "induction")}
@@ -144,13 +146,15 @@ def smoke(plan: Plan) -> Plan:
         ovs = [mine.pop(key(o), o) for o in sw.overrides]
         ovs = [f"seed={o.split('=', 1)[1].split(',')[0]}" if key(o) == "seed" else o for o in ovs]
         sweeps.append(Sweep(sw.name, ovs + list(mine.values()), sw.experiment))
-    return Plan(sweeps, plan.e1_models, 64, 2, f"{plan.about} -- smoke substitute", min(plan.lanes, 2))
+    return Plan(sweeps, plan.e1_models, 64, 2, f"{plan.about} -- smoke substitute", min(plan.lanes, 2), ["--batches", "1"])
 
 
 PLANS: dict[str, Plan] = {
     "quick": Plan([sw for e, extra in _QUICK.items() for sw in _cells(e, "1", "1", extra)[:2]],
+                  eval_args=["--batches", "2"],
                   about="the cpu study's three experiments with one seed, lambda = 0 against the paper penalty "
-                        "only, on shortened runs (a check of the pipeline, not a result)"),
+                        "only, on shortened runs evaluated on 2 validation batches (a check of the pipeline, not "
+                        "a result)"),
     # sweep order = the order `--lanes N` starts them in: the key cells (5 seeds) first, the longest
     # (continued) leading, then the grids (3 seeds)
     "cpu": Plan([_CPU[e][i] for i in (0, 1, 2, 3) for e in _CPU],
@@ -276,44 +280,163 @@ def wall_time(results: list[dict], out: Path) -> str:
 # ----------------------------------------------------------------------------------------------- stages
 
 
-def stage_sweeps(plan: Plan, out: Path, log, dry: bool, only: set[str] | None, lanes: int = 1) -> None:
-    """Run the plan's sweeps, ``lanes`` at a time (each lane a ``train -m`` process with ``cpus // lanes``
-    threads, its output in ``OUT/logs/<sweep>.log``; one lane: the default threads, output to the terminal)."""
-    todo = []
-    for sw in plan.sweeps:
+def plan_jobs(plan: Plan, out: Path, only: set[str] | None = None) -> list[tuple[Sweep, list[str], str, Path]]:
+    """Every run of the plan as (sweep, job overrides, job name, run dir), in the order lanes start them:
+    the key cells (``Sweep.tier`` 0) before the grids, and within a tier seed by seed across the sweeps (seed 1
+    of every key cell, then seed 2, ...), so a study stopped part-way has whole paired seeds."""
+    from llama_jreg.train.command import expand_sweep
+
+    jobs = []
+    for k, sw in enumerate(plan.sweeps):
         if only and sw.name not in only:
             continue
-        cmd = sweep_command(sw, out, dry)
-        log(f"$ {_show(cmd)}")
-        todo.append((sw, cmd))
-    if dry or not todo:
+        for i, (ovs, name) in enumerate(expand_sweep(sw.overrides)):
+            jobs.append(((sw.tier, i, k), (sw, ovs, name, out / sw.name / name)))
+    return [job for _, job in sorted(jobs, key=lambda j: j[0])]
+
+
+def job_command(sw: Sweep, overrides: list[str], name: str, run_dir: Path, dry: bool = False) -> list[str]:
+    """The one run ``train -m`` makes of this job of the sweep (same run dir, logger group and run name)."""
+    return [*_cli(), "train", *[_resolve(o, dry) for o in overrides], "resume=auto", f'run.dir="{run_dir}"',
+            f'logger.group="{sw.name}"', f'logger.run_name="{name}"']  # quoted: job names hold '='"
+
+
+def _done(run: Path, experiment: str) -> bool:
+    from llama_jreg.analysis.study import run_result
+
+    try:
+        return run_result(run, experiment)["complete"]
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def stage_sweeps(plan: Plan, out: Path, log, dry: bool, only: set[str] | None, lanes: int = 1,
+                 archive: Path | None = None) -> None:
+    """Run the plan's runs (:func:`plan_jobs`) that are not complete, ``lanes`` at a time (each a ``train``
+    process with ``cpus // lanes`` threads, its output in ``OUT/logs/<sweep>/<run>.log``; one lane: the default
+    threads, output to the terminal). Each finished run is evaluated at once (:func:`evaluate`) and, with
+    ``archive``, recorded there (:func:`archive_run`)."""
+    for sw in plan.sweeps:
+        if not only or sw.name in only:
+            log(f"$ {_show(sweep_command(sw, out, dry))}")
+    jobs = plan_jobs(plan, out, only)
+    if dry:
+        return
+    for sw in plan.sweeps:  # the sweep index `train -m` writes, so that a sweep dir reads the same either way
+        if not only or sw.name in only:
+            from llama_jreg.train.command import expand_sweep
+
+            (out / sw.name).mkdir(parents=True, exist_ok=True)
+            index = {"sweep_dir": str(out / sw.name), "jobs": [{"name": n, "overrides": o, "run_dir": str(out / sw.name / n)}
+                                                               for o, n in expand_sweep(sw.overrides)]}
+            (out / sw.name / "sweep.json").write_text(json.dumps(index, indent=2))
+    todo = [j for j in jobs if not _done(j[3], j[0].experiment)]
+    log(f"  {len(jobs) - len(todo)} of {len(jobs)} run(s) complete; {len(todo)} to train, {lanes} at a time")
+    if not todo:
         return
     threads = max(1, (os.cpu_count() or 1) // lanes) if lanes > 1 else None
     env = _lane_env(lanes)
-    if threads:
-        (out / "logs").mkdir(exist_ok=True)
 
-    def one(item) -> int:
-        sw, cmd = item
+    def one(job) -> int:
+        sw, ovs, name, run_dir = job
+        cmd = job_command(sw, ovs, name, run_dir)
         t0 = time.time()
         if threads:
-            log(f"  {sw.name}: started in a lane of {threads} thread(s), output in {out / 'logs' / sw.name}.log")
-            with open(out / "logs" / f"{sw.name}.log", "a") as f:
+            logf = out / "logs" / sw.name / f"{name}.log"
+            logf.parent.mkdir(parents=True, exist_ok=True)
+            log(f"  {sw.name}/{name}: started ({threads} thread(s), output in {logf})")
+            with open(logf, "a") as f:
+                f.write(f"$ {_show(cmd)}\n")
+                f.flush()
                 rc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
         else:
+            log(f"$ {_show(cmd)}")
             rc = subprocess.run(cmd, env=env, check=False).returncode
-        record_stage(out, f"train:{sw.name}", t0, time.time(), lanes=lanes, threads=threads, rc=rc)
-        log(f"  {sw.name}: {time.time() - t0:.0f} s" + (f" (exit {rc})" if rc else ""))
+        record_stage(out, f"train:{sw.name}/{name}", t0, time.time(), lanes=lanes, threads=threads, rc=rc)
+        log(f"  {sw.name}/{name}: {time.time() - t0:.0f} s" + (f" (exit {rc})" if rc else ""))
+        if rc == 0:
+            evaluate(sw, run_dir, out, env, log, plan.eval_args)
+            if archive is not None:
+                archive_run(out, archive, sw.name, name)
         return rc
 
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=max(1, lanes)) as pool:
         codes = list(pool.map(one, todo))
-    failed = [sw.name for (sw, _), rc in zip(todo, codes) if rc]
+    failed = [f"{sw.name}/{name}" for (sw, _, name, _), rc in zip(todo, codes) if rc]
     if failed:
-        raise SystemExit(f"error: sweep(s) {', '.join(failed)} failed (see the output above"
+        raise SystemExit(f"error: run(s) {', '.join(failed)} failed (see the output above"
                          + (f" and {out / 'logs'}" if threads else "") + "); rerun the same command to resume")
+
+
+# --archive DIR: the study's record, small enough to commit (no checkpoints), from which a fresh clone resumes
+_ARCHIVE_SKIP = (".png", ".pt", ".safetensors", ".bin", ".tmp")
+
+
+def archive_run(out: Path, archive: Path, sweep: str, name: str) -> bool:
+    """Copy a complete, evaluated run into ``archive`` (``<sweep>/<run>/`` with the run dir's files, no
+    checkpoints or figures, and ``eval/<sweep>/<run>.json``), and the study's ``timing.jsonl`` and E1 JSON.
+    Returns False (copies nothing) while the run is incomplete or not evaluated."""
+    run, js = out / sweep / name, out / "eval" / sweep / f"{name}.json"
+    ev = _json(js)
+    if ev is None or not run.is_dir():
+        return False
+    dst = archive / sweep / name
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in run.iterdir():
+        if f.is_file() and not f.name.endswith(_ARCHIVE_SKIP):
+            shutil.copyfile(f, dst / f.name)
+    if (out / sweep / "sweep.json").is_file():
+        shutil.copyfile(out / sweep / "sweep.json", archive / sweep / "sweep.json")
+    (archive / "eval" / sweep).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(js, archive / "eval" / sweep / js.name)
+    _merge_lines(out / "timing.jsonl", archive / "timing.jsonl")
+    for e1 in (out / "e1").glob("*.json"):
+        (archive / "e1").mkdir(exist_ok=True)
+        shutil.copyfile(e1, archive / "e1" / e1.name)
+    return True
+
+
+def _merge_lines(src: Path, dst: Path) -> None:
+    """Append to ``dst`` the lines of ``src`` it lacks (both JSON-lines logs of the same study)."""
+    if not src.is_file():
+        return
+    have = set(dst.read_text().splitlines()) if dst.is_file() else set()
+    new = [line for line in src.read_text().splitlines() if line.strip() and line not in have]
+    if new:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with open(dst, "a") as f:
+            f.write("".join(line + "\n" for line in new))
+
+
+def restore(archive: Path, out: Path, log) -> int:
+    """Put the archived runs that ``out`` lacks (or holds incomplete) into ``out``, with their evaluations, the
+    E1 JSON and the timing rows: a fresh clone then resumes the study where the archive ends. Returns how many
+    runs were restored."""
+    n = 0
+    for ev in sorted(archive.glob("eval/*/*.json")):
+        sweep, name = ev.parent.name, ev.stem
+        src, dst = archive / sweep / name, out / sweep / name
+        if not (src / "config.yaml").is_file() or (dst.is_dir() and _done(dst, "")):
+            continue
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in src.iterdir():
+            if f.is_file():
+                shutil.copyfile(f, dst / f.name)
+        (out / "eval" / sweep).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ev, out / "eval" / sweep / ev.name)
+        if (archive / sweep / "sweep.json").is_file() and not (out / sweep / "sweep.json").is_file():
+            shutil.copyfile(archive / sweep / "sweep.json", out / sweep / "sweep.json")
+        n += 1
+    for e1 in archive.glob("e1/*.json"):
+        if not (out / "e1" / e1.name).is_file():
+            (out / "e1").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(e1, out / "e1" / e1.name)
+    _merge_lines(archive / "timing.jsonl", out / "timing.jsonl")
+    if n:
+        log(f"  restored {n} complete run(s) from {archive}")
+    return n
 
 
 def stage_e1(plan: Plan, models: list[str], out: Path, log, dry: bool) -> list[dict]:
@@ -342,37 +465,47 @@ def stage_e1(plan: Plan, models: list[str], out: Path, log, dry: bool) -> list[d
     return results
 
 
-def stage_eval(plan: Plan, out: Path, log, dry: bool, lanes: int = 1) -> list[dict]:
-    """``llama-jreg eval`` of every complete run (skipped when its JSON is for the run's final step), ``lanes``
-    at a time (each with ``cpus // lanes`` threads), then one result per run
-    (``llama_jreg.analysis.study.run_result``), in plan order."""
+def evaluate(sw: Sweep, run: Path, out: Path, env: dict, log, eval_args: list[str] = ()) -> dict | None:
+    """``llama-jreg eval RUN --json OUT/eval/<sweep>/<run>.json`` of a complete run, unless that JSON exists
+    for the run's final step; returns the evaluation (None while the run is incomplete)."""
+    from llama_jreg.analysis.study import run_result
+
+    res = run_result(run, sw.experiment)
+    js = out / "eval" / sw.name / f"{run.name}.json"
+    ev = _json(js)
+    if res["complete"] and (ev is None or ev.get("step") != res["steps"]):
+        cmd = [*_cli(), "eval", str(run), "--json", str(js), *eval_args]
+        log(f"$ {_show(cmd)}")
+        js.parent.mkdir(parents=True, exist_ok=True)
+        with open(js.with_suffix(".txt"), "w") as f:
+            subprocess.run(cmd, check=True, stdout=f, env=env)
+        ev = _json(js)
+    return ev if ev is not None and ev.get("step") == res["steps"] else None
+
+
+def stage_eval(plan: Plan, out: Path, log, dry: bool, lanes: int = 1, archive: Path | None = None) -> list[dict]:
+    """:func:`evaluate` every complete run, ``lanes`` at a time (each with ``cpus // lanes`` threads), then one
+    result per run (``llama_jreg.analysis.study.run_result``), in plan order; with ``archive``, every evaluated
+    run is recorded there."""
     from concurrent.futures import ThreadPoolExecutor
 
     from llama_jreg.analysis.study import run_result
 
     t0 = time.time()
-    items = []  # (sweep, run, result without eval, eval JSON path, command)
-    for sw in plan.sweeps:
-        for run in run_dirs(out, sw):
-            js = out / "eval" / sw.name / f"{run.name}.json"
-            items.append((sw, run, run_result(run, sw.experiment), js, [*_cli(), "eval", str(run), "--json", str(js)]))
+    items = [(sw, run) for sw in plan.sweeps for run in run_dirs(out, sw)]
     if dry:
-        for *_, cmd in items:
-            log(f"$ {_show(cmd)}")
+        for sw, run in items:
+            log(f"$ {_show([*_cli(), 'eval', str(run), '--json', str(out / 'eval' / sw.name / f'{run.name}.json')])}")
         log("$ llama-jreg eval RUN_DIR --json OUT/eval/<sweep>/<run>.json   (every run of the sweeps above)")
-        return [res for _, _, res, _, _ in items]
+        return [run_result(run, sw.experiment) for sw, run in items]
     env = _lane_env(lanes)
 
     def one(item) -> dict:
-        sw, run, res, js, cmd = item
-        ev = _json(js)
-        if res["complete"] and (ev is None or ev.get("step") != res["steps"]):
-            log(f"$ {_show(cmd)}")
-            js.parent.mkdir(parents=True, exist_ok=True)
-            with open(js.with_suffix(".txt"), "w") as f:
-                subprocess.run(cmd, check=True, stdout=f, env=env)
-            ev = _json(js)
-        return run_result(run, sw.experiment, ev) if ev is not None and ev.get("step") == res["steps"] else res
+        sw, run = item
+        ev = evaluate(sw, run, out, env, log, plan.eval_args)
+        if ev is not None and archive is not None:
+            archive_run(out, archive, sw.name, run.name)
+        return run_result(run, sw.experiment, ev)
 
     with ThreadPoolExecutor(max_workers=max(1, lanes)) as pool:
         results = list(pool.map(one, items))
@@ -497,6 +630,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", metavar="DIR",
                    help="prepare what the scale needs where there is no network into DIR (wheels, corpus, token "
                         "shards; carry it to the GPU machine, run scripts/gpu_study.sh DIR there) and exit")
+    p.add_argument("--archive", metavar="DIR",
+                   help="keep every finished, evaluated run here without checkpoints (config, metrics, provenance, "
+                        "eval JSON: small enough to commit) and restore from it first, so a fresh clone resumes "
+                        "the study (make reproduce: docs/study/cpu)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--report-only", action="store_true", help="no training: evaluate complete runs and report")
     args = p.parse_args(argv)
@@ -531,10 +668,13 @@ def main(argv: list[str] | None = None) -> int:
         n = sum(len(expand_sweep(sw.overrides)) for sw in plan.sweeps if not only or sw.name in only)
         log(f"# scale {args.scale}{' (smoke substitute)' if args.smoke else ''}: {len(plan.sweeps)} sweeps, {n} "
             f"runs, {args.lanes} at a time; {plan.about}")
+    archive = Path(args.archive) if args.archive else None
+    if archive is not None and not args.dry_run:
+        restore(archive, out, log)
     if not args.report_only:
-        stage_sweeps(plan, out, log, args.dry_run, only, args.lanes)
+        stage_sweeps(plan, out, log, args.dry_run, only, args.lanes, archive)
     e1 = stage_e1(plan, args.models, out, log, args.dry_run)
-    results = stage_eval(plan, out, log, args.dry_run, args.lanes)
+    results = stage_eval(plan, out, log, args.dry_run, args.lanes, archive)
     if args.dry_run:
         return 0
     t0 = time.time()

@@ -11,6 +11,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -286,6 +287,41 @@ def test_cpu_plan_keeps_its_run_names():
         assert names[f"{exp}_paper_grid"] == [f"{i}_jreg.weight={w}_seed={s}" for i, (w, s) in
                                               enumerate((w, s) for w in ("0.1", "10") for s in (1, 2, 3))]
     assert len(names) == 12 and sum(map(len, names.values())) == 3 * (5 + 5 + 6 + 3)
+    jobs = [(sw.name, name) for sw, _, name, _ in _script().plan_jobs(plan, Path("/o"))]
+    assert len(jobs) == 57 and len(set(jobs)) == 57
+    # seed by seed across the key cells, so a study stopped part-way holds whole paired seeds; the grids last
+    assert jobs[:6] == [(f"{e}_{c}", "0_seed=1") for c in ("base", "paper") for e in ("cont", "je", "ind")]
+    assert jobs[6][1] == "1_seed=2" and {n.split("_")[1] for n, _ in jobs[:30]} == {"base", "paper"}
+    assert {n.split("_", 1)[1] for n, _ in jobs[30:]} == {"paper_grid", "jump"}
+
+
+def test_archive_keeps_evaluated_runs_without_checkpoints_and_restores_them(sweep, tmp_path):
+    """--archive: a complete, evaluated run is copied without its checkpoints (with its eval JSON and the
+    sweep index); an unevaluated one is not; restore puts the archived runs into an empty output dir and
+    leaves a complete run already there alone."""
+    rep = _script()
+    runs, evals = sweep
+    out, archive = tmp_path / "out", tmp_path / "archive"
+    for run in runs[:2]:
+        shutil.copytree(run, out / "s" / run.name)
+    (out / "s" / "sweep.json").write_text("{}")
+    (out / "eval" / "s").mkdir(parents=True)
+    (out / "eval" / "s" / f"{runs[0].name}.json").write_text(json.dumps(evals[runs[0].name]))
+    rep.record_stage(out, "train:s/x", 0.0, 1.0)
+    assert rep.archive_run(out, archive, "s", runs[0].name) and not rep.archive_run(out, archive, "s", runs[1].name)
+    kept = archive / "s" / runs[0].name
+    assert (kept / "metrics.jsonl").read_bytes() == (runs[0] / "metrics.jsonl").read_bytes()
+    assert (kept / "config.yaml").is_file() and not (kept / "checkpoints").exists()
+    assert any((runs[0] / "checkpoints").iterdir()) and not (archive / "s" / runs[1].name).exists()
+    assert (archive / "s" / "sweep.json").is_file() and (archive / "timing.jsonl").read_text().count("\n") == 1
+    rep.archive_run(out, archive, "s", runs[0].name)  # again: the timing rows are not repeated
+    assert (archive / "timing.jsonl").read_text().count("\n") == 1
+    fresh = tmp_path / "fresh"
+    assert rep.restore(archive, fresh, print) == 1
+    assert (fresh / "s" / runs[0].name / "metrics.jsonl").read_bytes() == (kept / "metrics.jsonl").read_bytes()
+    assert json.loads((fresh / "eval" / "s" / f"{runs[0].name}.json").read_text()) == evals[runs[0].name]
+    assert rep._done(fresh / "s" / runs[0].name, "text") and (fresh / "timing.jsonl").is_file()
+    assert rep.restore(archive, fresh, print) == 0  # complete there already: nothing copied again
 
 
 def test_cpu_plan_cells_resolve_to_their_recipes():
@@ -331,12 +367,18 @@ def test_wall_time_counts_parallel_lanes_once(tmp_path):
 
 
 def test_dry_run_prints_every_command(tmp_path):
-    out = subprocess.run([sys.executable, "scripts/reproduce.py", "--scale", "gpu", "--out", str(tmp_path / "o"),
-                          "--dry-run"], cwd=REPO, env=env_for_subprocess(), capture_output=True, text=True,
-                         timeout=120, check=True).stdout
-    assert out.count("llama-jreg train -m model=small") == 1 and "init_from=" in out
-    assert out.count("llama-jreg train -m experiment=induction trainer.progress=false jreg=jump") == 1
+    def dry(scale):
+        return subprocess.run([sys.executable, "scripts/reproduce.py", "--scale", scale, "--out", str(tmp_path / "o"),
+                               "--dry-run"], cwd=REPO, env=env_for_subprocess(), capture_output=True, text=True,
+                              timeout=120, check=True).stdout
+
+    out = dry("cpu")
+    assert out.startswith("# scale cpu: 12 sweeps, 57 runs, 1 at a time;")
+    assert out.count("$ llama-jreg train -m experiment=") == 12 and out.count("init_from=$(python") == 4
     assert "llama-jreg jump " in out and "llama-jreg eval RUN_DIR" in out
+    out = dry("gpu")
+    assert out.startswith("# scale gpu: 18 sweeps, 90 runs, 16 at a time;") and "init_from=" not in out
+    assert "llama-jreg jump " not in out and out.count("model.n_layers=12") == 4
     assert not (tmp_path / "o").exists()  # a dry run writes nothing
 
 
@@ -346,7 +388,8 @@ def test_pipeline_end_to_end(tmp_path):
     a rerun reuses every run and evaluation."""
     out = tmp_path / "study"
     cmd = [sys.executable, "scripts/reproduce.py", "--scale", "test", "--out", str(out), "--docs",
-           str(tmp_path / "docs" / "results.md"), "--lanes", "2", "--note", "Provenance: made by the test."]
+           str(tmp_path / "docs" / "results.md"), "--lanes", "2", "--note", "Provenance: made by the test.",
+           "--archive", str(tmp_path / "archive")]
     subprocess.run(cmd, cwd=REPO, env=env_for_subprocess(), capture_output=True, text=True, timeout=900, check=True)
     res = json.loads((out / "results.json").read_text())
     run_dirs = sorted(p.parent for p in out.glob("*/*/metrics.jsonl"))
@@ -366,9 +409,10 @@ def test_pipeline_end_to_end(tmp_path):
                for r in res["runs"])
     assert f"* **Code** (the runs' `provenance.json`): {commit[:12]} (" in md and "): 6 run(s)\n" in md
     timing = [json.loads(x) for x in (out / "timing.jsonl").read_text().splitlines()]
-    assert {t["stage"] for t in timing} == {"train:text_jump", "train:induction_jump", "e1", "eval", "report"}
+    assert {t["stage"].split("/")[0] for t in timing} == {"train:text_jump", "train:induction_jump", "e1", "eval",
+                                                          "report"}
     assert all(t["lanes"] == 2 and t["rc"] == 0 for t in timing if t["stage"].startswith("train:"))
-    assert (out / "logs" / "text_jump.log").is_file() and "2 lane(s)" in md
+    assert len(list((out / "logs" / "text_jump").glob("*.log"))) == 4 and "2 lane(s)" in md
     assert "\n* Provenance: made by the test.\n" in md
     docs = (tmp_path / "docs" / "results.md").read_text()
     assert "](results/zeta_L_over_tokens_text.png)" in docs and (tmp_path / "docs" / "results" /
@@ -379,6 +423,16 @@ def test_pipeline_end_to_end(tmp_path):
     assert "llama-jreg eval" not in again and "llama-jreg jump" not in again
     assert {p: p.stat().st_mtime_ns for p in out.glob("eval/*/*.json")} == stamps
     assert json.loads((out / "results.json").read_text())["runs"] == res["runs"]
+    # a fresh clone: only the archive (no checkpoints in it) -> nothing is trained or evaluated again
+    assert len(list((tmp_path / "archive").glob("eval/*/*.json"))) == 6
+    assert not list((tmp_path / "archive").rglob("checkpoints"))
+    fresh = subprocess.run([*cmd[:5], str(tmp_path / "fresh"), "--archive", str(tmp_path / "archive")], cwd=REPO,
+                           env=env_for_subprocess(), capture_output=True, text=True, timeout=900, check=True).stdout
+    assert "restored 6 complete run(s)" in fresh and "6 of 6 run(s) complete; 0 to train" in fresh
+    assert "llama-jreg eval" not in fresh
+    again = json.loads((tmp_path / "fresh" / "results.json").read_text())["runs"]
+    assert [{k: v for k, v in r.items() if k != "run_dir"} for r in again] == \
+        [{k: v for k, v in r.items() if k != "run_dir"} for r in res["runs"]]
 
 
 def test_gpu_plan_is_the_cpu_studys_cells_with_more_seeds():

@@ -141,6 +141,19 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _start_zeta(metrics_path) -> float | None:
+    """The validation zeta_L measured at step 0 (before the first update), or None."""
+    try:
+        with open(metrics_path) as f:
+            for line in f:
+                row = json.loads(line)
+                if row.get("kind") == "jump" and row.get("step") == 0 and row.get("val_zeta_L") is not None:
+                    return float(row["val_zeta_L"])
+    except (OSError, TypeError, ValueError):
+        return None
+    return None
+
+
 def _print_summary(summary: dict, cfg=None) -> None:
     """The end-of-run summary; with ``cfg``, also the lambda = 0 reference of the same recipe and step when
     there is one (``llama_jreg.train.reference``: `make demo`)."""
@@ -153,6 +166,9 @@ def _print_summary(summary: dict, cfg=None) -> None:
         v = summary.get(key)
         if v is not None:
             lines.append(f"{label:>18}: {v:.4f}" if isinstance(v, float) else f"{label:>18}: {v}")
+    start = _start_zeta(summary.get("metrics_path")) if cfg is not None and getattr(cfg, "init_from", None) else None
+    if start is not None:  # a continued run: the jump of the model it started from, for comparison
+        lines.append(f"{'val zeta_L, step 0':>18}: {start:.4f} (the init_from model, before training)")
     for name, row in (summary.get("tasks") or {}).items():
         acc = "-" if row.get("accuracy") is None else f"{row['accuracy']:.4f}"
         lines.append(f"{'task':>18}: {name} accuracy {acc} (n={row.get('n')}, step {row.get('step')})")

@@ -19,6 +19,8 @@ from omegaconf import OmegaConf
 
 from llama_jreg.analysis.plots import read_metrics
 from llama_jreg.config import from_yaml
+from llama_jreg.data.schema import DataConfig
+from llama_jreg.data.sources import cache_root
 
 REFERENCE_PATH = Path(__file__).with_name("demo_reference.json")
 
@@ -48,8 +50,15 @@ def recipe(cfg) -> dict:
     a None default does not make an older reference stale)."""
     raw = OmegaConf.to_container(OmegaConf.structured(cfg) if not isinstance(cfg, dict) else OmegaConf.create(cfg))
     flat = _flatten(raw)
-    return {k: v for k, v in sorted(flat.items())
+    root = str(cache_root(DataConfig())) + "/"
+    return {k: _in_cache(v, root) for k, v in sorted(flat.items())
             if v is not None and any(k == p or k.startswith(p + ".") for p in RECIPE_KEYS)}
+
+
+def _in_cache(value, root: str):
+    """A path inside the data cache (``init_from=smollm2`` resolves to one) as ``$LLAMA_JREG_CACHE/...``, so the
+    recipe is the same on every machine whatever its cache dir."""
+    return "$LLAMA_JREG_CACHE/" + value[len(root):] if isinstance(value, str) and value.startswith(root) else value
 
 
 def load_reference(path: str | Path = REFERENCE_PATH) -> dict | None:
