@@ -5,7 +5,7 @@ put a run's zeta_L next to something it can be compared with.
 model, the data's token stream, optim, schedule, seed, init_from and the trainer's step / evaluation /
 measurement settings; JREG itself is left out, it is what a user varies), the step, and the lambda = 0 run's train zeta_L, validation zeta_L and
 validation loss at that step, plus the machine it ran on. It is written by ``python scripts/demo_reference.py``
-(a real `trainer=demo jreg.weight=0` run). :func:`matching_reference` returns it only for a run on CPU whose
+(a real `experiment=continued jreg=jump jreg.weight=0` run). :func:`matching_reference` returns it only for a run on CPU whose
 recipe equals the reference's and that ended at the same step, so a stale or mismatched reference is never
 shown.
 """
