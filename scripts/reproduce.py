@@ -273,7 +273,10 @@ def wall_time(results: list[dict], out: Path) -> str:
         return (f"the training was not timed by this script (no sweep stage in timing.jsonl); {total / 3600:.2f} h "
                 f"of evaluation and report ({first} to {last}); {train:.2f} h of training summed over the runs "
                 "(their logged step times)")
-    return (f"{total / 3600:.2f} h of running ({first} to {last}; sweeps in {how}); "
+    trained = [r for r in rows if r["stage"].startswith("train:")]
+    first = time.strftime("%Y-%m-%d %H:%M", time.gmtime(min(r["start"] for r in trained)))
+    last = time.strftime("%H:%M UTC", time.gmtime(max(r["end"] for r in trained)))
+    return (f"{total / 3600:.2f} h of running, training and evaluation (the sweeps ran {first} to {last} in {how}); "
             f"{train:.2f} h of training summed over the runs (their logged step times)")
 
 

@@ -202,6 +202,24 @@ def _result(cell: str, w: float, seed: int, lens: list[float], **kw) -> dict:
             **kw}
 
 
+def test_e2_seed_table_shows_each_seed():
+    """A jump that grows in one seed and not the other shows per seed (their mean would hide it), with the count
+    of seeds that ended above their first measurement; a lambda > 0 run is not in it."""
+    def hist(zs):
+        return [{"step": 10 * (i + 1), "tokens": 100 * (i + 1), "zeta_L": z, "val_zeta_L": z,
+                 "val_psi": [0.1, 0.2]} for i, z in enumerate(zs)]
+    rs = [_result("jump", 0.0, 2, [0.0] * 3, history=hist([0.0, 0.0, 0.0])),
+          _result("jump", 0.0, 1, [0.0] * 3, history=hist([0.1, 1.5, 2.25])),
+          _result("jump", 1.0, 1, [0.0] * 3, history=hist([9.0, 9.0, 9.0]))]
+    lines = study.e2_seed_table(rs, "text").splitlines()
+    assert lines[0] == "| step | seed 1 | seed 2 |"
+    assert lines[2:5] == ["| 10 | 0.100 | 0.000 |", "| 20 | 1.500 | 0.000 |", "| 30 | 2.250 | 0.000 |"]
+    assert lines[-1].endswith("in 1 of 2 seeds.")
+    assert study.e2_seed_table(rs[1:], "text") == ""  # one lambda = 0 seed: the mean table says it all
+    flat = [_result("jump", 0.0, s, [0.0] * 3, history=hist([0.0, 0.0])) for s in (1, 2)]
+    assert study.e2_seed_table(flat, "text") == "Validation ζ_L was 0 at every measurement of all 2 seeds."
+
+
 def test_penalised_layers_and_mechanical_readings():
     """The layers a penalty acts on directly; a better lens reading there is filed as mechanical, a better one
     elsewhere supports C5, layer 1 is read apart from the middle layers, and Holm runs within each claim."""
@@ -213,6 +231,10 @@ def test_penalised_layers_and_mechanical_readings():
     assert study.penalised_psi({**r, "jreg.mode": "paper"}) == {6}
     assert study.penalised_streams({**r, "jreg.mode": "weighted", "jreg.weighting": "last_k"}) == {4, 5, 6}
     assert study.penalised_streams({**r, "jreg.weight": 0.0}) == set()
+    # an early exit can stop at h1..h5: only a penalty on all of them makes a larger saving mechanical
+    assert not study.exit_is_mechanical(r) and study.exit_is_mechanical({**r, "jreg.mode": "jump"})
+    assert study.exit_is_mechanical({**r, "n_layers": 2, "lens_loss": [0.0] * 3})  # final on 2 layers: h1 only
+    assert not study.exit_is_mechanical({**r, "jreg.weight": 0.0, "n_layers": 2})
     # 6 seeds; `final` lowers h3 and h5 (= h_(L-1), which it acts on) by 0.5 and raises h1 by 0.3
     rng = random.Random(1)
     base, fin = [], []

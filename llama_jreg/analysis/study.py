@@ -378,6 +378,14 @@ def penalised_streams(r: dict) -> set[int]:
     return {k for ell in penalised_psi(r) for k in (ell - 1, ell)}
 
 
+def exit_is_mechanical(r: dict) -> bool:
+    """Whether a larger oracle early-exit saving is mechanical for a run: the penalty acts directly on every
+    layer h_1..h_{L-1} an early exit can stop at (any ``jump`` penalty from l0 <= 2; ``final``/``paper`` on a
+    2-layer model, where the only early exit, h_1 = h_{L-1}, is the stream the penalty pulls towards h_L)."""
+    L = r.get("n_layers") or (len(r["lens_loss"]) - 1 if r.get("lens_loss") else 0)
+    return L >= 2 and set(range(1, L)) <= penalised_streams(r)
+
+
 def _layers(ks: list[int]) -> str:
     """``h2–h5`` for a contiguous run of layers, else ``h2, h4``."""
     ks = sorted(ks)
@@ -423,8 +431,8 @@ CLAIMS = {
     "C4": "JREG does not cost validation loss (a higher loss contradicts it, a lower one supports it)",
     "C5": "with JREG the middle layers do more of the work: a lower logit-lens loss of the intermediate layers "
           "(layer 1, which reads the embeddings, apart from the middle layers 2..L-1) and a larger oracle "
-          "early-exit saving; a better reading of a layer the penalty acts on directly is mechanical (listed "
-          "apart, it does not support the claim)",
+          "early-exit saving; a better reading of a layer the penalty acts on directly, and a larger saving when it "
+          "acts on every layer an exit can stop at, is mechanical (listed apart, it does not support the claim)",
     "C6": "JREG helps a task: induction accuracy (logit-lens evaluation) and the accuracies of the in-training "
           "task evaluations (e.g. induction, cloze)",
 }
@@ -491,7 +499,7 @@ def readings(results: list[dict]) -> list[Reading]:
                       ("C4", "val_loss", "validation loss", 4, "lower", False, None)]
             checks += _lens_checks(rs, base)
             checks += [("C5", "early_exit_saving", "oracle early-exit saving (fraction of blocks)", 3, "higher",
-                        False, None),
+                        exit_is_mechanical(rs[0]), None),
                        ("C6", "induction_accuracy", "induction accuracy (eval)", 3, "higher", False, None)]
             checks += [("C6", f"task_{name}_accuracy", f"{name} accuracy (task evaluation, step "
                         f"{rs[0].get(f'task_{name}_step', '-')})", 3, "higher", False, None)
@@ -513,7 +521,9 @@ def readings(results: list[dict]) -> list[Reading]:
                     note = _largest_layer_change(rs, base, key)
                 out.append(Reading(claim, f"{claim} · {where}: {label} {_ms(a, digits)} vs {_ms(b, digits)} at "
                                           f"λ = 0 ({a.mean - b.mean:+.{digits}f}{rel})"
-                                          + (" [mechanical: the penalty acts on these layers directly]"
+                                          + ((" [mechanical: the penalty acts on every layer an exit can stop at]"
+                                              if key == "early_exit_saving" else
+                                              " [mechanical: the penalty acts on these layers directly]")
                                              if mech else ""),
                                    t, good, digits, mech, note, key=(exp, cell, w, key)))
     holm_adjust(out)
@@ -715,7 +725,8 @@ def lens_change_table(results: list[dict]) -> str:
             d = t.diff if t is not None else a[k] - b[k]
             cols.append(f"{d:+.3f}" + (" (m)" if k in acted and d < 0 else ""))
         t = compare(by_seed(rs, "early_exit_saving"), by_seed(base, "early_exit_saving"))
-        cols.append(f"{t.diff:+.3f}" if t is not None else "-")
+        mech = " (m)" if t is not None and t.diff > 0 and exit_is_mechanical(rs[0]) else ""
+        cols.append(f"{t.diff:+.3f}{mech}" if t is not None else "-")
         rows.append((exp, cell, w, cols))
     if not rows:
         return ""
@@ -858,6 +869,25 @@ def e2_table(results: list[dict], experiment: str) -> str:
     return "\n".join(lines)
 
 
+def e2_seed_table(results: list[dict], experiment: str) -> str:
+    """E2 per seed: the validation zeta_L of each lambda = 0 run at each logged step (a mean over seeds can hide
+    a jump that grows in some seeds and not in others), and how many seeds ended above their first value."""
+    base = sorted(_base_runs(results, experiment), key=lambda r: r["seed"])
+    if len(base) < 2:
+        return ""
+    steps = sorted(set.intersection(*[{p["step"] for p in r["history"]} for r in base]))
+    if not steps:
+        return ""
+    at = {(r["seed"], p["step"]): p["val_zeta_L"] for r in base for p in r["history"]}
+    if not any(at[r["seed"], st] for r in base for st in steps):
+        return f"Validation ζ_L was 0 at every measurement of all {len(base)} seeds."
+    lines = ["| step | " + " | ".join(f"seed {r['seed']}" for r in base) + " |", "|---:|" + "---:|" * len(base)]
+    lines += [f"| {st} | " + " | ".join(f"{at[r['seed'], st]:.3f}" for r in base) + " |" for st in steps]
+    grew = sum(at[r["seed"], steps[-1]] > at[r["seed"], steps[0]] for r in base)
+    return "\n".join(lines) + (f"\n\nValidation ζ_L ended above its first measurement in {grew} of {len(base)} "
+                               "seeds.")
+
+
 def plot_profiles(results: list[dict], experiment: str, key: str, ylabel: str, path: Path,
                   start: int = 1, skip: int = 0) -> Path | None:
     """A list-valued metric (final Psi, lens loss) per layer, mean over seeds, one line per cell; the list's
@@ -959,7 +989,8 @@ def machine() -> str:
 
 
 TAGS = (("supports", "What our numbers support"), ("contradicts", "What our numbers contradict"),
-        ("mechanical", "What the penalty does by construction (better readings of layers it acts on directly)"),
+        ("mechanical", "What the penalty does by construction (better readings of layers it acts on directly, earlier exits "
+                        "where it acts on every layer)"),
         ("identical", "Where the compared runs gave identical numbers"),
         ("noise", "Where seed noise is too large to tell (or no test could be made)"))
 
@@ -987,7 +1018,10 @@ def render_report(meta: dict, results: list[dict], e1: list[dict], figs: dict[st
             "A better logit-lens reading of a layer is *mechanical* when the cell's penalty is a direct function of "
             "that layer's stream h_k, i.e. contains Ψ_k or Ψ_(k+1) (`final`: Ψ_L, so h_(L-1); `jump` with l0: "
             "Ψ_(l0-1)..Ψ_L, every layer at the default l0 = 2; `weighted`: every Ψ_l with weight > 0): the penalty "
-            "pulls such a stream towards its neighbour by construction, so its better reading does not support C5.",
+            "pulls such a stream towards its neighbour by construction, so its better reading does not support C5. "
+            "For the same reason a larger oracle early-exit saving is mechanical when the penalty acts on every "
+            "layer h_1..h_(L-1) an exit can stop at (`jump` at l0 = 2; `final` on a 2-layer model, whose only "
+            "early exit is h_1 = h_(L-1)).",
             ""]
     found = findings(results, e1)
     for tag, title in TAGS:
@@ -1028,7 +1062,11 @@ def render_report(meta: dict, results: list[dict], e1: list[dict], figs: dict[st
         if t:
             out += [f"E2, λ = 0 (mean over {len(_base_runs(rs, exp))} seed(s)): the jump against tokens seen.", "",
                     img(f"e2_zeta_{exp}", f"E2 zeta_L, {exp}"), img(f"psi_train_{exp}", f"Psi during training, {exp}"),
-                    t, "", "E3: every cell.", ""]
+                    t, ""]
+            t = e2_seed_table(rs, exp)
+            if t:
+                out += ([t, ""] if t.startswith("Validation") else ["The validation ζ_L of each λ = 0 seed:", "", t, ""])
+            out += ["E3: every cell.", ""]
         out += [img(f"zeta_{exp}", f"zeta_L over tokens, {exp}"),
                 img(f"psi_final_{exp}", f"final Psi per layer, {exp}"), img(f"lens_{exp}", f"logit lens, {exp}"),
                 img(f"ind_lens_{exp}", f"induction accuracy per layer, {exp}")]
@@ -1040,7 +1078,8 @@ def render_report(meta: dict, results: list[dict], e1: list[dict], figs: dict[st
         if t:
             out += ["Change against λ = 0 per intermediate layer (mean of the per-seed differences; layer 1 reads "
                     "the embeddings, h2..h(L-1) are the middle layers; (m): lower on a layer the penalty acts on "
-                    "directly, mechanical) and of the oracle early-exit saving:", "", t, ""]
+                    "directly, mechanical) and of the oracle early-exit saving ((m): higher where the penalty acts on every "
+                    "layer an exit can stop at):", "", t, ""]
     if results:
         out += ["## Against λ", "", img("val_loss", "validation loss vs lambda"),
                 img("val_zeta", "validation zeta_L vs lambda"), img("induction", "induction accuracy vs lambda")]
