@@ -24,7 +24,7 @@ demo: setup
 	WANDB_MODE=offline $(VENV)/bin/llama-jreg train experiment=continued jreg=jump jreg.weight=1 logger=wandb run.dir=runs/demo resume=auto
 	$(VENV)/bin/llama-jreg generate runs/demo --prompt 'ROMEO:' --max-new-tokens 60 --seed 0
 
-# the reproduction study (docs/results.md) at the cpu scale, ~5 h on 2 cores; a rerun resumes;
+# the reproduction study (docs/results.md) at the cpu scale, ~3.5 h on 2 cores; a rerun resumes;
 # ARCHIVE=docs/study/cpu continues the committed study from its archive of finished runs
 reproduce: setup
 	$(PY) scripts/reproduce.py --scale cpu --out runs/reproduce/cpu --lanes 2 $(if $(ARCHIVE),--archive $(ARCHIVE))

@@ -161,7 +161,7 @@ PLANS: dict[str, Plan] = {
                 about="the jump from scratch (experiment=jump_emergence), induction heads (experiment=induction) "
                       "and SmolLM2-135M continued (experiment=continued); lambda = 0 against the paper penalty at "
                       "lambda = 1 on 5 seeds each, the paper penalty at lambda = 0.1 and 10 and our default "
-                      "(jump, lambda = 1) on 3 seeds (about 5 hours on 2 CPU cores with --lanes 2)"),
+                      "(jump, lambda = 1) on 3 seeds (about 3.5 hours on 2 CPU cores with --lanes 2)"),
     "gpu": Plan(_gpu(), e1_models=[], lanes=16,
                 about="one H200-class GPU without network, 16 runs at a time as processes sharing it: the cpu "
                       "study's from-scratch experiments with 10 seeds in the key cells and 5 in the grid, plus "
