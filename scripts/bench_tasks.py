@@ -37,23 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from llama_jreg.interop.lm_eval import choice_task_yaml  # noqa: E402
+
 COMMON = ["model=tiny", "data.seq_len=256", "data.micro_batch_size=8", "trainer.progress=false",
           "trainer.plots=false", "trainer.log_every=1000", "trainer.jump_every=1000", "trainer.eval_every=1000"]
-YAML = """\
-task: bench_tasks_choice
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{context}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{gold}}}}"
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-"""
 
 
 def choice_items(texts: list[str], n: int, seed: int = 0) -> list[dict]:
@@ -130,7 +117,7 @@ def main(argv=None) -> int:
             probe.close()
             items.write_text("".join(json.dumps(x) + "\n" for x in choice_items(texts, args.n)))
         (tmp / "yaml").mkdir()
-        (tmp / "yaml" / "choice.yaml").write_text(YAML.format(data=items))
+        (tmp / "yaml" / "choice.yaml").write_text(choice_task_yaml("bench_tasks_choice", items))
         runs = [("shakespeare", [*COMMON, "data=shakespeare",
                                  f"tasks=[cloze,choice:{items}@{args.n},lm-eval:{tmp / 'yaml' / 'choice.yaml'}@{args.n}]"]),
                 ("induction", [*COMMON, "data=induction", f"tasks=[induction@{args.n}]"])]

@@ -8,22 +8,9 @@ import torch
 pytest.importorskip("lm_eval")
 
 from llama_jreg.cli import main as cli
+from llama_jreg.interop.lm_eval import choice_task_yaml
 from tests.test_analysis import make_checkpoint
 
-TASKS = """\
-task: jreg_tiny_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{answer}}}}"
-metric_list:
-  - metric: acc
-"""
 ROLLING = """\
 task: jreg_tiny_ppl
 dataset_path: json
@@ -70,8 +57,10 @@ def setup(tmp_path_factory):
     data.write_text("\n".join(json.dumps(x) for x in docs) + "\n")
     tasks = tmp / "tasks"
     tasks.mkdir()
-    for name, body in (("mc", TASKS), ("ppl", ROLLING), ("gen", GEN)):
+    for name, body in (("ppl", ROLLING), ("gen", GEN)):
         (tasks / f"{name}.yaml").write_text(body.format(data=data))
+    (tasks / "mc.yaml").write_text(choice_task_yaml("jreg_tiny_mc", data, context="question", gold="answer",
+                                                    metrics=("acc",)))
     return d, model, tasks, docs
 
 

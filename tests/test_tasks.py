@@ -12,6 +12,7 @@ import torch
 
 from llama_jreg import UserError
 from llama_jreg.cli import main as cli
+from llama_jreg.interop.lm_eval import choice_task_yaml
 from llama_jreg.tasks import build_tasks, evaluate_tasks
 from llama_jreg.tasks.base import select
 from llama_jreg.tasks.cloze import split_last_word
@@ -52,21 +53,6 @@ def write_jsonl(path, items):
     return path
 
 
-LM_EVAL_YAML = """\
-task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{context}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{gold}}}}"
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-"""
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +62,7 @@ def ckpt(tmp_path_factory):
     d, model = make_checkpoint(tmp / "run", 3, seed=5, tmp=tmp)
     items = write_jsonl(tmp / "items.jsonl", choice_items(24, 1))
     (tmp / "yaml").mkdir()
-    (tmp / "yaml" / "mc.yaml").write_text(LM_EVAL_YAML.format(name="jreg_tasks_mc", data=items))
+    (tmp / "yaml" / "mc.yaml").write_text(choice_task_yaml("jreg_tasks_mc", items))
     passages = [" ".join(CORPUS.split()[i:i + 8]) for i in range(0, 200, 13)]
     (tmp / "passages.txt").write_text("\n\n".join(passages) + "\n")
     return {"dir": d, "model": model, "tmp": tmp, "items": items, "yaml": tmp / "yaml" / "mc.yaml",

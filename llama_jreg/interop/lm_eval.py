@@ -168,6 +168,17 @@ class LlamaJregLM(_LMBase):
         return out
 
 
+def choice_task_yaml(name: str, data: str | Path, *, context: str = "context", choices: str = "choices",
+                     gold: str = "gold", metrics: tuple[str, ...] = ("acc", "acc_norm")) -> str:
+    """An lm-eval-harness task YAML for multiple choice over a local jsonl (one ``{context, choices, gold}`` object a
+    line, the shape ``choice:FILE`` reads; other field names by keyword): what ``lm-eval:path/to/task.yaml`` needs
+    where the hub is out of reach."""
+    lines = [f"task: {name}", "dataset_path: json", "dataset_kwargs:", "  data_files:", f"    test: {data}",
+             "test_split: test", "output_type: multiple_choice", f'doc_to_text: "{{{{{context}}}}}"',
+             f'doc_to_choice: "{{{{{choices}}}}}"', f'doc_to_target: "{{{{{gold}}}}}"', "metric_list:"]
+    return "\n".join(lines + [f"  - metric: {m}" for m in metrics]) + "\n"
+
+
 def run_lm_eval(model_path: str, tasks: list[str], *, include_path: str | None = None, num_fewshot: int | None = None,
                 limit: float | None = None, batch_size: int = 8, device: str = "auto") -> dict:
     require_lm_eval()
