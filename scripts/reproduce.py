@@ -265,17 +265,16 @@ def wall_time(results: list[dict], out: Path) -> str:
         else:
             cur_e = max(cur_e, e)
     total += cur_e - cur_s
-    first = time.strftime("%Y-%m-%d %H:%M", time.gmtime(min(r["start"] for r in rows)))
-    last = time.strftime("%H:%M UTC", time.gmtime(max(r["end"] for r in rows)))
-    lanes = sorted({(r.get("lanes", 1), r.get("threads")) for r in rows if r["stage"].startswith("train:")})
+    trained = [r for r in rows if r["stage"].startswith("train:")]
+    span = trained or rows  # the sweeps' span; without sweeps, the evaluation's and report's
+    first = time.strftime("%Y-%m-%d %H:%M", time.gmtime(min(r["start"] for r in span)))
+    last = time.strftime("%H:%M UTC", time.gmtime(max(r["end"] for r in span)))
+    lanes = sorted({(r.get("lanes", 1), r.get("threads")) for r in trained})
     how = "; ".join(f"{n} lane(s)" + (f" of {t} thread(s) each" if t else "") for n, t in lanes)
     if not how:
         return (f"the training was not timed by this script (no sweep stage in timing.jsonl); {total / 3600:.2f} h "
                 f"of evaluation and report ({first} to {last}); {train:.2f} h of training summed over the runs "
                 "(their logged step times)")
-    trained = [r for r in rows if r["stage"].startswith("train:")]
-    first = time.strftime("%Y-%m-%d %H:%M", time.gmtime(min(r["start"] for r in trained)))
-    last = time.strftime("%H:%M UTC", time.gmtime(max(r["end"] for r in trained)))
     return (f"{total / 3600:.2f} h of running, training and evaluation (the sweeps ran {first} to {last} in {how}); "
             f"{train:.2f} h of training summed over the runs (their logged step times)")
 

@@ -53,8 +53,6 @@ def write_jsonl(path, items):
     return path
 
 
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     """A tiny checkpoint of our format with a SentencePiece tokenizer, plus task files."""

@@ -382,7 +382,7 @@ def exit_is_mechanical(r: dict) -> bool:
     """Whether a larger oracle early-exit saving is mechanical for a run: the penalty acts directly on every
     layer h_1..h_{L-1} an early exit can stop at (any ``jump`` penalty from l0 <= 2; ``final``/``paper`` on a
     2-layer model, where the only early exit, h_1 = h_{L-1}, is the stream the penalty pulls towards h_L)."""
-    L = r.get("n_layers") or (len(r["lens_loss"]) - 1 if r.get("lens_loss") else 0)
+    L = r["n_layers"]
     return L >= 2 and set(range(1, L)) <= penalised_streams(r)
 
 
