@@ -70,7 +70,7 @@ def test_run_writes_everything(straight):
     for r in jump:
         assert len(r["psi"]) == 2 and len(r["val_psi"]) == 2
         assert r["zeta_L"] == pytest.approx(100 * max(0.0, r["psi"][1] - r["psi"][0]))
-        assert 0 <= r["psi_post_norm_L"] <= 1
+        assert 0 <= r["psi_post_norm_L"] <= 1 and 0 <= r["val_psi_post_norm_L"] <= 1
     ev = rows(d, "eval")
     assert [r["step"] for r in ev] == [5, 10, 12]
     assert all(r["val_ppl"] == pytest.approx(math.exp(r["val_loss"])) for r in ev)

@@ -12,7 +12,8 @@ Every row of metrics.jsonl is one JSON object with a ``kind``:
   skipped non-finite step logs ``loss: null`` (the file is strict JSON); with ``data.mixture``,
   ``tokens_by_source`` (``{name: tokens}``, all ranks; wandb ``train/tokens_by_source/<name>``);
 * ``jump``  (every ``trainer.jump_every`` steps): ``step, tokens, psi`` (list, one per layer, on the training
-  batch of that step), ``zeta_L, psi_post_norm_L, val_psi, val_zeta_L`` (on a fixed validation batch);
+  batch of that step), ``zeta_L, psi_post_norm_L``; ``val_psi, val_zeta_L, val_psi_post_norm_L`` (the same on
+  a fixed validation batch; ``*_post_norm_L`` is Psi_L with the final norm applied to h_L);
 * ``eval``  (every ``trainer.eval_every`` steps and at the end): ``step, tokens, val_loss, val_ppl``; with
   ``data.mixture`` also ``val_loss/<name>`` per source (``val_loss`` is then their weighted mean).
 * ``task``  (with ``tasks=[...]``: every ``trainer.task_every`` steps, at the end, at step 0 of an init_from

@@ -434,21 +434,25 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- validation
 
     @torch.no_grad()
-    def val_jump(self) -> list[float]:
-        """Psi per layer on the first fixed validation batch (every rank computes it; FSDP2 needs all)."""
+    def val_jump(self) -> tuple[list[float], float]:
+        """Psi per layer and the post-norm Psi_L on the first fixed validation batch (every rank computes
+        them; FSDP2 needs all)."""
         self.model.eval()
         b = self.val[0]
         y = b["labels"].to(self.device)
         with self._autocast():
             out = self.llama(b["input_ids"].to(self.device), stats=True, **self._documents(b))
-        return [float(v) for v in J.psi(out.cos, y != IGNORE_INDEX)]
+        mask = y != IGNORE_INDEX
+        post = float(J.psi(out.cos_post_norm[None], mask)[0])
+        return [float(v) for v in J.psi(out.cos, mask)], post
 
     def log_jump(self, out: dict) -> None:
         psi = out["psi"]
-        val_psi = self.val_jump()
+        val_psi, val_post = self.val_jump()
         row = {"kind": "jump", "step": self.step, "tokens": self.tokens, "psi": psi,
                "zeta_L": float(J.zeta_L(torch.tensor(psi))), "psi_post_norm_L": out["psi_post_norm_L"],
-               "val_psi": val_psi, "val_zeta_L": float(J.zeta_L(torch.tensor(val_psi)))}
+               "val_psi": val_psi, "val_zeta_L": float(J.zeta_L(torch.tensor(val_psi))),
+               "val_psi_post_norm_L": val_post}
         self.metrics.log(row)
         self.last.update(zeta_L=row["zeta_L"], psi=psi, val_zeta_L=row["val_zeta_L"])
 
@@ -458,10 +462,11 @@ class Trainer:
         has been drawn yet; ``psi_batch`` says so)."""
         if self.cfg.trainer.eval_batches > 0:
             self.evaluate()
-        val_psi = self.val_jump()
+        val_psi, val_post = self.val_jump()
         z = float(J.zeta_L(torch.tensor(val_psi)))
         self.metrics.log({"kind": "jump", "step": self.step, "tokens": self.tokens, "psi": val_psi, "zeta_L": z,
-                          "psi_post_norm_L": None, "val_psi": val_psi, "val_zeta_L": z, "psi_batch": "validation"})
+                          "psi_post_norm_L": val_post, "val_psi": val_psi, "val_zeta_L": z,
+                          "val_psi_post_norm_L": val_post, "psi_batch": "validation"})
         self.last.update(zeta_L=z, psi=val_psi, val_zeta_L=z)
         if self.tasks:
             self.evaluate_tasks()
