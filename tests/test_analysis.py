@@ -210,6 +210,42 @@ def test_eval_on_text(ckpt, tmp_path):
     assert hist[-1] == pytest.approx(1.0 - res["lens"][-2]["top1_agreement_with_final"], abs=1e-6)
 
 
+def test_eval_jump_readings_and_unit_gain_lens(ckpt, tmp_path):
+    """`eval --unit-gain-lens`: the jump readings equal `jump`'s on the same windows; the unit-gain lens equals
+    h_l -> x / rms(x) -> LM head computed here by hand; the saving over exits at h <= L-2 is the histogram's."""
+    _, d, model = ckpt
+    text = _text(tmp_path)
+    out = tmp_path / "eval.json"
+    assert cli(["eval", str(d), "--text", str(text), "--seq-len", "32", "--num-seqs", "4", "--unit-gain-lens",
+                "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    from llama_jreg.analysis.jump import make_windows, measure_jump
+    from llama_jreg.load import TextTokenizer
+
+    w = make_windows(TextTokenizer.from_sentencepiece(d / "tokenizer.model").encode(text.read_text()), 33, 4)
+    jump, j = measure_jump(model, w[:, :-1]), res["jump"]  # `llama-jreg jump`'s measurement of the same inputs
+    assert j["psi"] == pytest.approx(jump["psi"], abs=1e-6)
+    assert j["psi_post_norm_L"] == pytest.approx(jump["psi_post_norm_L"], abs=1e-6)
+    assert j["D"] == pytest.approx(j["psi"][-1] - j["psi"][-2]) and j["zeta_L"] == pytest.approx(jump["zeta_L"], abs=1e-4)
+    assert j["D_post_norm"] == pytest.approx(jump["psi_post_norm_L"] - jump["psi"][-2], abs=1e-6)
+    assert j["J2"] == pytest.approx(max(j["psi"][-2], j["psi"][-1]) - j["psi"][-3])
+    # the unit-gain lens by hand: the checkpoint's final norm has a trained (non-unit) gain, so the two differ
+    with torch.no_grad():
+        hidden = model.eval()(w[:, :-1], return_hidden=True).hidden
+        for layer, h in enumerate(hidden):
+            hn = h.float() / h.float().square().mean(-1, keepdim=True).add(model.norm.eps).sqrt()
+            ce = torch.nn.functional.cross_entropy(model.output(hn).flatten(0, 1), w[:, 1:].flatten()).item()
+            assert res["unit_gain_lens"]["lens"][layer]["loss"] == pytest.approx(ce, rel=1e-5)
+    assert not torch.allclose(model.norm.weight, torch.ones_like(model.norm.weight))
+    assert res["unit_gain_lens"]["lens"][-1]["loss"] != pytest.approx(res["loss"], rel=1e-6)
+    L = 3
+    for sat in (res["saturation"], res["unit_gain_lens"]["saturation"]):
+        hist = sat["histogram"]
+        assert sat["early_exit_blocks_saved_upto_L-2"] == pytest.approx(
+            sum(h * (L - i) / L for i, h in enumerate(hist[: L - 1])))
+        assert sat["early_exit_blocks_saved_upto_L-2"] <= sat["early_exit_blocks_saved"] + 1e-12
+
+
 def test_eval_induction(tmp_path):
     pytest.importorskip("llama_jreg.data.synthetic")
     d, _ = make_checkpoint(tmp_path / "run", 1, tokenizer=False,
