@@ -8,7 +8,17 @@ import random
 
 import pytest
 
-from llama_jreg.analysis.stats import betainc, holm, sign_flip_p, t_cdf, t_quantile, t_sf2
+from llama_jreg.analysis.stats import (
+    betainc,
+    holm,
+    paired,
+    sign_flip,
+    sign_flip_p,
+    t_cdf,
+    t_quantile,
+    t_sf2,
+    wilson,
+)
 
 
 @pytest.mark.parametrize("df, q", [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (30, 2.042), (120, 1.980)])
@@ -59,3 +69,39 @@ def test_sign_flip_and_holm():
     assert holm([0.2, 0.9]) == pytest.approx([0.4, 0.9]) and holm([]) == []
     with pytest.raises(ValueError):
         t_quantile(1.0, 3)
+
+
+def test_paired_against_scipy_and_its_power():
+    st = pytest.importorskip("scipy.stats")
+    d = [0.31, -0.05, 0.22, 0.18, 0.40, 0.02, 0.27, 0.11, 0.35, -0.02]
+    r = paired(d, m=6)
+    ref = st.ttest_1samp(d, 0.0)
+    assert r.n == 10 and r.df == 9 and r.t == pytest.approx(ref.statistic, rel=1e-12)
+    assert r.p == pytest.approx(ref.pvalue, rel=1e-9)
+    se = st.sem(d)
+    assert r.ci == pytest.approx(st.t.interval(0.95, 9, loc=r.mean, scale=se), rel=1e-9)
+    assert r.ci_family == pytest.approx(st.t.interval(1 - 0.05 / 6, 9, loc=r.mean, scale=se), rel=1e-9)
+    assert r.ci_family[0] < r.ci[0] and r.ci_family[1] > r.ci[1]  # the family interval is wider
+    # at a true mean difference of `mde` the two-sided test at alpha / m has about 80 % power (noncentral t)
+    crit = st.t.ppf(1 - 0.05 / 12, 9)
+    nc = r.mde / r.sd * math.sqrt(10)
+    power = st.nct.sf(crit, 9, nc) + st.nct.cdf(-crit, 9, nc)
+    assert 0.78 <= power <= 0.85
+    assert paired([0.25, 0.25, 0.25]).p == 0.0 and paired([0.0, 0.0]).p == 1.0
+
+
+def test_monte_carlo_sign_flip_matches_the_exact_test():
+    d = [0.9, -0.2, 0.5, 0.7, -0.4, 0.3, 0.8, 0.1, 0.6, -0.1, 0.2, 0.4]
+    exact, how = sign_flip(d)
+    assert how == "exact" and exact == sign_flip_p(d)
+    mc, how = sign_flip(d, max_exact=4, draws=50_000, seed=0)
+    assert how.startswith("monte carlo") and mc == pytest.approx(exact, abs=0.006)
+    assert sign_flip(d, max_exact=4, draws=2000, seed=3) == sign_flip(d, max_exact=4, draws=2000, seed=3)
+    p40, _ = sign_flip([1.0] * 40)  # 40 of one sign: no random pattern reaches it, p = 1 / (1 + draws)
+    assert p40 == pytest.approx(1 / 100_001)
+
+
+def test_wilson_interval():
+    lo, hi = wilson(3, 10)
+    assert (round(lo, 3), round(hi, 3)) == (0.108, 0.603)
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == pytest.approx(1.0)

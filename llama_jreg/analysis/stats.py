@@ -4,13 +4,19 @@
   function :func:`betainc` (a continued fraction), for confidence intervals and two-sided p-values;
 * :func:`sign_flip_p`: the exact two-sided sign-flip permutation test of paired differences (all 2^n sign
   patterns), distribution-free, but unable to go below 2 / 2^n (0.5 with 2 seeds, 0.0625 with 5);
-* :func:`holm`: Holm's step-down adjustment of a family of p-values (family-wise error rate <= alpha).
+* :func:`sign_flip`: that test where 2^n is small enough to enumerate (n <= 16), else a seeded Monte Carlo
+  estimate from random sign patterns;
+* :func:`holm`: Holm's step-down adjustment of a family of p-values (family-wise error rate <= alpha);
+* :func:`paired`: a paired t summary with the unadjusted 95 % interval, the Bonferroni interval of a family of
+  m tests and the smallest difference the test had 80 % power to detect; :func:`wilson`: a binomial interval.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import random
+from dataclasses import dataclass
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -119,3 +125,64 @@ def holm(pvals: list[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * pvals[i]))
         out[i] = running
     return out
+
+
+def sign_flip(diffs: list[float], draws: int = 100_000, seed: int = 0, max_exact: int = 16) -> tuple[float, str]:
+    """Two-sided sign-flip p-value of the mean of paired differences and how it was computed: exact
+    (:func:`sign_flip_p`) for n <= ``max_exact``, else a Monte Carlo estimate from ``draws`` random sign
+    patterns (``random.Random(seed)``), (1 + hits) / (1 + draws) so that it is never 0."""
+    exact = sign_flip_p(diffs, max_exact)
+    if exact is not None:
+        return exact, "exact"
+    rng = random.Random(seed)
+    obs = abs(sum(diffs))
+    tol = 1e-12 * max(abs(x) for x in diffs) * len(diffs)
+    hits = sum(1 for _ in range(draws) if abs(sum(x if rng.random() < 0.5 else -x for x in diffs)) >= obs - tol)
+    return (1 + hits) / (1 + draws), f"monte carlo, {draws} patterns"
+
+
+def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion k / n (95 % by default)."""
+    if n <= 0:
+        raise ValueError("wilson needs n > 0")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A one-sample (paired) t summary of differences: ``ci`` the unadjusted 95 % t interval, ``ci_family`` the
+    Bonferroni interval at 1 - alpha / m (the family of m tests), ``mde`` the smallest true mean difference
+    the test had ``power`` to detect at the strictest Holm level alpha / m, from the observed spread."""
+
+    n: int
+    mean: float
+    sd: float
+    t: float
+    df: int
+    p: float
+    ci: tuple[float, float]
+    ci_family: tuple[float, float]
+    mde: float
+
+
+def paired(diffs: list[float], m: int = 1, alpha: float = 0.05, power: float = 0.8) -> Paired:
+    """:class:`Paired` of ``diffs`` (n >= 2). Zero spread gives t = +-inf and p = 0 where the mean is not 0,
+    t = 0 and p = 1 where it is."""
+    n = len(diffs)
+    if n < 2:
+        raise ValueError("paired needs at least 2 differences")
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in diffs) / (n - 1))
+    se = sd / math.sqrt(n)
+    df = n - 1
+    if se > 0:
+        t = mean / se
+        p = t_sf2(t, df)
+    else:
+        t, p = (0.0, 1.0) if mean == 0 else (math.copysign(math.inf, mean), 0.0)
+    q, q_fam = t_quantile(1 - alpha / 2, df), t_quantile(1 - alpha / (2 * m), df)
+    mde = (q_fam + t_quantile(power, df)) * se
+    return Paired(n, mean, sd, t, df, p, (mean - q * se, mean + q * se), (mean - q_fam * se, mean + q_fam * se), mde)
