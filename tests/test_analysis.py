@@ -143,6 +143,11 @@ def test_jump_command(ckpt, tmp_path, capsys):
     assert res["zeta_L"] == pytest.approx(zeta_L(ref).item(), abs=1e-3)
     post = torch.nn.functional.cosine_similarity(out.hidden[-2], model.norm(out.hidden[-1]), dim=-1)
     assert res["psi_post_norm_L"] == pytest.approx(((1 - post) / 2).mean().item(), abs=1e-5)
+    # per window: the same readings window by window (for intervals over windows)
+    pw = res["per_window"]
+    assert len(pw["psi"]) == 3 and len(pw["psi"][0]) == 3
+    assert torch.allclose(torch.tensor(pw["psi"], dtype=torch.float64), ((1 - cos) / 2).mean(-1).T, atol=1e-5)
+    assert pw["psi_post_norm_L"] == pytest.approx(((1 - post) / 2).mean(-1).tolist(), abs=1e-5)
     assert "zeta_L" in capsys.readouterr().out
 
 

@@ -46,12 +46,17 @@ def measure_jump(model: Llama, windows: torch.Tensor, batch_size: int = 8, devic
     over all tokens of ``windows`` (B, T)."""
     model.eval()
     sums, post_sum, count = None, 0.0, 0
+    per_window, per_window_post = [], []
     for i in range(0, windows.shape[0], batch_size):
         batch = windows[i:i + batch_size].to(device)
         out = model(batch, stats=True)
-        s = psi_per_token(out.cos).flatten(1).double().sum(1)  # (L,)
+        tok = psi_per_token(out.cos).double()  # (L, B, T)
+        s = tok.flatten(1).sum(1)  # (L,)
         sums = s if sums is None else sums + s
-        post_sum += psi_per_token(out.cos_post_norm).double().sum().item()
+        post = psi_per_token(out.cos_post_norm).double()  # (B, T)
+        post_sum += post.sum().item()
+        per_window += tok.mean(2).T.tolist()
+        per_window_post += post.mean(1).tolist()
         count += batch.numel()
     psi = (sums / count).float().cpu()
     psi_post = post_sum / count
@@ -68,6 +73,8 @@ def measure_jump(model: Llama, windows: torch.Tensor, batch_size: int = 8, devic
         "tokens": int(count),
         "windows": int(windows.shape[0]),
         "seq_len": int(windows.shape[1]),
+        # each window's own means (for intervals over windows): Psi per layer and the post-norm Psi_L
+        "per_window": {"psi": per_window, "psi_post_norm_L": per_window_post},
     }
 
 
