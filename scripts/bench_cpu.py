@@ -95,7 +95,7 @@ class Ours:
         return [self.trainer._next_batches() for _ in range(n)]
 
     def step(self, batches: list[dict]) -> float:
-        return self.trainer.train_step(batches)["loss"]
+        return self.trainer.train_step(batches).loss
 
     def forward_loss(self, batches: list[dict]) -> torch.Tensor:
         """One forward + loss as the trainer builds it (for the saved-tensor measurement)."""
@@ -162,7 +162,7 @@ class JregToggled:
         jcfg = self.other.trainer.cfg.jreg
         weight, jcfg.weight = jcfg.weight, 0.0
         try:
-            return self.other.trainer.train_step(batches)["loss"]
+            return self.other.trainer.train_step(batches).loss
         finally:
             jcfg.weight = weight
 

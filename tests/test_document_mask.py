@@ -175,18 +175,19 @@ def test_the_trainer_step_masks_documents(tmp_path):
     """The trainer hands the batches' document ids and positions to the model: the step's LM loss is the
     masked model's, not the unmasked one."""
     from llama_jreg.config import load_config
+    from llama_jreg.train.step import forward_backward
     from llama_jreg.train.trainer import Trainer
 
     tr = Trainer(load_config(tiny(tmp_path / "r", *_run_args(tmp_path), "jreg=off", "trainer.max_steps=2")))
     ref = copy.deepcopy(tr.llama)
     batches = tr._next_batches()
-    fb = tr.forward_backward(batches, 0.0, True)
+    fb = forward_backward(tr.model, batches, tr.cfg, tr.step_world, weight=0.0, with_psi=True).losses(tr.cfg)
     n = sum(int((b["labels"] != -100).sum()) for b in batches)
     with torch.no_grad():
         masked = sum(float(ref(b["input_ids"], labels=b["labels"], doc_ids=b["doc_ids"],
                                position_ids=b["position_ids"]).loss) for b in batches) / n
         unmasked = sum(float(ref(b["input_ids"], labels=b["labels"]).loss) for b in batches) / n
-    assert fb["lm_loss"] == pytest.approx(masked, rel=1e-6) and abs(masked - unmasked) > 1e-4
+    assert fb.lm_loss == pytest.approx(masked, rel=1e-6) and abs(masked - unmasked) > 1e-4
     tr.close()
 
 

@@ -18,6 +18,7 @@ from llama_jreg.loss import (
     lse_square_sum,
 )
 from llama_jreg.model import Llama, ModelConfig
+from llama_jreg.train.step import forward_backward
 from llama_jreg.train.trainer import Trainer
 from tests.test_train_helpers import tiny
 
@@ -150,10 +151,10 @@ def test_trainer_fused_and_materialised_loss_give_the_same_step(tmp_path):
                                      "trainer.loss_chunk_tokens=0")))
     plain.llama.load_state_dict(fused.llama.state_dict())
     batches = fused._next_batches()
-    fa = fused.forward_backward(batches, 0.1, True)
-    fb = plain.forward_backward(batches, 0.1, True)
-    assert fa["lm_loss"] == pytest.approx(fb["lm_loss"], rel=1e-5)
-    assert fa["jreg_loss"] == pytest.approx(fb["jreg_loss"], rel=1e-4)
+    fa, fb = (forward_backward(t.model, batches, t.cfg, t.step_world, weight=0.1, with_psi=True).losses(t.cfg)
+              for t in (fused, plain))
+    assert fa.lm_loss == pytest.approx(fb.lm_loss, rel=1e-5)
+    assert fa.jreg_loss == pytest.approx(fb.jreg_loss, rel=1e-4)
     for (name, pa), pb in zip(fused.llama.named_parameters(), plain.llama.parameters()):
         torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6, msg=name)
     assert fused.evaluate() == pytest.approx(plain.evaluate(), rel=1e-5)
@@ -228,7 +229,7 @@ def test_trainer_z_loss_step_matches_the_written_out_objective(tmp_path):
     tr = Trainer(load_config(tiny(tmp_path / "z", "trainer.max_steps=2", "jreg=off", f"optim.z_loss={coef}")))
     ref = copy.deepcopy(tr.llama)
     batches = tr._next_batches() + tr._next_batches()
-    fb = tr.forward_backward(batches, 0.0, False)
+    fb = forward_backward(tr.model, batches, tr.cfg, tr.step_world, weight=0.0, with_psi=False).losses(tr.cfg)
     n = sum(int((b["labels"] != -100).sum()) for b in batches)
     ce_total = z_total = 0.0
     for b in batches:
@@ -237,9 +238,9 @@ def test_trainer_z_loss_step_matches_the_written_out_objective(tmp_path):
         ((ce + coef * z) / n).backward()
         ce_total += float(ce.detach())
         z_total += float(z.detach())
-    assert fb["lm_loss"] == pytest.approx(ce_total / n, rel=1e-5)
-    assert fb["z_loss"] == pytest.approx(coef * z_total / n, rel=1e-5)
-    assert fb["loss"] == pytest.approx(fb["lm_loss"] + fb["z_loss"], rel=1e-12)
+    assert fb.lm_loss == pytest.approx(ce_total / n, rel=1e-5)
+    assert fb.z_loss == pytest.approx(coef * z_total / n, rel=1e-5)
+    assert fb.loss == pytest.approx(fb.lm_loss + fb.z_loss, rel=1e-12)
     for (name, pa), pb in zip(tr.llama.named_parameters(), ref.parameters()):
         torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6, msg=name)
     tr.close()

@@ -49,6 +49,8 @@ import torch
 
 from llama_jreg import UserError
 from llama_jreg.model import Llama
+from llama_jreg.train.rows import EvalRow, JumpRow, Row, TaskRow, TrainRow, kind_of
+from llama_jreg.train.step import StepLosses
 
 # dense bf16 peak FLOP/s per device, by a substring of torch.cuda.get_device_name()
 PEAK_BF16_FLOPS: list[tuple[str, float]] = [
@@ -116,19 +118,18 @@ class Throughput:
         self.tokens += self.tokens_per_step
         self.wait += data_wait_s
 
-    def row(self, step: int, tokens: int, out: dict, nonfinite_skipped: int) -> dict:
+    def row(self, step: int, tokens: int, out: StepLosses, nonfinite_skipped: int) -> TrainRow:
         """The train row of ``step`` from the step's floats ``out`` (``Trainer.train_step``); restarts the clock."""
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         tps = self.tokens / elapsed
         mem, mem_kind = memory_usage(self.device)
         model_flops = tps * self.flops_per_token / self.world
-        row = {"kind": "train", "step": step, "tokens": tokens, "loss": out["loss"], "lm_loss": out["lm_loss"],
-               "z_loss": out["z_loss"], "jreg_loss": out["jreg_loss"], "jreg_weight": out["jreg_weight"],
-               "lr": out["lr"], "grad_norm": out["grad_norm"], "tokens_per_s": tps,
-               "step_time_s": elapsed * self.tokens_per_step / max(self.tokens, 1), "tflops": model_flops / 1e12,
-               "mfu": model_flops / self.peak_flops if self.peak_flops else None,
-               "memory": mem, "memory_kind": mem_kind, "data_wait_frac": self.wait / elapsed,
-               "nonfinite_skipped": nonfinite_skipped}
+        row = TrainRow(step=step, tokens=tokens, loss=out.loss, lm_loss=out.lm_loss, z_loss=out.z_loss,
+                       jreg_loss=out.jreg_loss, jreg_weight=out.jreg_weight, lr=out.lr, grad_norm=out.grad_norm,
+                       tokens_per_s=tps, step_time_s=elapsed * self.tokens_per_step / max(self.tokens, 1),
+                       tflops=model_flops / 1e12, mfu=model_flops / self.peak_flops if self.peak_flops else None,
+                       memory=mem, memory_kind=mem_kind, data_wait_frac=self.wait / elapsed,
+                       nonfinite_skipped=nonfinite_skipped)
         self.restart()
         return row
 
@@ -179,13 +180,15 @@ class MetricsLogger:
                 r = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if r.get("kind") == "train":
-                out.update(final_loss=r.get("loss"), final_lm_loss=r.get("lm_loss"))
-            elif r.get("kind") == "jump":
-                out["zeta_L"] = r.get("zeta_L")
-            elif r.get("kind") == "eval":
-                out["val_loss"] = r.get("val_loss")
-            elif r.get("kind") == "task" and isinstance(r.get("task"), str):
+            kind = kind_of(r)
+            if kind == TrainRow.KIND:
+                t = TrainRow.from_dict(r)
+                out.update(final_loss=t.loss, final_lm_loss=t.lm_loss)
+            elif kind == JumpRow.KIND:
+                out["zeta_L"] = JumpRow.from_dict(r).zeta_L
+            elif kind == EvalRow.KIND:
+                out["val_loss"] = EvalRow.from_dict(r).val_loss
+            elif kind == TaskRow.KIND and isinstance(r.get("task"), str):
                 out.setdefault("tasks", {})[r["task"]] = r
         return out
 
@@ -219,10 +222,10 @@ class MetricsLogger:
             config=config,
         )
 
-    def log(self, row: dict) -> None:
+    def log(self, row: Row) -> None:
         if not self.enabled:
             return
-        row = {k: _finite_or_none(v) for k, v in row.items()}
+        row = {k: _finite_or_none(v) for k, v in row.to_dict().items()}
         self._write_text(json.dumps(row, allow_nan=False) + "\n", mode="a")
         if self.wandb is not None:
             self._log_wandb(row)

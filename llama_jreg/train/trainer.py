@@ -2,32 +2,19 @@
 
 Read top to bottom: ``Trainer.__init__`` sets everything up (accelerate, seeds, run dir, data, model,
 parallelism, optimizer, schedule, resume, logging); ``fit`` is the loop; ``train_step`` is one optimizer
-step (gradient accumulation, the JREG term, clipping, the non-finite guard); ``evaluate`` and ``val_jump``
-are the validation metrics, ``evaluate_tasks`` the task accuracies (``tasks=[...]``, llama_jreg/tasks/);
-``save`` writes a checkpoint.
+step (``step.forward_backward``: gradient accumulation and the JREG term; then clipping, the non-finite
+guard); ``evaluate`` and ``val_jump`` are the validation metrics, ``evaluate_tasks`` the task accuracies
+(``tasks=[...]``, llama_jreg/tasks/); ``save`` writes a checkpoint.
 
 Launch: ``llama-jreg train ...`` (one process), ``torchrun --nproc_per_node N -m llama_jreg train ...`` or
 ``accelerate launch -m llama_jreg train ...`` (several; multi-node: see scripts/launch_slurm.sh).
 
-Loss (per optimizer step, over all micro-batches m of all ranks):
-
-    lm_loss   = sum_m CE_sum(m) / N_target          N_target = target tokens (labels != -100) of the step
-    jreg_loss = mean_m R(Psi(m))                    Psi(m) from the micro-batch's per-layer token cosines
-    z_loss    = optim.z_loss * sum_m LSE2_sum(m) / N_target    LSE2 = logsumexp(logits)^2 per target token
-    loss      = lm_loss + z_loss + weight(step) * jreg_loss
-
-Each micro-batch back-propagates ``(CE_sum(m) + z * LSE2_sum(m)) / (N_target / W) + weight * R(m) / n_micro``
-(``n_micro`` per rank; the first term is one fused pass of the LM head, ``llama_jreg/loss.py``); DDP /
-FSDP2 average gradients over the W ranks, so the update is exactly the gradient of ``loss``, independent of
-how the global batch is split into ranks and micro-batches. With ``jreg.weight == 0`` the model runs without
-gradient-carrying statistics and no JREG term is built: loss and gradients are bit-identical to plain LM
-training (tests/test_train_loss.py); so is ``optim.z_loss == 0``.
+The loss of a step and how gradient accumulation normalises it: ``train/step.py``.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import math
 import os
 import signal
@@ -56,9 +43,11 @@ from llama_jreg.train.distributed import all_reduce_sum, barrier, broadcast_obje
 from llama_jreg.train.init_from import init_model
 from llama_jreg.train.metrics import MetricsLogger, Throughput, device_peak_flops, flops_per_token
 from llama_jreg.train.optim import Schedule, build_optimizer
-from llama_jreg.train.parallel import no_sync, parallelize, unwrap
+from llama_jreg.train.parallel import parallelize, unwrap
 from llama_jreg.train.profiling import StepProfiler
 from llama_jreg.train.provenance import record_start
+from llama_jreg.train.rows import EvalRow, JumpRow, TaskRow
+from llama_jreg.train.step import StepLosses, World, documents, forward_backward, micro_batches_per_rank
 
 # fault injection for tests: comma-separated 1-indexed steps whose loss is made NaN
 INJECT_NONFINITE_ENV = "LLAMA_JREG_INJECT_NONFINITE"
@@ -132,15 +121,9 @@ class Trainer:
         self.train_iter = self.data.train
         self.val = self.data.val_batches(max(1, t.eval_batches))
         self.val_sources = self.data.val_sources()  # data.mixture: (name, weight share) per source, else None
-        B, T = cfg.data.micro_batch_size, cfg.data.seq_len
-        gbs = t.global_batch_size or B * self.world
-        if gbs % (B * self.world) != 0:
-            raise UserError(
-                f"trainer.global_batch_size={gbs} is not a multiple of data.micro_batch_size * world size = "
-                f"{B} * {self.world}; pick a multiple of {B * self.world}"
-            )
-        self.accum = gbs // (B * self.world)
-        self.tokens_per_step = gbs * T
+        self.accum = micro_batches_per_rank(cfg, self.world)
+        T = cfg.data.seq_len
+        self.tokens_per_step = self.accum * cfg.data.micro_batch_size * self.world * T
         self.tasks = self._build_tasks()  # tasks=[...]: their data read and checked now, before any step
 
         # -- model, parallelism, optimizer, schedule ---------------------------------------------------
@@ -152,6 +135,8 @@ class Trainer:
         self.model = parallelize(model, cfg, self.device, self.precision)
         # FSDP2 with bf16: its MixedPrecisionPolicy casts the parameters (fp32 masters), no autocast
         self.fsdp_mixed_precision = cfg.parallel.name == "fsdp" and self.world > 1 and self.precision == "bf16"
+        bf16_autocast = self.precision == "bf16" and not self.fsdp_mixed_precision
+        self.step_world = World(self.world, self.device, torch.bfloat16 if bf16_autocast else None)
         self.llama = unwrap(self.model)
         self.optimizer = build_optimizer(self.llama, cfg.optim, self.device)
         self.schedule = Schedule(self.optimizer, cfg.schedule, cfg.optim.lr, t.max_steps)
@@ -235,7 +220,7 @@ class Trainer:
                         break
                     out = self.train_step(batches)
                 meter.add(wait)
-                self.last.update(final_loss=out["loss"], final_lm_loss=out["lm_loss"])
+                self.last.update(final_loss=out.loss, final_lm_loss=out.lm_loss)
                 if progress is not None:
                     progress.update(1)
 
@@ -243,17 +228,17 @@ class Trainer:
                 if self._due(t.log_every):
                     row = meter.row(self.step, self.tokens, out, self.nonfinite_total)
                     if hasattr(self.train_iter, "tokens_by_source"):  # data.mixture
-                        row["tokens_by_source"] = self.train_iter.tokens_by_source()
+                        row.tokens_by_source = self.train_iter.tokens_by_source()
                     self.metrics.log(row)
                     if progress is not None:
-                        progress.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{row['tokens_per_s']:,.0f}")
-                if out["psi"] is not None:
+                        progress.set_postfix(loss=f"{out.loss:.4f}", tok_s=f"{row.tokens_per_s:,.0f}")
+                if out.psi is not None:
                     self.log_jump(out)
                 if t.eval_batches > 0 and self._due(t.eval_every):
                     self.evaluate()
                 if self.tasks and self._due(t.task_every or t.eval_every):
                     self.evaluate_tasks()
-                if out["stop"]:
+                if out.stop:
                     stopped_by = self._stop_signal or "signal"
                     break
                 if t.steps_per_run and self.step - first_step >= t.steps_per_run and self.step < t.max_steps:
@@ -289,109 +274,16 @@ class Trainer:
     def _autocast(self):
         """bf16 autocast, or nothing: in fp32, and under FSDP2 whose MixedPrecisionPolicy already runs the
         forward in bf16 (``parallel.parallelize``)."""
-        if self.precision == "bf16" and not self.fsdp_mixed_precision:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return self.step_world.autocast()
 
-    def _documents(self, b: dict) -> dict:
-        """The model's ``doc_ids`` / ``position_ids`` arguments from a batch (``data.document_mask``; else none)."""
-        return {k: b[k].to(self.device, non_blocking=True) for k in ("doc_ids", "position_ids") if k in b}
-
-    def forward_backward(self, batches: list[dict], weight: float, want_stats: bool, nan: bool = False) -> dict:
-        """Forward + backward of this rank's micro-batches with the step's loss normalisation; leaves the
-        gradients of the whole global batch in ``.grad`` (synchronised on the last micro-batch only).
-
-        ``want_stats``: also measure Psi on this batch (detached when JREG is off). With ``jreg.weight == 0``
-        the model is called without gradient-carrying statistics and no JREG term exists, so gradients equal
-        plain LM training bit for bit. ``nan``: fault injection for tests. Collective."""
-        return self._step_floats(self._forward_backward(batches, weight, want_stats, nan))
-
-    def _forward_backward(self, batches: list[dict], weight: float, want_stats: bool, nan: bool) -> dict:
-        """``forward_backward`` without reading anything back from the device: the all-reduced sums stay a
-        tensor until ``_step_floats`` (one host-device synchronisation per step, shared with the grad norm)."""
-        cfg = self.cfg
-        self.model.train()
-        use_jreg = cfg.jreg.enabled
-        stats = J.stats_mode(cfg.jreg) if use_jreg else bool(want_stats)
-        L = cfg.model.n_layers
-
-        # global target-token count (+ the stop flag from SIGTERM/SIGINT, so all ranks stop on the same step)
-        n_local = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
-        if self.world > 1:
-            counts = all_reduce_sum(torch.tensor([n_local, 1 if self._stop_signal else 0], dtype=torch.float64,
-                                                 device=self.device))
-            n_target, stop = max(float(counts[0].item()), 1.0), bool(counts[1].item() > 0)
-        else:  # one process: no device round trip
-            n_target, stop = max(float(n_local), 1.0), self._stop_signal is not None
-        tokens_per_rank = n_target / self.world  # DDP/FSDP average over ranks: divide by this, not n_target
-        n_micro = len(batches)  # per rank; R(m) / n_micro averaged over ranks = mean over all micro-batches
-
-        # sums for logging: [ce_sum, R_sum, n_stat_tokens, psi*n (L), psi_post*n, lse2_sum]
-        z_coef = cfg.optim.z_loss
-        sums = torch.zeros(3 + L + 2, dtype=torch.float64, device=self.device)
-        for i, b in enumerate(batches):
-            x = b["input_ids"].to(self.device, non_blocking=True)
-            y = b["labels"].to(self.device, non_blocking=True)
-            mask = y != IGNORE_INDEX
-            psi = None
-            with no_sync(self.model, skip=i < n_micro - 1):
-                with self._autocast():
-                    out = self.model(x, stats=stats, labels=y, loss_chunk_tokens=cfg.trainer.loss_chunk_tokens,
-                                     z_loss=z_coef, **self._documents(b))
-                ce = out.loss if out.ce is None else out.ce
-                loss = out.loss / tokens_per_rank
-                if use_jreg:
-                    with torch.profiler.record_function("jreg_term"):  # named for scripts/bench_cpu.py
-                        psi, reg = J.penalty(out.cos, out.cos_post_norm, mask, cfg.jreg)
-                        loss = loss + (weight / n_micro) * reg
-                    sums[1] += reg.detach().double()
-                if nan:
-                    loss = loss * float("nan")
-                loss.backward()
-            sums[0] += ce.detach().double()
-            if out.lse_sq is not None:
-                sums[4 + L] += out.lse_sq.double()
-            if want_stats:  # Psi for the jump row only on jump-logging steps (reusing JREG's Psi when built)
-                with torch.no_grad():
-                    n = mask.sum().double()
-                    sums[2] += n
-                    psi = psi.detach() if psi is not None else J.psi(out.cos, mask)
-                    sums[3:3 + L] += psi.double() * n
-                    sums[3 + L] += J.psi(out.cos_post_norm[None], mask)[0].double() * n
-        all_reduce_sum(sums)
-        return {"sums": sums, "n_target": n_target, "stop": stop, "n_micro": n_micro, "want_stats": want_stats,
-                "nan": nan, "weight": weight}
-
-    def _step_floats(self, fb: dict, grad_norm: torch.Tensor | None = None) -> dict:
-        """The step's floats from ``_forward_backward``'s sums (and the grad norm, when given) in one copy to
-        the host."""
-        sums = fb["sums"]
-        if grad_norm is not None:
-            sums = torch.cat([sums, grad_norm.detach().reshape(1).to(sums.dtype)])
-        v = sums.tolist()
-        L = self.cfg.model.n_layers
-        lm_loss = v[0] / fb["n_target"]
-        z_loss = self.cfg.optim.z_loss * v[4 + L] / fb["n_target"]
-        jreg_loss = v[1] / (fb["n_micro"] * self.world) if self.cfg.jreg.enabled else 0.0
-        psi_all = psi_post = None
-        if fb["want_stats"]:
-            n = max(v[2], 1.0)
-            psi_all = [x / n for x in v[3:3 + L]]
-            psi_post = v[3 + L] / n
-        out = {"loss": float("nan") if fb["nan"] else lm_loss + z_loss + fb["weight"] * jreg_loss,
-               "lm_loss": lm_loss, "z_loss": z_loss, "jreg_loss": jreg_loss, "n_target": fb["n_target"],
-               "stop": fb["stop"], "psi": psi_all, "psi_post_norm_L": psi_post}
-        if grad_norm is not None:
-            out["grad_norm"] = v[-1]
-        return out
-
-    def train_step(self, batches: list[dict]) -> dict:
+    def train_step(self, batches: list[dict]) -> StepLosses:
         """One optimizer step over this rank's micro-batches (collective across ranks). Returns floats that
         are the same on every rank (all-reduced)."""
         cfg, t = self.cfg, self.cfg.trainer
         weight = J.weight_at(cfg.jreg, self.step)
-        jump_step = (self.step + 1) % t.jump_every == 0 or self.step + 1 == t.max_steps
-        fb = self._forward_backward(batches, weight, jump_step, nan=(self.step + 1) in self.inject_nonfinite)
+        with_psi = (self.step + 1) % t.jump_every == 0 or self.step + 1 == t.max_steps
+        sums = forward_backward(self.model, batches, cfg, self.step_world, weight=weight, with_psi=with_psi,
+                                stop=self._stop_signal is not None, nan=(self.step + 1) in self.inject_nonfinite)
 
         # clip (also measures the global grad norm; max_norm=inf leaves the gradients untouched)
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
@@ -400,36 +292,37 @@ class Trainer:
             grad_norm = grad_norm.full_tensor()
         # one read-back for the loss sums, Psi sums and grad norm together (the skip decision below needs them on
         # the host); multi-rank runs also read the global target-token count before the forward
-        fb = self._step_floats(fb, grad_norm)
-        total, lm_loss, jreg_loss, grad_norm = fb["loss"], fb["lm_loss"], fb["jreg_loss"], fb["grad_norm"]
-        lr = self.schedule.lr()
+        out = sums.losses(cfg, grad_norm)
+        out.lr = self.schedule.lr()
 
-        if math.isfinite(total) and math.isfinite(grad_norm):
+        if math.isfinite(out.loss) and math.isfinite(out.grad_norm):
             self.optimizer.step()
             self.nonfinite_in_a_row = 0
         else:
-            self.nonfinite_total += 1
-            self.nonfinite_in_a_row += 1
-            what = f"non-finite loss/gradient at step {self.step + 1} (loss={total}, grad_norm={grad_norm})"
-            if t.nonfinite == "halt":
-                raise NonFiniteError(f"{what}; trainer.nonfinite=halt. Lower optim.lr or check the data")
-            if self.nonfinite_in_a_row >= t.max_nonfinite_in_a_row:
-                raise NonFiniteError(
-                    f"{what}: {self.nonfinite_in_a_row} non-finite steps in a row "
-                    f"(trainer.max_nonfinite_in_a_row={t.max_nonfinite_in_a_row}); training diverged - lower "
-                    "optim.lr, raise schedule.warmup_steps or check the data; resume from the last checkpoint"
-                )
-            if self.is_main:
-                warnings.warn(f"{what}: step skipped (trainer.nonfinite=skip)", stacklevel=1)
+            self._nonfinite_step(out)
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.step()
         self.step += 1
         self.tokens += self.tokens_per_step
+        return out
 
-        return {"loss": total, "lm_loss": lm_loss, "z_loss": fb["z_loss"], "jreg_loss": jreg_loss,
-                "jreg_weight": weight, "lr": lr,
-                "grad_norm": grad_norm, "psi": fb["psi"], "psi_post_norm_L": fb["psi_post_norm_L"],
-                "stop": fb["stop"]}
+    def _nonfinite_step(self, out: StepLosses) -> None:
+        """Count a step whose loss or gradient is not finite (its update is skipped); raise NonFiniteError
+        when ``trainer.nonfinite=halt`` or after ``trainer.max_nonfinite_in_a_row`` of them."""
+        t = self.cfg.trainer
+        self.nonfinite_total += 1
+        self.nonfinite_in_a_row += 1
+        what = f"non-finite loss/gradient at step {self.step + 1} (loss={out.loss}, grad_norm={out.grad_norm})"
+        if t.nonfinite == "halt":
+            raise NonFiniteError(f"{what}; trainer.nonfinite=halt. Lower optim.lr or check the data")
+        if self.nonfinite_in_a_row >= t.max_nonfinite_in_a_row:
+            raise NonFiniteError(
+                f"{what}: {self.nonfinite_in_a_row} non-finite steps in a row "
+                f"(trainer.max_nonfinite_in_a_row={t.max_nonfinite_in_a_row}); training diverged - lower "
+                "optim.lr, raise schedule.warmup_steps or check the data; resume from the last checkpoint"
+            )
+        if self.is_main:
+            warnings.warn(f"{what}: step skipped (trainer.nonfinite=skip)", stacklevel=1)
 
     # ------------------------------------------------------------------------------------------- validation
 
@@ -441,20 +334,19 @@ class Trainer:
         b = self.val[0]
         y = b["labels"].to(self.device)
         with self._autocast():
-            out = self.llama(b["input_ids"].to(self.device), stats=True, **self._documents(b))
+            out = self.llama(b["input_ids"].to(self.device), stats=True, **documents(b, self.device))
         mask = y != IGNORE_INDEX
         post = float(J.psi(out.cos_post_norm[None], mask)[0])
         return [float(v) for v in J.psi(out.cos, mask)], post
 
-    def log_jump(self, out: dict) -> None:
-        psi = out["psi"]
+    def log_jump(self, out: StepLosses) -> None:
+        psi = out.psi
         val_psi, val_post = self.val_jump()
-        row = {"kind": "jump", "step": self.step, "tokens": self.tokens, "psi": psi,
-               "zeta_L": float(J.zeta_L(torch.tensor(psi))), "psi_post_norm_L": out["psi_post_norm_L"],
-               "val_psi": val_psi, "val_zeta_L": float(J.zeta_L(torch.tensor(val_psi))),
-               "val_psi_post_norm_L": val_post}
+        row = JumpRow(step=self.step, tokens=self.tokens, psi=psi, zeta_L=float(J.zeta_L(torch.tensor(psi))),
+                      psi_post_norm_L=out.psi_post_norm_L, val_psi=val_psi,
+                      val_zeta_L=float(J.zeta_L(torch.tensor(val_psi))), val_psi_post_norm_L=val_post)
         self.metrics.log(row)
-        self.last.update(zeta_L=row["zeta_L"], psi=psi, val_zeta_L=row["val_zeta_L"])
+        self.last.update(zeta_L=row.zeta_L, psi=psi, val_zeta_L=row.val_zeta_L)
 
     def log_start(self) -> None:
         """Step-0 rows before any update (``init_from`` runs: where the source model starts): ``kind=eval``
@@ -464,9 +356,8 @@ class Trainer:
             self.evaluate()
         val_psi, val_post = self.val_jump()
         z = float(J.zeta_L(torch.tensor(val_psi)))
-        self.metrics.log({"kind": "jump", "step": self.step, "tokens": self.tokens, "psi": val_psi, "zeta_L": z,
-                          "psi_post_norm_L": val_post, "val_psi": val_psi, "val_zeta_L": z,
-                          "val_psi_post_norm_L": val_post, "psi_batch": "validation"})
+        self.metrics.log(JumpRow(step=self.step, tokens=self.tokens, psi=val_psi, zeta_L=z, psi_post_norm_L=val_post,
+                                 val_psi=val_psi, val_zeta_L=z, val_psi_post_norm_L=val_post, psi_batch="validation"))
         self.last.update(zeta_L=z, psi=val_psi, val_zeta_L=z)
         if self.tasks:
             self.evaluate_tasks()
@@ -487,7 +378,7 @@ class Trainer:
             y = b["labels"].to(self.device)
             with self._autocast():
                 ce = self.llama(b["input_ids"].to(self.device), labels=y,
-                                loss_chunk_tokens=self.cfg.trainer.loss_chunk_tokens, **self._documents(b)).loss
+                                loss_chunk_tokens=self.cfg.trainer.loss_chunk_tokens, **documents(b, self.device)).loss
             if i < n:
                 g = 2 * (i // per_group)
                 sums[g] += ce.double()
@@ -495,11 +386,9 @@ class Trainer:
         all_reduce_sum(sums)
         losses = [float(sums[2 * k] / sums[2 * k + 1].clamp_min(1.0)) for k in range(len(groups))]
         val_loss = sum(w * loss for (_, w), loss in zip(groups, losses))
-        row = {"kind": "eval", "step": self.step, "tokens": self.tokens, "val_loss": val_loss,
-               "val_ppl": math.exp(min(val_loss, 700.0))}
-        if self.val_sources:
-            row.update({f"val_loss/{name}": loss for (name, _), loss in zip(groups, losses)})
-        self.metrics.log(row)
+        by_source = {name: loss for (name, _), loss in zip(groups, losses)} if self.val_sources else {}
+        self.metrics.log(EvalRow(step=self.step, tokens=self.tokens, val_loss=val_loss,
+                                 val_ppl=math.exp(min(val_loss, 700.0)), val_loss_by_source=by_source))
         self.last["val_loss"] = val_loss
         return val_loss
 
@@ -518,9 +407,9 @@ class Trainer:
         rows = evaluate_tasks(self.llama, self.tasks, rank=self.rank, world=self.world, device=self.device,
                               batch_size=self.cfg.trainer.task_batch_size, autocast=self._autocast)
         for r in rows:
-            row = {"kind": "task", "step": self.step, "tokens": self.tokens, **r}
+            row = TaskRow.of_result(self.step, self.tokens, r)
             self.metrics.log(row)
-            self.last.setdefault("tasks", {})[r["task"]] = row
+            self.last.setdefault("tasks", {})[row.task] = row.to_dict()
         return rows
 
     # ------------------------------------------------------------------------------------------- checkpoints
