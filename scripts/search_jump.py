@@ -25,6 +25,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from llama_jreg.train.rows import JumpRow, read_rows
+
 REPO = Path(__file__).resolve().parent.parent
 
 # every run: Shakespeare, no JREG, no wandb, one final checkpoint (for resume), Psi on the fixed validation batch
@@ -70,12 +74,11 @@ CONFIGS: dict[str, list[str]] = {
 RECIPE = "tiny-b2-s600-lr1e-3"
 
 
-def read_jump_rows(run_dir: Path) -> list[dict]:
+def read_jump_rows(run_dir: Path) -> list[JumpRow]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r.get("kind") == "jump"]
+    return read_rows(path, JumpRow)
 
 
 def read_log(log: Path) -> list[dict]:
@@ -100,19 +103,19 @@ def run_one(name: str, seed: int, out: Path, threads: int, log: Path) -> dict | 
         print(f"  failed (exit {p.returncode}): {p.stderr.strip().splitlines()[-1:]}", flush=True)
         return None
     rows = read_jump_rows(run_dir)
-    steps = max((r["step"] for r in rows), default=0)
+    steps = max((r.step for r in rows), default=0)
     rec = {
         "config": name, "overrides": CONFIGS[name], "seed": seed, "steps": steps,
-        "tokens": rows[-1]["tokens"] if rows else 0, "wall_s": round(wall, 1), "threads": threads,
+        "tokens": rows[-1].tokens if rows else 0, "wall_s": round(wall, 1), "threads": threads,
         "date": time.strftime("%Y-%m-%d"), "run_dir": str(run_dir),
-        "val_zeta_L": {str(r["step"]): round(r["val_zeta_L"], 4) for r in rows},
-        "val_psi_final": [round(v, 5) for v in rows[-1]["val_psi"]] if rows else None,
-        "final_val_zeta_L": rows[-1]["val_zeta_L"] if rows else None,
-        "first_val_zeta_L": rows[0]["val_zeta_L"] if rows else None,
+        "val_zeta_L": {str(r.step): round(r.val_zeta_L, 4) for r in rows},
+        "val_psi_final": [round(v, 5) for v in rows[-1].val_psi] if rows else None,
+        "final_val_zeta_L": rows[-1].val_zeta_L if rows else None,
+        "first_val_zeta_L": rows[0].val_zeta_L if rows else None,
     }
     with log.open("a") as f:
         f.write(json.dumps(rec) + "\n")
-    print(f"  done in {wall:.0f} s: val zeta_L {rec['first_val_zeta_L']:.3f} (step {rows[0]['step']}) -> "
+    print(f"  done in {wall:.0f} s: val zeta_L {rec['first_val_zeta_L']:.3f} (step {rows[0].step}) -> "
           f"{rec['final_val_zeta_L']:.3f} (step {steps})", flush=True)
     return rec
 

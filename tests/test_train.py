@@ -20,6 +20,7 @@ from llama_jreg.config import load_config
 from llama_jreg.model import Llama
 from llama_jreg.train import checkpoint as ckpt
 from llama_jreg.train.metrics import flops_per_token
+from llama_jreg.train.rows import EvalRow, JumpRow, TrainRow
 from llama_jreg.train.trainer import INJECT_NONFINITE_ENV, NonFiniteError
 from tests.test_train_helpers import by_step, rows, run_inprocess, tiny
 
@@ -78,6 +79,9 @@ def test_run_writes_everything(straight):
     assert s["final_loss"] == train[-1]["loss"]
     # the loss goes down on induction data with lr 3e-3
     assert train[-1]["lm_loss"] < train[0]["lm_loss"]
+    # each row as written has its typed row's keys, in their order (tests/test_rows.py: so do the archives')
+    for kind, row_type in (("train", TrainRow), ("jump", JumpRow), ("eval", EvalRow)):
+        assert all(list(r) == list(row_type().to_dict()) for r in rows(d, kind)), kind
 
 
 def test_checkpoint_contents(straight):

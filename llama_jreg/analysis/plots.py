@@ -8,37 +8,19 @@ Writes into ``RUN_DIR/plots/``:
 * ``loss.png``        training loss (and lm_loss / jreg_loss when present), when training rows exist
 * ``tasks.png``       task accuracy over steps, one line per task, when the run evaluated tasks (``kind=task``)
 
-Jump rows are the lines that carry ``psi`` (a list, one value per layer) and ``zeta_L``; an unreadable line
-(e.g. one being written while training runs) is skipped. ``plot_run(run_dir, steps=None)`` does the same from
+The rows are read typed (``llama_jreg.train.rows``); jump rows are drawn when they carry ``psi`` (a list, one
+value per layer) and ``zeta_L``; a torn last line (one being written while training runs) is skipped. ``plot_run(run_dir, steps=None)`` does the same from
 Python and returns the written paths.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
 from llama_jreg import UserError
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """The JSON rows of a metrics.jsonl. A run killed mid-write leaves at most one torn last line, which is
-    skipped; a bad line anywhere else means the file is corrupt (UserError)."""
-    lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
-    lines = [ln for ln in lines if ln]
-    rows = []
-    for i, line in enumerate(lines):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise UserError(f"{path}: line {i + 1} is not JSON; the metrics file is corrupt") from None
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+from llama_jreg.train.rows import EvalRow, JumpRow, TaskRow, TrainRow, latest_by_step, read_metrics, rows_of
 
 
 def save_figure(fig, ax, path: Path, legend: bool = True, legend_fontsize=None) -> Path:
@@ -58,14 +40,16 @@ def _num(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _pick_rows(jump_rows: list[dict], steps: list[int] | None, default_n: int = 5) -> list[dict]:
+def _pick_rows(jump_rows: list, steps: list[int] | None, default_n: int = 5, step_of=lambda r: r["step"]) -> list:
+    """The jump rows to draw: the one nearest each of ``steps``, else up to ``default_n`` evenly spaced ones.
+    ``step_of`` reads a row's step (default: a dict's ``step``)."""
     if not jump_rows:
         return []
     if steps:  # the jump row nearest each requested step
         picked = {}
         for s in steps:
-            row = min(jump_rows, key=lambda r: (abs(r["step"] - s), r["step"]))
-            picked[row["step"]] = row
+            row = min(jump_rows, key=lambda r: (abs(step_of(r) - s), step_of(r)))
+            picked[step_of(row)] = row
         return [picked[k] for k in sorted(picked)]
     n = min(default_n, len(jump_rows))
     if n == 1:
@@ -87,14 +71,12 @@ def plot_run(run_dir: str | Path, steps: list[int] | None = None) -> list[Path]:
     mpath = run / "metrics.jsonl"
     if not mpath.is_file():
         raise UserError(f"{run_dir} has no metrics.jsonl; is it a run directory (run.dir of a training run)?")
-    rows = [r for r in read_metrics(mpath) if _num(r.get("step"))]
-    jump_rows = [r for r in rows if isinstance(r.get("psi"), list) and r["psi"] and _num(r.get("zeta_L"))]
+    rows = read_metrics(mpath)
     # a resumed run may log a step twice: keep the last row of each step
-    jump_rows = list({r["step"]: r for r in jump_rows}.values())
-    jump_rows.sort(key=lambda r: r["step"])
-    train_rows = sorted({r["step"]: r for r in rows if _num(r.get("loss"))}.values(), key=lambda r: r["step"])
-    task_rows = [r for r in rows if r.get("kind") == "task" and isinstance(r.get("task"), str)
-                 and _num(r.get("accuracy"))]
+    jump_rows = latest_by_step([r for r in rows_of(rows, JumpRow) if _num(r.step) and r.psi and _num(r.zeta_L)])
+    train_rows = latest_by_step([r for r in rows_of(rows, TrainRow) if _num(r.step) and _num(r.loss)])
+    eval_rows = [r for r in rows_of(rows, EvalRow) if _num(r.step) and _num(r.val_loss)]
+    task_rows = [r for r in rows_of(rows, TaskRow) if _num(r.step) and isinstance(r.task, str) and _num(r.accuracy)]
     if not jump_rows and not train_rows and not task_rows:
         raise UserError(f"{mpath} has no jump rows (psi, zeta_L), no training rows (loss) and no task rows to plot")
     out_dir = run / "plots"
@@ -103,24 +85,24 @@ def plot_run(run_dir: str | Path, steps: list[int] | None = None) -> list[Path]:
 
     if jump_rows:
         fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot([r["step"] for r in jump_rows], [r["zeta_L"] for r in jump_rows], marker=".", label="train")
-        val = [r for r in jump_rows if _num(r.get("val_zeta_L"))]
+        ax.plot([r.step for r in jump_rows], [r.zeta_L for r in jump_rows], marker=".", label="train")
+        val = [r for r in jump_rows if _num(r.val_zeta_L)]
         if val:
-            ax.plot([r["step"] for r in val], [r["val_zeta_L"] for r in val], marker=".", label="validation")
+            ax.plot([r.step for r in val], [r.val_zeta_L for r in val], marker=".", label="validation")
         ax.set_xlabel("step")
         ax.set_ylabel(r"$\zeta_L = 100\,\max(0, \Psi_L - \Psi_{L-1})$")
         ax.set_title(f"{run.name}: final-layer jump")
         written.append(save_figure(fig, ax, out_dir / "zeta_L.png"))
 
-        picked = _pick_rows(jump_rows, steps)
+        picked = _pick_rows(jump_rows, steps, step_of=lambda r: r.step)
         fig, ax = plt.subplots(figsize=(7, 4))
         cmap = plt.get_cmap("viridis")
         for i, r in enumerate(picked):
             color = cmap(i / max(1, len(picked) - 1))
-            layers = list(range(1, len(r["psi"]) + 1))
-            ax.plot(layers, r["psi"], marker="o", ms=3, color=color, label=f"step {r['step']}")
-            if _num(r.get("psi_post_norm_L")):
-                ax.scatter([layers[-1]], [r["psi_post_norm_L"]], marker="x", color=color)
+            layers = list(range(1, len(r.psi) + 1))
+            ax.plot(layers, r.psi, marker="o", ms=3, color=color, label=f"step {r.step}")
+            if _num(r.psi_post_norm_L):
+                ax.scatter([layers[-1]], [r.psi_post_norm_L], marker="x", color=color)
         ax.set_xlabel("layer l")
         ax.set_ylabel(r"$\Psi_l$")
         ax.set_title(f"{run.name}: displacement per layer (x: post final norm)")
@@ -129,10 +111,10 @@ def plot_run(run_dir: str | Path, steps: list[int] | None = None) -> list[Path]:
     if train_rows:
         fig, ax = plt.subplots(figsize=(7, 4))
         for key in ("loss", "lm_loss", "jreg_loss"):
-            pts = [(r["step"], r[key]) for r in train_rows if _num(r.get(key))]
-            if pts and not (key == "lm_loss" and all(r.get("lm_loss") == r.get("loss") for r in train_rows)):
+            pts = [(r.step, getattr(r, key)) for r in train_rows if _num(getattr(r, key))]
+            if pts and not (key == "lm_loss" and all(r.lm_loss == r.loss for r in train_rows)):
                 ax.plot(*zip(*pts), label=key)
-        val = [(r["step"], r["val_loss"]) for r in rows if _num(r.get("val_loss"))]
+        val = [(r.step, r.val_loss) for r in eval_rows]
         if val:
             ax.plot(*zip(*sorted(val)), marker=".", label="val_loss")
         ax.set_xlabel("step")
@@ -142,8 +124,8 @@ def plot_run(run_dir: str | Path, steps: list[int] | None = None) -> list[Path]:
 
     if task_rows:
         fig, ax = plt.subplots(figsize=(7, 4))
-        for name in sorted({r["task"] for r in task_rows}):
-            pts = sorted({r["step"]: r["accuracy"] for r in task_rows if r["task"] == name}.items())
+        for name in sorted({r.task for r in task_rows}):
+            pts = sorted({r.step: r.accuracy for r in task_rows if r.task == name}.items())
             ax.plot(*zip(*pts), marker=".", label=name)
         ax.set_xlabel("step")
         ax.set_ylabel("accuracy")

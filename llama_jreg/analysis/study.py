@@ -24,9 +24,10 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from llama_jreg.analysis.jump import plot_psi
-from llama_jreg.analysis.plots import _pick_rows, read_metrics, save_figure
+from llama_jreg.analysis.plots import _pick_rows, save_figure
 from llama_jreg.analysis.stats import holm, sign_flip_p, t_quantile, t_sf2
 from llama_jreg.train.provenance import read_provenance
+from llama_jreg.train.rows import read_metrics
 
 # ----------------------------------------------------------------------------------------------- per run
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from llama_jreg import UserError
-from llama_jreg.analysis.plots import read_metrics, save_figure
+from llama_jreg.analysis.plots import save_figure
+from llama_jreg.train.rows import EvalRow, JumpRow, TaskRow, TrainRow, read_metrics, rows_of, typed_rows
 
 
 @dataclass
@@ -33,10 +34,11 @@ class RunResult:
     tasks: dict[str, float | None] = field(default_factory=dict)  # task name -> its last accuracy
 
 
-def _last(rows: list[dict], key: str):
+def _last(rows: list, key: str):
+    """The last non-null ``key`` among typed rows."""
     for r in reversed(rows):
-        if r.get(key) is not None:
-            return r[key]
+        if getattr(r, key) is not None:
+            return getattr(r, key)
     return None
 
 
@@ -53,18 +55,17 @@ def collect(sweep_dir: Path) -> list[RunResult]:
             continue
         cfg = OmegaConf.load(cfg_path)
         rows = read_metrics(metrics)
-        train_rows = [r for r in rows if r.get("kind", "train") == "train" and "loss" in r]
         results.append(RunResult(
             name=run.name,
             weight=float(cfg.jreg.weight),
             mode=str(cfg.jreg.mode),
             seed=int(cfg.seed),
-            train_loss=_last(train_rows, "loss"),
-            val_loss=_last(rows, "val_loss"),
-            zeta_L=_last(rows, "zeta_L"),
-            tokens=_last(rows, "tokens"),
-            psi=_last(rows, "psi"),
-            tasks={r["task"]: r.get("accuracy") for r in rows if r.get("kind") == "task" and isinstance(r.get("task"), str)},
+            train_loss=_last(rows_of(rows, TrainRow), "loss"),
+            val_loss=_last(rows_of(rows, EvalRow), "val_loss"),
+            zeta_L=_last(rows_of(rows, JumpRow), "zeta_L"),
+            tokens=_last(typed_rows(rows), "tokens"),
+            psi=_last(rows_of(rows, JumpRow), "psi"),
+            tasks={r.task: r.accuracy for r in rows_of(rows, TaskRow) if isinstance(r.task, str)},
         ))
     if not results:
         raise UserError(f"no runs (config.yaml + metrics.jsonl) under {sweep_dir}; is this a sweep dir?")

@@ -27,6 +27,7 @@ from hydra.errors import HydraException
 from llama_jreg import UserError
 from llama_jreg.config import check_run_dir, load_config, to_yaml
 from llama_jreg.train.reference import matching_reference, summary_lines
+from llama_jreg.train.rows import JumpRow, read_rows
 from llama_jreg.train.trainer import train
 
 HELP_KEYS = """\
@@ -144,12 +145,10 @@ def is_main_process() -> bool:
 def _start_zeta(metrics_path) -> float | None:
     """The validation zeta_L measured at step 0 (before the first update), or None."""
     try:
-        with open(metrics_path) as f:
-            for line in f:
-                row = json.loads(line)
-                if row.get("kind") == "jump" and row.get("step") == 0 and row.get("val_zeta_L") is not None:
-                    return float(row["val_zeta_L"])
-    except (OSError, TypeError, ValueError):
+        for row in read_rows(metrics_path, JumpRow):
+            if row.step == 0 and row.val_zeta_L is not None:
+                return float(row.val_zeta_L)
+    except (OSError, TypeError, ValueError, UserError):
         return None
     return None
 

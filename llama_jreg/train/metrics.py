@@ -1,7 +1,8 @@
 """Metrics sinks (rank 0 only): ``<run.dir>/metrics.jsonl`` always, wandb with ``logger=wandb``; plus the
 throughput / MFU / memory arithmetic.
 
-Every row of metrics.jsonl is one JSON object with a ``kind``:
+Every row of metrics.jsonl is one JSON object with a ``kind`` (typed in ``train/rows.py``: ``TrainRow``,
+``JumpRow``, ``EvalRow``, ``TaskRow``, which the readers use too):
 
 * ``train`` (every ``trainer.log_every`` steps): ``step, tokens, loss, lm_loss, jreg_loss, jreg_weight, lr,
   grad_norm, tokens_per_s, step_time_s, tflops, mfu, memory, memory_kind, data_wait_frac, nonfinite_skipped``;

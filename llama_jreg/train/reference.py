@@ -17,10 +17,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from llama_jreg.analysis.plots import read_metrics
 from llama_jreg.config import from_yaml
 from llama_jreg.data.schema import DataConfig
 from llama_jreg.data.sources import cache_root
+from llama_jreg.train.rows import EvalRow, JumpRow, read_metrics, rows_of
 
 REFERENCE_PATH = Path(__file__).with_name("demo_reference.json")
 
@@ -85,12 +85,12 @@ def make_reference(run_dir: str | Path, machine: str, command: str) -> dict:
         raise ValueError(f"{run} has jreg.weight={cfg.jreg.weight}; the reference is a lambda = 0 run")
     rows = read_metrics(run / "metrics.jsonl")
     step = cfg.trainer.max_steps
-    jump = [r for r in rows if r.get("kind") == "jump" and r["step"] == step]
-    ev = [r for r in rows if r.get("kind") == "eval" and r["step"] == step]
+    jump = [r for r in rows_of(rows, JumpRow) if r.step == step]
+    ev = [r for r in rows_of(rows, EvalRow) if r.step == step]
     if not jump or not ev:
         raise ValueError(f"{run} has no jump and eval rows at step {step}; is the run finished?")
-    return {"recipe": recipe(cfg), "step": step, "device": "cpu", "zeta_L": jump[-1]["zeta_L"],
-            "val_zeta_L": jump[-1]["val_zeta_L"], "val_loss": ev[-1]["val_loss"], "machine": machine,
+    return {"recipe": recipe(cfg), "step": step, "device": "cpu", "zeta_L": jump[-1].zeta_L,
+            "val_zeta_L": jump[-1].val_zeta_L, "val_loss": ev[-1].val_loss, "machine": machine,
             "command": command}
 
 

@@ -186,6 +186,11 @@ def rows_of(rows: list[dict], row_type: type[R]) -> list[R]:
     return [row_type.from_dict(r) for r in rows if kind_of(r) == row_type.KIND]
 
 
+def typed_rows(rows: list[dict]) -> list[Row]:
+    """Every row of a known kind, typed, in file order."""
+    return [ROW_TYPES[kind_of(r)].from_dict(r) for r in rows if kind_of(r) in ROW_TYPES]
+
+
 def read_rows(path: str | Path, row_type: type[R]) -> list[R]:
     """The rows of one kind of a metrics.jsonl, typed, in file order (``read_metrics``' torn-line rule)."""
     return rows_of(read_metrics(path), row_type)

@@ -82,23 +82,7 @@ class Trainer:
         if t.steps_per_run is not None and t.steps_per_run < 1:
             raise UserError(f"trainer.steps_per_run={t.steps_per_run} must be >= 1 (or null)")
 
-        # -- processes and devices (accelerate reads torchrun / accelerate-launch / SLURM env) --------------
-        device_kind = _resolve_device(cfg)
-        self.accelerator = Accelerator(cpu=device_kind == "cpu", mixed_precision="no")
-        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
-        _destroy_process_group_at_exit()
-        self.is_main = self.accelerator.is_main_process
-        self.device = self.accelerator.device if device_kind == "cuda" else torch.device("cpu")
-        self.precision = t.precision if t.precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
-        self.malloc_tuned = self.device.type == "cpu" and t.malloc_tuning and tune_cpu_allocator()
-
-        # -- seeds (the same on every rank: identical model init, FSDP2 shards a common tensor) -------------
-        set_seed(cfg.seed)
-        self._was_deterministic = torch.are_deterministic_algorithms_enabled()
-        if t.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
+        self._start_processes()  # accelerate, ranks, device, precision, seeds
 
         # -- run dir: what to resume from (decided on rank 0, before anything is written), then config.yaml ---
         self.run_dir = check_run_dir(cfg.run)
@@ -113,33 +97,8 @@ class Trainer:
         self.config_yaml = to_yaml(cfg)
         self._write_run_file(None)  # creates run.dir; config.yaml is written once set-up and resume succeeded
 
-        # -- data (per rank, already split: never through accelerator.prepare) -----------------------------
-
-        with self.accelerator.main_process_first():
-            self.data = build_data(cfg.data, seed=cfg.seed, rank=self.rank, world_size=self.world,
-                                   model_vocab=cfg.model.vocab_size)
-        self.train_iter = self.data.train
-        self.val = self.data.val_batches(max(1, t.eval_batches))
-        self.val_sources = self.data.val_sources()  # data.mixture: (name, weight share) per source, else None
-        self.accum = micro_batches_per_rank(cfg, self.world)
-        T = cfg.data.seq_len
-        self.tokens_per_step = self.accum * cfg.data.micro_batch_size * self.world * T
-        self.tasks = self._build_tasks()  # tasks=[...]: their data read and checked now, before any step
-
-        # -- model, parallelism, optimizer, schedule ---------------------------------------------------
-        model = Llama(cfg.model)
-        self.init_from = init_model(cfg, model, self.run_dir, self.resumed_from, self.is_main)  # init_from=PATH
-        model = model.to(self.device)
-        self.flops_per_token = flops_per_token(model, T)
-        self.peak_flops = device_peak_flops(self.device, self.precision)
-        self.model = parallelize(model, cfg, self.device, self.precision)
-        # FSDP2 with bf16: its MixedPrecisionPolicy casts the parameters (fp32 masters), no autocast
-        self.fsdp_mixed_precision = cfg.parallel.name == "fsdp" and self.world > 1 and self.precision == "bf16"
-        bf16_autocast = self.precision == "bf16" and not self.fsdp_mixed_precision
-        self.step_world = World(self.world, self.device, torch.bfloat16 if bf16_autocast else None)
-        self.llama = unwrap(self.model)
-        self.optimizer = build_optimizer(self.llama, cfg.optim, self.device)
-        self.schedule = Schedule(self.optimizer, cfg.schedule, cfg.optim.lr, t.max_steps)
+        self._build_data()  # this rank's loader, the validation batches, accumulation, tasks
+        self._build_model()  # model (init_from), parallelism, optimizer, schedule
         tok = getattr(self.data.tokenizer, "path", None) if self.data.tokenizer is not None else None
         self.checkpointer = ckpt.Checkpointer(
             self.run_dir, self.llama, self.optimizer, self.schedule, self.train_iter, self.config_yaml,
@@ -181,6 +140,60 @@ class Trainer:
         self.inject_nonfinite = {int(s) for s in os.environ.get(INJECT_NONFINITE_ENV, "").split(",") if s.strip()}
         self._stop_signal: str | None = None
 
+    def _start_processes(self) -> None:
+        """Processes and devices (accelerate reads the torchrun / accelerate-launch / SLURM environment), the
+        precision, the seeds and deterministic mode."""
+        t = self.cfg.trainer
+        device_kind = _resolve_device(self.cfg)
+        self.accelerator = Accelerator(cpu=device_kind == "cpu", mixed_precision="no")
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        _destroy_process_group_at_exit()
+        self.is_main = self.accelerator.is_main_process
+        self.device = self.accelerator.device if device_kind == "cuda" else torch.device("cpu")
+        self.precision = t.precision if t.precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
+        self.malloc_tuned = self.device.type == "cpu" and t.malloc_tuning and tune_cpu_allocator()
+
+        # seeds: the same on every rank (identical model init, FSDP2 shards a common tensor)
+        set_seed(self.cfg.seed)
+        self._was_deterministic = torch.are_deterministic_algorithms_enabled()
+        if t.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+
+    def _build_data(self) -> None:
+        """This rank's data (already split per rank: never through ``accelerator.prepare``), the fixed
+        validation batches, the micro-batches per step, and the tasks (their data read and checked now, before
+        any step)."""
+        cfg, t = self.cfg, self.cfg.trainer
+        with self.accelerator.main_process_first():
+            self.data = build_data(cfg.data, seed=cfg.seed, rank=self.rank, world_size=self.world,
+                                   model_vocab=cfg.model.vocab_size)
+        self.train_iter = self.data.train
+        self.val = self.data.val_batches(max(1, t.eval_batches))
+        self.val_sources = self.data.val_sources()  # data.mixture: (name, weight share) per source, else None
+        self.accum = micro_batches_per_rank(cfg, self.world)
+        self.tokens_per_step = self.accum * cfg.data.micro_batch_size * self.world * cfg.data.seq_len
+        self.tasks = self._build_tasks()  # tasks=[...]
+
+    def _build_model(self) -> None:
+        """The model (initialised from ``init_from`` when set), wrapped for DDP / FSDP2, its optimizer and LR
+        schedule, and where the step runs (``step_world``)."""
+        cfg = self.cfg
+        model = Llama(cfg.model)
+        self.init_from = init_model(cfg, model, self.run_dir, self.resumed_from, self.is_main)  # init_from=PATH
+        model = model.to(self.device)
+        self.flops_per_token = flops_per_token(model, cfg.data.seq_len)
+        self.peak_flops = device_peak_flops(self.device, self.precision)
+        self.model = parallelize(model, cfg, self.device, self.precision)
+        # FSDP2 with bf16: its MixedPrecisionPolicy casts the parameters (fp32 masters), no autocast
+        self.fsdp_mixed_precision = cfg.parallel.name == "fsdp" and self.world > 1 and self.precision == "bf16"
+        bf16_autocast = self.precision == "bf16" and not self.fsdp_mixed_precision
+        self.step_world = World(self.world, self.device, torch.bfloat16 if bf16_autocast else None)
+        self.llama = unwrap(self.model)
+        self.optimizer = build_optimizer(self.llama, cfg.optim, self.device)
+        self.schedule = Schedule(self.optimizer, cfg.schedule, cfg.optim.lr, cfg.trainer.max_steps)
+
     def _write_run_file(self, name: str | None) -> None:
         """Create run.dir (``name=None``) or write the resolved config into it; rank 0 writes, all ranks agree."""
         err = None
@@ -198,6 +211,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- the loop
 
     def fit(self) -> dict:
+        """Train to ``trainer.max_steps`` (or a stop): step, then log / evaluate / checkpoint, each when due.
+        Returns the summary."""
         t = self.cfg.trainer
         self._install_signal_handlers()
         progress = None
@@ -211,38 +226,15 @@ class Trainer:
             meter.restart()  # the first step's time excludes the step-0 evaluation
         try:
             while self.step < t.max_steps:
-                with self.profiler.step(self.step + 1):
-                    step_start = time.perf_counter()
-                    batches = self._next_batches()
-                    wait = time.perf_counter() - step_start
-                    if batches is None:
-                        warnings.warn(f"training data exhausted after {self.step} steps", stacklevel=1)
-                        break
-                    out = self.train_step(batches)
-                meter.add(wait)
-                self.last.update(final_loss=out.loss, final_lm_loss=out.lm_loss)
+                out = self._timed_step(meter)
+                if out is None:
+                    warnings.warn(f"training data exhausted after {self.step} steps", stacklevel=1)
+                    break
                 if progress is not None:
                     progress.update(1)
-
-                # then log / evaluate / checkpoint, each when due
-                if self._due(t.log_every):
-                    row = meter.row(self.step, self.tokens, out, self.nonfinite_total)
-                    if hasattr(self.train_iter, "tokens_by_source"):  # data.mixture
-                        row.tokens_by_source = self.train_iter.tokens_by_source()
-                    self.metrics.log(row)
-                    if progress is not None:
-                        progress.set_postfix(loss=f"{out.loss:.4f}", tok_s=f"{row.tokens_per_s:,.0f}")
-                if out.psi is not None:
-                    self.log_jump(out)
-                if t.eval_batches > 0 and self._due(t.eval_every):
-                    self.evaluate()
-                if self.tasks and self._due(t.task_every or t.eval_every):
-                    self.evaluate_tasks()
-                if out.stop:
-                    stopped_by = self._stop_signal or "signal"
-                    break
-                if t.steps_per_run and self.step - first_step >= t.steps_per_run and self.step < t.max_steps:
-                    stopped_by = f"trainer.steps_per_run={t.steps_per_run}"
+                self._log_when_due(out, meter, progress)  # train / jump / eval / task rows
+                stopped_by = self._stop_reason(out, first_step)
+                if stopped_by:
                     break
                 if self.step % t.ckpt_every == 0:
                     self.save()
@@ -257,6 +249,46 @@ class Trainer:
         if stopped_by and self.is_main:
             print(f"stopped by {stopped_by} at step {self.step}; checkpoint saved, resume with resume=auto", flush=True)
         return self.summary(stop_reason=stopped_by)
+
+    def _timed_step(self, meter: Throughput) -> StepLosses | None:
+        """The next optimizer step (inside the profiler's window), its data wait counted by ``meter``; None
+        when the training data ran out."""
+        with self.profiler.step(self.step + 1):
+            step_start = time.perf_counter()
+            batches = self._next_batches()
+            wait = time.perf_counter() - step_start
+            if batches is None:
+                return None
+            out = self.train_step(batches)
+        meter.add(wait)
+        self.last.update(final_loss=out.loss, final_lm_loss=out.lm_loss)
+        return out
+
+    def _log_when_due(self, out: StepLosses, meter: Throughput, progress) -> None:
+        """After a step: the train row, the jump row, the evaluation and the tasks, each when due."""
+        t = self.cfg.trainer
+        if self._due(t.log_every):
+            row = meter.row(self.step, self.tokens, out, self.nonfinite_total)
+            if hasattr(self.train_iter, "tokens_by_source"):  # data.mixture
+                row.tokens_by_source = self.train_iter.tokens_by_source()
+            self.metrics.log(row)
+            if progress is not None:
+                progress.set_postfix(loss=f"{out.loss:.4f}", tok_s=f"{row.tokens_per_s:,.0f}")
+        if out.psi is not None:
+            self.log_jump(out)
+        if t.eval_batches > 0 and self._due(t.eval_every):
+            self.evaluate()
+        if self.tasks and self._due(t.task_every or t.eval_every):
+            self.evaluate_tasks()
+
+    def _stop_reason(self, out: StepLosses, first_step: int) -> str | None:
+        """Why the run stops before ``max_steps`` after this step (a signal on any rank, ``steps_per_run``)."""
+        t = self.cfg.trainer
+        if out.stop:
+            return self._stop_signal or "signal"
+        if t.steps_per_run and self.step - first_step >= t.steps_per_run and self.step < t.max_steps:
+            return f"trainer.steps_per_run={t.steps_per_run}"
+        return None
 
     def _due(self, every: int) -> bool:
         """Whether something done every ``every`` steps (and at the last step) is due after this step."""
