@@ -273,6 +273,7 @@ def test_summary_and_report_show_tasks(text_run, tmp_path, capsys):
 
 def test_wandb_keys(tmp_path):
     from llama_jreg.train.metrics import MetricsLogger
+    from llama_jreg.train.rows import TaskRow
 
     logged = []
 
@@ -282,7 +283,7 @@ def test_wandb_keys(tmp_path):
 
     m = MetricsLogger(tmp_path, enabled=True)
     m.wandb = Sink()
-    m.log({"kind": "task", "step": 5, "tokens": 10, "task": "cloze", "accuracy": 0.5, "n": 4, "seconds": 0.1})
+    m.log(TaskRow(step=5, tokens=10, task="cloze", accuracy=0.5, n=4, seconds=0.1))
     assert logged == [(5, {"task/cloze/tokens": 10, "task/cloze/accuracy": 0.5, "task/cloze/n": 4,
                            "task/cloze/seconds": 0.1})]
 
