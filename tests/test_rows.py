@@ -66,8 +66,11 @@ def test_optional_keys_keep_their_place():
     task = TaskRow.of_result(7, 56, result)
     assert task.scores == {"acc_norm": 0.25}
     assert list(task.to_dict().items()) == [("kind", "task"), ("step", 7), ("tokens", 56), *result.items()]
-    jump = JumpRow(step=3, psi=[0.1, 0.3], zeta_L=20.0)
-    assert "psi_batch" not in jump.to_dict() and JumpRow.from_dict(jump.to_dict()) == jump
+    jump = JumpRow(step=3, psi=[0.1, 0.3], zeta_L=20.0)  # as earlier versions wrote it: neither optional key
+    assert not {"psi_batch", "val_psi_post_norm_L"} & set(jump.to_dict()) and JumpRow.from_dict(jump.to_dict()) == jump
+    step0 = JumpRow(step=0, psi=[0.1], zeta_L=0.0, val_psi=[0.1], val_zeta_L=0.0, val_psi_post_norm_L=0.2,
+                    psi_batch="validation")
+    assert list(step0.to_dict())[-3:] == ["val_zeta_L", "val_psi_post_norm_L", "psi_batch"]
 
 
 def test_read_rows_types_by_kind_and_by_marker(tmp_path):
