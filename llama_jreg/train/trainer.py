@@ -187,8 +187,8 @@ class Trainer:
         self.peak_flops = device_peak_flops(self.device, self.precision)
         self.model = parallelize(model, cfg, self.device, self.precision)
         # FSDP2 with bf16: its MixedPrecisionPolicy casts the parameters (fp32 masters), no autocast
-        self.fsdp_mixed_precision = cfg.parallel.name == "fsdp" and self.world > 1 and self.precision == "bf16"
-        bf16_autocast = self.precision == "bf16" and not self.fsdp_mixed_precision
+        fsdp_mixed_precision = cfg.parallel.name == "fsdp" and self.world > 1 and self.precision == "bf16"
+        bf16_autocast = self.precision == "bf16" and not fsdp_mixed_precision
         self.step_world = World(self.world, self.device, torch.bfloat16 if bf16_autocast else None)
         self.llama = unwrap(self.model)
         self.optimizer = build_optimizer(self.llama, cfg.optim, self.device)
