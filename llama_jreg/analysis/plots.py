@@ -58,7 +58,7 @@ def _num(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _pick_rows(jump_rows: list[dict], steps: list[int] | None, default_n: int = 5) -> list[dict]:
+def pick_rows(jump_rows: list[dict], steps: list[int] | None, default_n: int = 5) -> list[dict]:
     if not jump_rows:
         return []
     if steps:  # the jump row nearest each requested step
@@ -112,7 +112,7 @@ def plot_run(run_dir: str | Path, steps: list[int] | None = None) -> list[Path]:
         ax.set_title(f"{run.name}: final-layer jump")
         written.append(save_figure(fig, ax, out_dir / "zeta_L.png"))
 
-        picked = _pick_rows(jump_rows, steps)
+        picked = pick_rows(jump_rows, steps)
         fig, ax = plt.subplots(figsize=(7, 4))
         cmap = plt.get_cmap("viridis")
         for i, r in enumerate(picked):
