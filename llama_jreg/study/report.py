@@ -1,5 +1,5 @@
 """The study's Markdown report: :func:`render_report` (header, findings, tables, figures, how it was run), and
-:func:`write_report`, the report stage of ``scripts/reproduce.py`` (``results.json``, ``report.md``,
+:func:`publish`, the report stage of ``scripts/reproduce.py`` (``results.json``, ``report.md``,
 ``headline.md``, the figures, ``--docs`` and ``--readme``)."""
 
 from __future__ import annotations

@@ -227,7 +227,7 @@ def evaluate(sw: Sweep, run: Path, out: Path, env: dict, log, eval_args: list[st
 
 def stage_eval(plan: Plan, out: Path, log, dry: bool, lanes: int = 1, archive: Path | None = None) -> list[dict]:
     """:func:`evaluate` every complete run, ``lanes`` at a time (each with ``cpus // lanes`` threads), then one
-    result per run (``llama_jreg.analysis.study.run_result``), in plan order; with ``archive``, every evaluated
+    result per run (:func:`llama_jreg.study.results.run_result`), in plan order; with ``archive``, every evaluated
     run is recorded there."""
     t0 = time.time()
     items = [(sw, run) for sw in plan.sweeps for run in run_dirs(out, sw)]

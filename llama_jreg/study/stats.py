@@ -15,6 +15,9 @@ from llama_jreg.analysis.stats import sign_flip_p, t_quantile, t_sf2
 
 ALPHA = 0.05  # the two-sided level of every test, after Holm's correction within a claim
 
+_SAYS = {"higher": "higher", "lower": "lower", "noise": "not resolved", "one seed": "one seed, spread unknown",
+         "no spread": "no spread, no test", "identical": "identical"}
+
 
 @dataclass
 class Stat:
@@ -210,7 +213,3 @@ def _ms(s: Stat | None, digits: int = 3, n: bool = True) -> str:
     if s.sd is None:
         return f"{_f(s.mean, digits)}" + (" (1 seed)" if n else "")
     return f"{_f(s.mean, digits)} ± {_f(s.sd, digits)}" + (f" (n={s.n})" if n else "")
-
-
-_SAYS = {"higher": "higher", "lower": "lower", "noise": "not resolved", "one seed": "one seed, spread unknown",
-         "no spread": "no spread, no test", "identical": "identical"}
