@@ -21,7 +21,7 @@ OVERRIDES = ["experiment=continued", "jreg=jump", "jreg.weight=0", "logger=none"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from llama_jreg.analysis.study import machine
+    from llama_jreg.study.report import machine
     from llama_jreg.train.reference import REFERENCE_PATH, make_reference
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -239,7 +239,7 @@ def test_bad_jreg_configs(kw, match):
 
 def test_study_cells_tell_the_variants_apart():
     """The study report groups runs by cell: jump (l0 = 2), jump_last (l0 = -1) and the streams stay apart."""
-    from llama_jreg.analysis.study import cell_label
+    from llama_jreg.study.results import cell_label
 
     labels = [cell_label("jump", "uniform", 2, "pre_norm"), cell_label("jump", "uniform", -1, "pre_norm"),
               cell_label("jump", "uniform", 4, "pre_norm"), cell_label("paper", "uniform", 2, "post_norm"),

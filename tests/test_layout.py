@@ -46,3 +46,13 @@ def test_readme_layout_names_every_module_and_script():
     missing += [f"scripts/{f.name}" for f in sorted((root / "scripts").iterdir())
                 if f.suffix in (".py", ".sh") and f.name not in layout]
     assert not missing, f"README Layout does not name: {missing}"
+
+
+def test_core_library_does_not_import_the_study():
+    """llama_jreg.study (the reproduction study: plan, statistics, findings, report) sits on top of the library:
+    no module outside it imports it, so the library works and changes without it."""
+    scan = _graph().scan()
+    study = {m for m in scan["modules"] if m == "llama_jreg.study" or m.startswith("llama_jreg.study.")}
+    assert len(study) >= 8  # the package was scanned
+    core = [(m, t) for m, targets in scan["edges"].items() if m not in study for t in sorted(targets) if t in study]
+    assert core == [], f"core modules import llama_jreg.study: {core}"

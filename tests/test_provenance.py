@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
-from llama_jreg.analysis import study
+from llama_jreg.study.results import run_result
+from llama_jreg.study.tables import provenance_summary
 from llama_jreg.train.provenance import git_state, read_provenance, record_start
 from tests.test_train_helpers import REPO, run_inprocess, tiny
 
@@ -60,9 +61,9 @@ def test_a_run_records_what_made_it_and_the_study_lists_it(tmp_path):
     assert [s["step"] for s in read_provenance(run)] == [0, 2]
     run_inprocess(tiny(run, "trainer.max_steps=3", "trainer.ckpt_every=3", "resume=auto"))  # finished: reopened
     assert [s["step"] for s in read_provenance(run)] == [0, 2]
-    res = study.run_result(run, "text")
+    res = run_result(run, "text")
     assert [p["commit"] for p in res["provenance"]] == [commit, commit]
     label = commit[:12] + (" (dirty: uncommitted changes)" if dirty else " (clean)")
-    assert study.provenance_summary([res, {**res, "provenance": []}]) == \
+    assert provenance_summary([res, {**res, "provenance": []}]) == \
         f"{label}: 1 run(s); 1 run(s) without provenance.json"
     assert json.loads((run / "provenance.json").read_text())["starts"][1]["step"] == 2

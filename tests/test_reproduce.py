@@ -1,9 +1,8 @@
-"""The reproduction study (scripts/reproduce.py, llama_jreg/analysis/study.py): the report stage on real runs,
+"""The reproduction study (scripts/reproduce.py, llama_jreg/study/): the report stage on real runs,
 the plan's run names, and (slow) the whole pipeline end to end."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import random
@@ -15,18 +14,34 @@ from pathlib import Path
 
 import pytest
 
-from llama_jreg.analysis import study
 from llama_jreg.cli import main as cli
+from llama_jreg.study.archive import archive_run, restore
+from llama_jreg.study.figures import make_plots
+from llama_jreg.study.findings import (
+    Reading,
+    exit_is_mechanical,
+    findings,
+    holm_adjust,
+    penalised_psi,
+    penalised_streams,
+    readings,
+)
+from llama_jreg.study.plan import PLANS, SMOLLM2, plan_jobs
+from llama_jreg.study.report import (
+    README_END,
+    README_START,
+    machine,
+    publish,
+    render_report,
+    report_meta,
+    write_readme_table,
+)
+from llama_jreg.study.results import read_json, run_complete, run_result
+from llama_jreg.study.run import e1_label, record_stage, run_dirs, wall_time
+from llama_jreg.study.stats import compare
+from llama_jreg.study.tables import _TESTED, e2_seed_table, headline_table, lens_change_table, summary_table
 from llama_jreg.train.provenance import git_state
 from tests.test_train_helpers import REPO, TINY, env_for_subprocess, rows
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("reproduce", REPO / "scripts" / "reproduce.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("reproduce", mod)  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +64,7 @@ def test_run_result_copies_the_metrics(sweep):
     runs, evals = sweep
     assert len(runs) == 4
     for run in runs:
-        res = study.run_result(run, "induction", evals[run.name])
+        res = run_result(run, "induction", evals[run.name])
         jump, ev = rows(run, "jump"), rows(run, "eval")
         assert res["complete"] and res["steps"] == 3 and res["tokens"] == ev[-1]["tokens"]
         assert res["val_loss"] == ev[-1]["val_loss"] and res["val_ppl"] == ev[-1]["val_ppl"]
@@ -69,19 +84,19 @@ def test_run_result_copies_the_metrics(sweep):
 
 def test_report_tables_findings_and_plots(sweep, tmp_path):
     runs, evals = sweep
-    results = [study.run_result(r, "induction", evals[r.name]) for r in runs]
-    found = study.findings(results)
+    results = [run_result(r, "induction", evals[r.name]) for r in runs]
+    found = findings(results)
     tags = {t for t, _ in found}
     assert tags <= {"supports", "contradicts", "mechanical", "identical", "noise"}
     # E2 (lambda = 0 emergence) and E3 (lambda = 1 vs 0: zeta, loss, lens, early exit, induction)
     assert sum(s.startswith("C2 · E2, induction, λ = 0:") for _, s in found) == 1
     claims = [s.split(" · ")[0] for _, s in found if " · E3, induction, jump λ = 1:" in s]
     assert claims == ["C3", "C4", "C5", "C5", "C6"]
-    figs = study.make_plots(results, [], tmp_path / "figures")
+    figs = make_plots(results, [], tmp_path / "figures")
     assert {"zeta_induction", "psi_final_induction", "lens_induction", "val_loss", "val_zeta"} <= set(figs)
     assert all(p.stat().st_size > 0 for p in figs.values())
-    meta = {"title": "t", "command": "c", "machine": study.machine(), "date": "d", "wall": "w", "sweeps": []}
-    md = study.render_report(meta, results, [], figs, lambda p: p.name)
+    meta = {"title": "t", "command": "c", "machine": machine(), "date": "d", "wall": "w", "sweeps": []}
+    md = render_report(meta, results, [], figs, lambda p: p.name)
     table = md.split("## Headline table")[1].split("\n## ")[0]
     body = [ln for ln in table.splitlines() if ln.startswith("| induction")]
     assert len(body) == 4 + 2 + 2  # one row per run + one mean ± sd row and one 95 % CI row per lambda
@@ -97,38 +112,36 @@ def test_report_tables_findings_and_plots(sweep, tmp_path):
     assert "**Comparisons made: " in md and "Holm" in md
     assert all(f"({p.name})" in md for p in figs.values())
     # the summary: one row per lambda with the means over the seeds and the loss change against lambda = 0
-    summary = study.summary_table(results)
+    summary = summary_table(results)
     assert summary in md.split("## Summary")[1].split("## Headline table")[0]
     srows = summary.splitlines()[2:]
     assert len(srows) == 2 and srows[0].startswith("| induction | jump | 0 | 2 | ")
     one = [r for r in results if r["jreg.weight"] == 1]
     m1 = sum(r["val_loss"] for r in one) / 2
     z1 = sum(r["val_zeta_L"] for r in one) / 2
-    (c4,) = [r.test for r in study.readings(results) if r.claim == "C4"]  # the loss test, paired by seed
+    (c4,) = [r.test for r in readings(results) if r.claim == "C4"]  # the loss test, paired by seed
     assert c4.kind == "paired" and c4.diffs == pytest.approx(
         [o["val_loss"] - b["val_loss"] for o, b in zip(sorted(one, key=lambda r: r["seed"]),
                                                        sorted(base, key=lambda r: r["seed"]))])
-    assert f"| {m1:.4f} ± " in srows[1] and f"| {100 * (m1 - mean) / mean:+.2f} % ({study._TESTED[c4.verdict]})" in srows[1]
+    assert f"| {m1:.4f} ± " in srows[1] and f"| {100 * (m1 - mean) / mean:+.2f} % ({_TESTED[c4.verdict]})" in srows[1]
     assert f"| {z1:.3f} ± " in srows[1] and "(step 1)" in srows[1]
 
 
 def test_readme_shows_the_summary_of_docs_results():
     """The README's results table is the Summary table of the committed docs/results.md, as written by
     `scripts/reproduce.py --docs docs/results.md --readme README.md` (never typed by hand)."""
-    rep = _script()
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    block = readme.split(rep.README_START)[1].split(rep.README_END)[0].strip()
+    block = readme.split(README_START)[1].split(README_END)[0].strip()
     assert block.startswith("| experiment | JREG | λ | seeds |")
     results_md = (REPO / "docs" / "results.md").read_text(encoding="utf-8")
     assert block == results_md.split("## Summary")[1].split("## Headline table")[0].strip().split("\n\n")[-1]
 
 
 def test_readme_table_writer(tmp_path):
-    rep = _script()
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\nbefore\n{rep.README_START}\nold\n{rep.README_END}\nafter\n")
-    rep.write_readme_table(readme, "| a |\n|---|")
-    assert readme.read_text() == f"# x\n\nbefore\n{rep.README_START}\n| a |\n|---|\n{rep.README_END}\nafter\n"
+    readme.write_text(f"# x\n\nbefore\n{README_START}\nold\n{README_END}\nafter\n")
+    write_readme_table(readme, "| a |\n|---|")
+    assert readme.read_text() == f"# x\n\nbefore\n{README_START}\n| a |\n|---|\n{README_END}\nafter\n"
     bad = subprocess.run([sys.executable, "scripts/reproduce.py", "--out", str(tmp_path / "o"), "--readme",
                           str(tmp_path / "none.md"), "--dry-run"], cwd=REPO, env=env_for_subprocess(),
                          capture_output=True, text=True, timeout=120)
@@ -139,7 +152,7 @@ def test_compare_paired_by_seed():
     """Paired t-test with n - 1 degrees of freedom; sd = 0 gives no verdict unless the values are identical."""
     # a consistent shift in both seeds of a wide seed spread: t(1) = 5.2, p = 0.12: not resolved at 2 seeds
     a, b = {1: 3.8602, 2: 3.7844}, {1: 3.8375, 2: 3.7690}
-    t = study.compare(a, b)
+    t = compare(a, b)
     assert t.kind == "paired" and t.diffs == pytest.approx([0.0227, 0.0154]) and t.df == 1
     tt = statistics.fmean(t.diffs) / (statistics.stdev(t.diffs) / math.sqrt(2))
     assert t.t == pytest.approx(tt)
@@ -151,24 +164,24 @@ def test_compare_paired_by_seed():
     # 6 seeds, a shift much larger than its spread: resolved, and the exact sign-flip test agrees (2/64)
     b6 = {s: 3.0 + 0.1 * s for s in range(6)}
     a6 = {s: v + 0.02 + 0.001 * (-1) ** s for s, v in b6.items()}
-    t6 = study.compare(a6, b6)
+    t6 = compare(a6, b6)
     assert t6.verdict == "higher" and t6.p < 1e-4 and t6.p_sign == pytest.approx(2 / 64)
-    assert study.compare(b6, a6).verdict == "lower"
+    assert compare(b6, a6).verdict == "lower"
     # sd = 0: the same nonzero difference in every seed is no test; equal values are "identical"
-    same = study.compare({1: 1.01, 2: 2.01}, {1: 1.0, 2: 2.0})
+    same = compare({1: 1.01, 2: 2.01}, {1: 1.0, 2: 2.0})
     assert same.verdict == "no spread" and same.p is None and "no test" in same.says(3)
     # differences of float-rounding size spread by rounding only: no test, not a "resolved" effect
-    assert study.compare({1: 3.0 + 4.4e-16, 2: 3.0 + 8.8e-16}, {1: 3.0, 2: 3.0}).verdict == "no spread"
-    ident = study.compare({1: 1.0, 2: 2.0}, {1: 1.0, 2: 2.0})
+    assert compare({1: 3.0 + 4.4e-16, 2: 3.0 + 8.8e-16}, {1: 3.0, 2: 3.0}).verdict == "no spread"
+    ident = compare({1: 1.0, 2: 2.0}, {1: 1.0, 2: 2.0})
     assert ident.verdict == "identical" and ident.identical and "identical values" in ident.says(3)
-    assert study.compare({1: 1.0, 2: 3.0}, {1: 2.0, 2: 2.0}).verdict == "noise"  # one up, one down
+    assert compare({1: 1.0, 2: 3.0}, {1: 2.0, 2: 2.0}).verdict == "noise"  # one up, one down
     # fewer than 2 common seeds: Welch's unpaired test; one seed per cell: no test
-    w = study.compare({1: 1.0, 3: 1.2, 5: 1.1}, {2: 2.0, 4: 2.3})
+    w = compare({1: 1.0, 3: 1.2, 5: 1.1}, {2: 2.0, 4: 2.3})
     va, vb = statistics.variance([1.0, 1.2, 1.1]) / 3, statistics.variance([2.0, 2.3]) / 2
     assert w.kind == "unpaired" and w.se == pytest.approx(math.sqrt(va + vb))
     assert w.df == pytest.approx((va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 1))
-    assert study.compare({1: 1.0}, {2: 2.0}).verdict == "one seed"
-    assert study.compare({}, {2: 2.0}) is None
+    assert compare({1: 1.0}, {2: 2.0}).verdict == "one seed"
+    assert compare({}, {2: 2.0}) is None
 
 
 def test_paired_rule_false_positive_rate_is_its_alpha():
@@ -181,13 +194,13 @@ def test_paired_rule_false_positive_rate_is_its_alpha():
         base = [rng.gauss(0, 1) for _ in range(n)]
         return ({s: base[s] + rng.gauss(0, 0.1) for s in range(n)}, {s: base[s] + rng.gauss(0, 0.1) for s in range(n)})
 
-    calls = sum(study.compare(*null_pair(2)).verdict in ("higher", "lower") for _ in range(4000))
+    calls = sum(compare(*null_pair(2)).verdict in ("higher", "lower") for _ in range(4000))
     assert 0.035 < calls / 4000 < 0.065
     families = 0
     for _ in range(600):
-        tests = [study.compare(*null_pair(3)) for _ in range(10)]
-        rd = [study.Reading("C9", "x", t, "lower") for t in tests]
-        study.holm_adjust(rd)
+        tests = [compare(*null_pair(3)) for _ in range(10)]
+        rd = [Reading("C9", "x", t, "lower") for t in tests]
+        holm_adjust(rd)
         assert all(t.m == 10 for t in tests)
         families += any(t.verdict in ("higher", "lower") for t in tests)
     assert families / 600 < 0.08
@@ -211,30 +224,30 @@ def test_e2_seed_table_shows_each_seed():
     rs = [_result("jump", 0.0, 2, [0.0] * 3, history=hist([0.0, 0.0, 0.0])),
           _result("jump", 0.0, 1, [0.0] * 3, history=hist([0.1, 1.5, 2.25])),
           _result("jump", 1.0, 1, [0.0] * 3, history=hist([9.0, 9.0, 9.0]))]
-    lines = study.e2_seed_table(rs, "text").splitlines()
+    lines = e2_seed_table(rs, "text").splitlines()
     assert lines[0] == "| step | seed 1 | seed 2 |"
     assert lines[2:5] == ["| 10 | 0.100 | 0.000 |", "| 20 | 1.500 | 0.000 |", "| 30 | 2.250 | 0.000 |"]
     assert lines[-1].endswith("in 1 of 2 seeds.")
-    assert study.e2_seed_table(rs[1:], "text") == ""  # one lambda = 0 seed: the mean table says it all
+    assert e2_seed_table(rs[1:], "text") == ""  # one lambda = 0 seed: the mean table says it all
     flat = [_result("jump", 0.0, s, [0.0] * 3, history=hist([0.0, 0.0])) for s in (1, 2)]
-    assert study.e2_seed_table(flat, "text") == "Validation ζ_L was 0 at every measurement of all 2 seeds."
+    assert e2_seed_table(flat, "text") == "Validation ζ_L was 0 at every measurement of all 2 seeds."
 
 
 def test_penalised_layers_and_mechanical_readings():
     """The layers a penalty acts on directly; a better lens reading there is filed as mechanical, a better one
     elsewhere supports C5, layer 1 is read apart from the middle layers, and Holm runs within each claim."""
     r = _result("final", 0.1, 1, [0.0] * 7)
-    assert study.penalised_psi(r) == {6} and study.penalised_streams(r) == {5, 6}
-    assert study.penalised_streams({**r, "jreg.mode": "jump"}) == set(range(7))
-    assert study.penalised_streams({**r, "jreg.mode": "jump", "jreg.l0": 4}) == {2, 3, 4, 5, 6}
-    assert study.penalised_psi({**r, "jreg.mode": "jump", "jreg.l0": -1}) == {5, 6}  # jump_last: l0 = L
-    assert study.penalised_psi({**r, "jreg.mode": "paper"}) == {6}
-    assert study.penalised_streams({**r, "jreg.mode": "weighted", "jreg.weighting": "last_k"}) == {4, 5, 6}
-    assert study.penalised_streams({**r, "jreg.weight": 0.0}) == set()
+    assert penalised_psi(r) == {6} and penalised_streams(r) == {5, 6}
+    assert penalised_streams({**r, "jreg.mode": "jump"}) == set(range(7))
+    assert penalised_streams({**r, "jreg.mode": "jump", "jreg.l0": 4}) == {2, 3, 4, 5, 6}
+    assert penalised_psi({**r, "jreg.mode": "jump", "jreg.l0": -1}) == {5, 6}  # jump_last: l0 = L
+    assert penalised_psi({**r, "jreg.mode": "paper"}) == {6}
+    assert penalised_streams({**r, "jreg.mode": "weighted", "jreg.weighting": "last_k"}) == {4, 5, 6}
+    assert penalised_streams({**r, "jreg.weight": 0.0}) == set()
     # an early exit can stop at h1..h5: only a penalty on all of them makes a larger saving mechanical
-    assert not study.exit_is_mechanical(r) and study.exit_is_mechanical({**r, "jreg.mode": "jump"})
-    assert study.exit_is_mechanical({**r, "n_layers": 2, "lens_loss": [0.0] * 3})  # final on 2 layers: h1 only
-    assert not study.exit_is_mechanical({**r, "jreg.weight": 0.0, "n_layers": 2})
+    assert not exit_is_mechanical(r) and exit_is_mechanical({**r, "jreg.mode": "jump"})
+    assert exit_is_mechanical({**r, "n_layers": 2, "lens_loss": [0.0] * 3})  # final on 2 layers: h1 only
+    assert not exit_is_mechanical({**r, "jreg.weight": 0.0, "n_layers": 2})
     # 6 seeds; `final` lowers h3 and h5 (= h_(L-1), which it acts on) by 0.5 and raises h1 by 0.3
     rng = random.Random(1)
     base, fin = [], []
@@ -245,7 +258,7 @@ def test_penalised_layers_and_mechanical_readings():
         shift = [0.0, 0.3, 0.0, -0.5, 0.0, -0.5, 0.0]
         fin.append(_result("final", 0.1, s, [x + e + d + rng.gauss(0, 0.01) for x, e, d in zip(lens, noise, shift)],
                            val_loss=4.0 + 0.01 * s + rng.gauss(0, 0.001)))
-    rd = [x for x in study.readings(base + fin) if x.claim == "C5"]
+    rd = [x for x in readings(base + fin) if x.claim == "C5"]
     by = {x.key[3]: x for x in rd}
     assert set(by) == {"lens_h1", "lens_mid_free", "lens_mid_acted"}
     assert "middle layers h2–h4" in by["lens_mid_free"].text and "middle layers h5" in by["lens_mid_acted"].text
@@ -254,15 +267,15 @@ def test_penalised_layers_and_mechanical_readings():
     assert by["lens_mid_acted"].tag == "mechanical" and "[mechanical" in by["lens_mid_acted"].text
     assert by["lens_h1"].tag == "contradicts" and "layer 1 (h1)" in by["lens_h1"].text
     assert {x.test.m for x in rd} == {3}  # one Holm family: C5's three tests
-    found = study.findings(base + fin)
+    found = findings(base + fin)
     assert any(t == "mechanical" and "h5" in s for t, s in found)
-    table = study.lens_change_table(base + fin)
+    table = lens_change_table(base + fin)
     row = next(ln for ln in table.splitlines() if ln.startswith("| text | final |"))
     cols = [c.strip() for c in row.strip("|").split("|")][3:]
     assert float(cols[2]) == pytest.approx(-0.5, abs=0.03)  # h3: not acted on, no mark
     assert cols[4].endswith(" (m)") and float(cols[4][:-4]) == pytest.approx(-0.5, abs=0.03)  # h5 = h_(L-1)
     assert float(cols[0]) == pytest.approx(0.3, abs=0.03)  # h1: worse, never marked
-    md = study.render_report({"title": "t", "command": "c", "machine": "m", "date": "d", "wall": "w"},
+    md = render_report({"title": "t", "command": "c", "machine": "m", "date": "d", "wall": "w"},
                              base + fin, [], {}, str)
     assert "### What the penalty does by construction" in md and "**Comparisons made: " in md
     assert "over the 2 claims tested at most 10 %" in md  # C4 (val loss) and C5
@@ -281,16 +294,16 @@ def test_task_rows_reach_the_summary_and_findings(sweep, tmp_path):
             for step, acc in ((2, 0.1), (3, 0.25 + 0.5 * w + 0.01 * i)):
                 f.write(json.dumps({"kind": "task", "step": step, "task": "cloze", "accuracy": acc, "n": 40,
                                     "seconds": 0.5}) + "\n")
-        results.append(study.run_result(copy, "text", evals[run.name]))
+        results.append(run_result(copy, "text", evals[run.name]))
     for i, r in enumerate(results):
         assert r["tasks"] == ["cloze"] and r["task_cloze_step"] == 3 and r["task_cloze_n"] == 40
         assert r["task_cloze_accuracy"] == 0.25 + 0.5 * r["jreg.weight"] + 0.01 * i
-    summary = study.summary_table(results)
+    summary = summary_table(results)
     assert summary.splitlines()[0].endswith("| task: cloze |")
     acc1 = [r["task_cloze_accuracy"] for r in results if r["jreg.weight"] == 1]
     assert summary.splitlines()[3].endswith(f"| {statistics.fmean(acc1):.3f} ± {statistics.stdev(acc1):.3f} |")
-    assert "| task: cloze |" in study.headline_table(results).splitlines()[0]
-    c6 = [s for t, s in study.findings(results) if s.startswith("C6 · E3, text, jump λ = 1: cloze accuracy")]
+    assert "| task: cloze |" in headline_table(results).splitlines()[0]
+    c6 = [s for t, s in findings(results) if s.startswith("C6 · E3, text, jump λ = 1: cloze accuracy")]
     assert len(c6) == 1 and "(task evaluation, step 3)" in c6[0] and "paired by seed (n = 2)" in c6[0]
 
 
@@ -299,7 +312,7 @@ def test_cpu_plan_keeps_its_run_names():
     key cells have 5 seeds, the grid cells 3, and the key cells start first (continued, the longest, leading)."""
     from llama_jreg.train.command import expand_sweep
 
-    plan = _script().PLANS["cpu"]
+    plan = PLANS["cpu"]
     names = {sw.name: [n for _, n in expand_sweep(sw.overrides)] for sw in plan.sweeps}
     assert list(names)[:6] == ["cont_base", "je_base", "ind_base", "cont_paper", "je_paper", "ind_paper"]
     for exp in ("je", "ind", "cont"):
@@ -309,7 +322,7 @@ def test_cpu_plan_keeps_its_run_names():
         assert names[f"{exp}_paper_grid"] == [f"{i}_jreg.weight={w}_seed={s}" for i, (w, s) in
                                               enumerate((w, s) for w in ("0.1", "10") for s in (1, 2, 3))]
     assert len(names) == 12 and sum(map(len, names.values())) == 3 * (5 + 5 + 6 + 3)
-    jobs = [(sw.name, name) for sw, _, name, _ in _script().plan_jobs(plan, Path("/o"))]
+    jobs = [(sw.name, name) for sw, _, name, _ in plan_jobs(plan, Path("/o"))]
     assert len(jobs) == 57 and len(set(jobs)) == 57
     # seed by seed across the key cells, so a study stopped part-way holds whole paired seeds; the grids last
     assert jobs[:6] == [(f"{e}_{c}", "0_seed=1") for c in ("base", "paper") for e in ("cont", "je", "ind")]
@@ -321,7 +334,6 @@ def test_archive_keeps_evaluated_runs_without_checkpoints_and_restores_them(swee
     """--archive: a complete, evaluated run is copied without its checkpoints (with its eval JSON and the
     sweep index); an unevaluated one is not; restore puts the archived runs into an empty output dir and
     leaves a complete run already there alone."""
-    rep = _script()
     runs, evals = sweep
     out, archive = tmp_path / "out", tmp_path / "archive"
     for run in runs[:2]:
@@ -329,21 +341,21 @@ def test_archive_keeps_evaluated_runs_without_checkpoints_and_restores_them(swee
     (out / "s" / "sweep.json").write_text("{}")
     (out / "eval" / "s").mkdir(parents=True)
     (out / "eval" / "s" / f"{runs[0].name}.json").write_text(json.dumps(evals[runs[0].name]))
-    rep.record_stage(out, "train:s/x", 0.0, 1.0)
-    assert rep.archive_run(out, archive, "s", runs[0].name) and not rep.archive_run(out, archive, "s", runs[1].name)
+    record_stage(out, "train:s/x", 0.0, 1.0)
+    assert archive_run(out, archive, "s", runs[0].name) and not archive_run(out, archive, "s", runs[1].name)
     kept = archive / "s" / runs[0].name
     assert (kept / "metrics.jsonl").read_bytes() == (runs[0] / "metrics.jsonl").read_bytes()
     assert (kept / "config.yaml").is_file() and not (kept / "checkpoints").exists()
     assert any((runs[0] / "checkpoints").iterdir()) and not (archive / "s" / runs[1].name).exists()
     assert (archive / "s" / "sweep.json").is_file() and (archive / "timing.jsonl").read_text().count("\n") == 1
-    rep.archive_run(out, archive, "s", runs[0].name)  # again: the timing rows are not repeated
+    archive_run(out, archive, "s", runs[0].name)  # again: the timing rows are not repeated
     assert (archive / "timing.jsonl").read_text().count("\n") == 1
     fresh = tmp_path / "fresh"
-    assert rep.restore(archive, fresh, print) == 1
+    assert restore(archive, fresh, print) == 1
     assert (fresh / "s" / runs[0].name / "metrics.jsonl").read_bytes() == (kept / "metrics.jsonl").read_bytes()
     assert json.loads((fresh / "eval" / "s" / f"{runs[0].name}.json").read_text()) == evals[runs[0].name]
-    assert rep._done(fresh / "s" / runs[0].name, "text") and (fresh / "timing.jsonl").is_file()
-    assert rep.restore(archive, fresh, print) == 0  # complete there already: nothing copied again
+    assert run_complete(fresh / "s" / runs[0].name, "text") and (fresh / "timing.jsonl").is_file()
+    assert restore(archive, fresh, print) == 0  # complete there already: nothing copied again
 
 
 def test_cpu_plan_cells_resolve_to_their_recipes():
@@ -353,12 +365,11 @@ def test_cpu_plan_cells_resolve_to_their_recipes():
     from llama_jreg.config import compose, to_train_config
     from llama_jreg.train.command import expand_sweep
 
-    rep = _script()
     want = {"base": ("jump", 0.0), "paper": ("paper", 1.0), "jump": ("jump", 1.0)}
     checked = 0
-    for sw in rep.PLANS["cpu"].sweeps:
+    for sw in PLANS["cpu"].sweeps:
         exp, cell = sw.experiment, sw.name.split("_", 1)[1]
-        for job, _ in expand_sweep([o.replace(rep.SMOLLM2, "/m") for o in sw.overrides]):
+        for job, _ in expand_sweep([o.replace(SMOLLM2, "/m") for o in sw.overrides]):
             cfg = to_train_config(compose(job))
             preset = to_train_config(compose([f"experiment={exp}"] + ["init_from=/m"] * (exp == "continued")))
             assert (cfg.model, cfg.optim, cfg.schedule) == (preset.model, preset.optim, preset.schedule), sw.name
@@ -375,17 +386,16 @@ def test_cpu_plan_cells_resolve_to_their_recipes():
 def test_wall_time_counts_parallel_lanes_once(tmp_path):
     """timing.jsonl rows of two lanes that overlap, then a later resumed invocation after a pause: the wall
     time is the union of the intervals (1.5 h + 0.5 h), not their sum and not first-to-last."""
-    rep = _script()
-    rep.record_stage(tmp_path, "train:a", 0.0, 3600.0, lanes=2, threads=1, rc=0)
-    rep.record_stage(tmp_path, "train:b", 1800.0, 5400.0, lanes=2, threads=1, rc=0)
-    rep.record_stage(tmp_path, "eval", 36000.0, 37800.0)
-    line = rep.wall_time([{"train_time_s": 7200.0}, {"train_time_s": 3600.0}], tmp_path)
+    record_stage(tmp_path, "train:a", 0.0, 3600.0, lanes=2, threads=1, rc=0)
+    record_stage(tmp_path, "train:b", 1800.0, 5400.0, lanes=2, threads=1, rc=0)
+    record_stage(tmp_path, "eval", 36000.0, 37800.0)
+    line = wall_time([{"train_time_s": 7200.0}, {"train_time_s": 3600.0}], tmp_path)
     assert line.startswith("2.00 h of running") and "2 lane(s) of 1 thread(s) each" in line
     assert "3.00 h of training summed" in line
-    assert rep.wall_time([], tmp_path / "none").startswith("not recorded")
+    assert wall_time([], tmp_path / "none").startswith("not recorded")
     (tmp_path / "x").mkdir()
-    rep.record_stage(tmp_path / "x", "eval", 0.0, 360.0)  # a report-only invocation: no sweep stage
-    assert rep.wall_time([], tmp_path / "x").startswith("the training was not timed by this script")
+    record_stage(tmp_path / "x", "eval", 0.0, 360.0)  # a report-only invocation: no sweep stage
+    assert wall_time([], tmp_path / "x").startswith("the training was not timed by this script")
 
 
 def test_dry_run_prints_every_command(tmp_path):
@@ -463,9 +473,8 @@ def test_gpu_plan_is_the_cpu_studys_cells_with_more_seeds():
     pooled with the 6-layer ones), 5 in the grids."""
     from llama_jreg.train.command import expand_sweep
 
-    rep = _script()
-    plan = rep.PLANS["gpu"]
-    assert plan.lanes == 16 and plan.e1_models == [] and not any(rep.SMOLLM2 in " ".join(sw.overrides)
+    plan = PLANS["gpu"]
+    assert plan.lanes == 16 and plan.e1_models == [] and not any(SMOLLM2 in " ".join(sw.overrides)
                                                                    for sw in plan.sweeps)
     jobs = {sw.name: [o for o, _ in expand_sweep(sw.overrides)] for sw in plan.sweeps}
     assert max(map(len, jobs.values())) == 5 and sum(map(len, jobs.values())) == 90
@@ -506,7 +515,7 @@ def test_gpu_plan_runs_from_a_bundle_with_a_tiny_substitute(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "gpu study: " in p.stdout
     res = json.loads((studydir / "results.json").read_text())
-    plan = _script().PLANS["gpu"]
+    plan = PLANS["gpu"]
     assert sorted({r["run_dir"].split("/")[-2] for r in res["runs"]}) == sorted(sw.name for sw in plan.sweeps)
     assert all(r["complete"] and r["lens_loss"] for r in res["runs"])
     assert {r["experiment"] for r in res["runs"]} == {"jump_emergence", "jump_emergence_12_layers", "induction"}
@@ -516,3 +525,32 @@ def test_gpu_plan_runs_from_a_bundle_with_a_tiny_substitute(tmp_path):
         names = tar.getnames()
     assert any(n.endswith("results.json") for n in names) and any(n.endswith("report.md") for n in names)
     assert not any("checkpoints" in n for n in names)
+
+
+def test_results_md_is_the_report_of_the_committed_archive(tmp_path):
+    """docs/results.md is regenerated byte for byte from the committed archive docs/study/cpu (what
+    `make reproduce ARCHIVE=docs/study/cpu` reads: finished, evaluated runs, so nothing is trained or evaluated):
+    every run's result from its files and eval JSON, the figures, the wall time from the archive's timing.jsonl,
+    the sweeps' commands; only the date and the machine, which say when and where the report was written, are
+    taken from the committed file's header (and its command line, given as the argv that wrote it)."""
+    archive = REPO / "docs" / "study" / "cpu"
+    committed = (REPO / "docs" / "results.md").read_text(encoding="utf-8")
+    header = dict(line[4:].split("**: ", 1) for line in committed.splitlines()[2:5])  # command, machine, date
+    argv = header["Command"].split("written by `python scripts/reproduce.py ")[1].removesuffix("`)")
+    out_arg = argv.split("--out ")[1].split()[0]
+    plan = PLANS["cpu"]
+    results = [run_result(run, sw.experiment, read_json(archive / "eval" / sw.name / f"{run.name}.json"))
+               for sw in plan.sweeps for run in run_dirs(archive, sw)]
+    assert len(results) == 57 and all(r["complete"] and "lens_loss" in r for r in results)
+    e1 = []
+    for model in plan.e1_models:
+        name, slug = e1_label(model, model)
+        e1.append({**read_json(archive / "e1" / f"{slug}.json"), "name": name, "slug": slug})
+    figs = make_plots(results, e1, tmp_path / "figures")
+    meta = report_meta("cpu", out_arg, plan, results, archive, [], argv.split())
+    meta.update(date=header["Date"], machine=header["Machine"])
+    docs = tmp_path / "docs" / "results.md"
+    publish(tmp_path, meta, results, e1, figs, docs=str(docs))
+    assert docs.read_text(encoding="utf-8") == committed
+    assert sorted(p.name for p in (tmp_path / "docs" / "results").iterdir()) == \
+        sorted(p.name for p in (REPO / "docs" / "results").glob("*.png"))

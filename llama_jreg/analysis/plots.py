@@ -40,7 +40,7 @@ def _num(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _pick_rows(jump_rows: list, steps: list[int] | None, default_n: int = 5, step_of=lambda r: r["step"]) -> list:
+def pick_rows(jump_rows: list, steps: list[int] | None, default_n: int = 5, step_of=lambda r: r["step"]) -> list:
     """The jump rows to draw: the one nearest each of ``steps``, else up to ``default_n`` evenly spaced ones.
     ``step_of`` reads a row's step (default: a dict's ``step``)."""
     if not jump_rows:
@@ -94,7 +94,7 @@ def plot_run(run_dir: str | Path, steps: list[int] | None = None) -> list[Path]:
         ax.set_title(f"{run.name}: final-layer jump")
         written.append(save_figure(fig, ax, out_dir / "zeta_L.png"))
 
-        picked = _pick_rows(jump_rows, steps, step_of=lambda r: r.step)
+        picked = pick_rows(jump_rows, steps, step_of=lambda r: r.step)
         fig, ax = plt.subplots(figsize=(7, 4))
         cmap = plt.get_cmap("viridis")
         for i, r in enumerate(picked):

@@ -7,7 +7,7 @@ line) and ``argv``, ``cwd``, ``world_size``, the versions of llama_jreg / Python
 state: ``commit`` (HEAD of the repository the running ``llama_jreg`` package lives in) and ``dirty`` (whether
 tracked files differ from that commit; untracked files are not counted). Both are null when the code is not in
 a git checkout (e.g. an installed wheel) or git is missing. A fresh run (no resume) starts a new file; a resume
-appends, so a run continued by other code says so. ``llama_jreg.analysis.study`` lists the commits of a study's
+appends, so a run continued by other code says so. ``llama_jreg.study`` lists the commits of a study's
 runs from these files.
 """
 
