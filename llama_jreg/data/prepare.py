@@ -66,9 +66,10 @@ def tokenizer_spec(cfg: DataConfig) -> dict[str, Any]:
     return {"train": {"vocab_size": cfg.vocab_size, "chars": cfg.tokenizer_train_chars, "version": TRAINER_VERSION}}
 
 
-def data_fingerprint(source: TextSource, cfg: DataConfig) -> str:
-    """Identity of a preparation: source + tokenizer + format version (the split is made when loading)."""
-    return short_hash({"format": FORMAT_VERSION, "source": source.identity(), "tokenizer": tokenizer_spec(cfg)})
+def data_fingerprint(source: TextSource, cfg: DataConfig, rule: str = "content") -> str:
+    """Identity of a preparation: source + tokenizer + format version (the split is made when loading).
+    ``rule="path"``: the fingerprint releases before content identity gave it (``TextSource.identity``)."""
+    return short_hash({"format": FORMAT_VERSION, "source": source.identity(rule), "tokenizer": tokenizer_spec(cfg)})
 
 
 VALIDATION_RULE = ("validation = the first V tokens of the stream, train = the rest, with V = min(max(ceil("

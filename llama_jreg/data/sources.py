@@ -20,11 +20,12 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llama_jreg import UserError
+from llama_jreg.data.identity import cached_sha256
 from llama_jreg.data.schema import DataConfig
 from llama_jreg.files import sha256_file
 
@@ -55,9 +56,18 @@ class TextSource:
     sample_by: str = "document"  # for the text builder: document | paragraph | line
     max_documents: int | None = None
     identity_extra: tuple = ()
+    hash_cache: Path | None = None  # where the sha256 of local files is cached (data cache dir)
+    _hashes: list[str] | None = field(default=None, repr=False, compare=False)
 
-    def identity(self) -> dict[str, Any]:
-        """What the data *is*, for fingerprints: builder, config, and (path, size, mtime) of local files."""
+    def file_hashes(self) -> list[str]:
+        """The sha256 of every file, in order (hashed once per source; cached on disk by path, size, mtime)."""
+        if self._hashes is None:
+            self._hashes = [cached_sha256(f, self.hash_cache) for f in self.files]
+        return self._hashes
+
+    def identity(self, rule: str = "content") -> dict[str, Any]:
+        """What the data *is*, for fingerprints: builder, config, and the sha256 of every local file (``rule=
+        "content"``); ``rule="path"`` gives the identity of releases before that, by (path, size, mtime)."""
         ident: dict[str, Any] = {"kind": self.kind, "builder": self.builder, "name": self.name,
                                  "split": self.split, "text_field": self.text_field,
                                  "max_documents": self.max_documents}
@@ -65,8 +75,10 @@ class TextSource:
             ident["sample_by"] = self.sample_by
         if self.kind == "shakespeare":
             ident["files"] = [Path(f).name for f in self.files]
-        else:
+        elif rule == "path":
             ident["files"] = [(f, os.path.getsize(f), os.stat(f).st_mtime_ns) for f in self.files]
+        else:
+            ident["files"] = [{"sha256": h} for h in self.file_hashes()]
         ident["extra"] = list(self.identity_extra)
         return ident
 
@@ -233,7 +245,8 @@ def _pip_download(base: Path) -> None:
 
 def make_source(cfg: DataConfig) -> TextSource:
     """The :class:`TextSource` for ``cfg.source`` (not for ``induction``, which has no text)."""
-    common = {"text_field": cfg.text_field, "max_documents": cfg.max_documents, "sample_by": cfg.text_sample_by}
+    common = {"text_field": cfg.text_field, "max_documents": cfg.max_documents, "sample_by": cfg.text_sample_by,
+              "hash_cache": cache_root(cfg)}
     if cfg.text_sample_by not in ("document", "paragraph", "line"):
         raise UserError(f"data.text_sample_by={cfg.text_sample_by!r}; choose document, paragraph or line")
     if cfg.source == "shakespeare":

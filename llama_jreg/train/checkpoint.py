@@ -14,7 +14,8 @@ full otherwise). Resume reads whichever format a checkpoint has, at any world si
                           reshards to the world size of the resumed run; ``read_model_state`` consolidates the
                           model in one process (analysis commands, export-hf)
     scheduler.json        the schedule's state
-    trainer_state.json    step, tokens, non-finite counters, world size, wandb run id, data fingerprint
+    trainer_state.json    step, tokens, non-finite counters, world size, wandb run id, data fingerprint, and
+                          ``data_files``: [path, sha256] of every local data file (data/identity.py)
     rng_rank{r}.pt        python / numpy / torch / cuda RNG state of rank r (weights_only)
     loader_rank{r}.json   the data loader state of rank r
     config.yaml           the resolved config of the run that wrote it
@@ -62,6 +63,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from llama_jreg import UserError
+from llama_jreg.data.identity import RECORD_KEY as DATA_RECORD_KEY
 from llama_jreg.data.tokenizer import load_tokenizer
 from llama_jreg.files import sha256_file
 from llama_jreg.train.distributed import barrier, broadcast_object, is_distributed
@@ -710,6 +712,7 @@ class Checkpointer:
     keep_last: int
     fmt: str = "full"
     asynchronous: bool = False
+    data_identity: Any = None  # data.identity.DataIdentity: the files recorded and checked by content
 
     def __post_init__(self):
         self.background = AsyncCheckpointer() if self.asynchronous else None  # the save in flight
@@ -719,14 +722,18 @@ class Checkpointer:
         exists after the next ``save`` or ``wait``."""
         return save_checkpoint(self.run_dir, step, model=self.model, optimizer=self.optimizer,
                                schedule=self.schedule, loader=self.loader,
-                               trainer_state={**state, "data_fingerprint": self.fingerprint},
+                               trainer_state={**state, "data_fingerprint": self.fingerprint,
+                                              **self._data_record()},
                                config_yaml=self.config_yaml, tokenizer_path=self.tokenizer_path,
                                keep_last=self.keep_last, fmt=self.fmt, background=self.background)
 
     def restore(self, path: Path) -> dict:
         """Model, optimizer, schedule, loader and RNG from ``path``; returns the trainer state (collective)."""
         return restore_checkpoint(path, model=self.model, optimizer=self.optimizer, schedule=self.schedule,
-                                  loader=self.loader, fingerprint=self.fingerprint)
+                                  loader=self.loader, fingerprint=self.fingerprint, data_identity=self.data_identity)
+
+    def _data_record(self) -> dict:
+        return {DATA_RECORD_KEY: self.data_identity.record()} if self.data_identity is not None else {}
 
     def wait(self) -> Path | None:
         """Finalise the asynchronous save in flight, if any (collective)."""
@@ -883,6 +890,7 @@ def restore_checkpoint(
     schedule,
     loader,
     fingerprint: str,
+    data_identity=None,
 ) -> dict:
     """Restore model, optimizer, schedule, this rank's loader and RNG from ``path`` (either format, any world
     size); return the trainer state. Collective. A checkpoint written for different data raises UserError."""
@@ -890,12 +898,14 @@ def restore_checkpoint(
     rank = dist.get_rank() if is_distributed() else 0
     world = dist.get_world_size() if is_distributed() else 1
     saved_fp = read_text(path, "data_fingerprint")
-    if saved_fp != fingerprint:
+    state = json.loads((path / "trainer_state.json").read_text())
+    if data_identity is not None:  # by content; older checkpoints by their own rule (data/identity.py)
+        data_identity.check(str(path), saved_fp, state.get(DATA_RECORD_KEY))
+    elif saved_fp != fingerprint:
         raise UserError(
             f"resume={path}: the checkpoint was trained on other data (fingerprint {saved_fp}, now {fingerprint}); "
             "use the same data config, or start a new run.dir"
         )
-    state = json.loads((path / "trainer_state.json").read_text())
 
     if checkpoint_format(path) == "sharded":
         _load_sharded_state(path, model, optimizer, rank)
@@ -914,7 +924,8 @@ def restore_checkpoint(
             stacklevel=2,
         )
         loader_file = path / "loader_rank0.json"
-    loader.load_state_dict(json.loads(loader_file.read_text()))
+    loader_state = json.loads(loader_file.read_text())
+    loader.load_state_dict(data_identity.translate(loader_state) if data_identity is not None else loader_state)
     rng_file = path / f"rng_rank{rank}.pt"
     if saved_world == world and rng_file.is_file():
         set_rng_state(_load_plain(rng_file))

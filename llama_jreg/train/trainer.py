@@ -104,7 +104,7 @@ class Trainer:
             self.run_dir, self.llama, self.optimizer, self.schedule, self.train_iter, self.config_yaml,
             tokenizer_path=str(tok) if tok else None, fingerprint=self.data.fingerprint, keep_last=t.keep_last,
             fmt=ckpt.resolve_format(t.checkpoint_format, cfg.parallel.name, t.async_checkpoint),
-            asynchronous=t.async_checkpoint)
+            asynchronous=t.async_checkpoint, data_identity=self.data.identity())
 
         # -- counters, then resume -----------------------------------------------------------------------
         self.step = 0  # optimizer steps taken (incl. skipped non-finite ones)
