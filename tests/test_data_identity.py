@@ -109,12 +109,13 @@ def _pre_content_identity_tree(dest: Path) -> Path | None:
     if log.returncode != 0 or not added:
         return None
     dest.mkdir()
-    archive = subprocess.run(["git", "archive", f"{added[-1]}~1", "llama_jreg"], cwd=REPO, capture_output=True,
-                             check=True)
+    archive = subprocess.run(["git", "archive", f"{added[-1]}~1", "llama_jreg", "configs"], cwd=REPO,
+                             capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
     return dest
 
 
+@pytest.mark.slow
 def test_checkpoint_of_the_path_identity_release_resumes_where_its_data_is(straight, tmp_path):
     """A real checkpoint written by the release before content identity (its code from git) resumes with
     today's code, bit for bit, when its data files are where they were; moved, they are refused."""
