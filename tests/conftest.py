@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.s3_server import s3, s3_server  # noqa: F401 - fixtures: a real S3 API server (moto) on 127.0.0.1
+
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache"
 

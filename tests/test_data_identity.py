@@ -41,13 +41,16 @@ def run_args(run_dir: Path, files: list[Path], cache: Path, *extra: str) -> list
             *extra]
 
 
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    """The reference: 8 uninterrupted steps on a two-file local corpus."""
-    w = tmp_path_factory.mktemp("straight")
+def straight_run(w: Path) -> Path:
+    """The reference: 8 uninterrupted steps on the two-file local corpus, in ``w``; returns the run dir."""
     files = write_corpus(w / "corpus")
     run_inprocess(run_args(w / "run", files, w / "cache"))
     return w / "run"
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    return straight_run(tmp_path_factory.mktemp("straight"))
 
 
 def test_moved_run_resumes_bit_for_bit(straight, tmp_path):

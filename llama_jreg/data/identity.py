@@ -84,9 +84,10 @@ class DataIdentity:
         if len(saved_files) == len(self.files):
             for (old_path, old_sha), (path, sha) in zip(saved_files, self.files):
                 if old_sha != sha:
-                    raise UserError(f"data file {path} differs from the one this run was trained on (sha256 "
-                                    f"{old_sha[:12]}…, now {sha[:12]}…); restore that file ({old_path} when the "
-                                    "run was trained), or start a new run.dir")
+                    kind, old_id, new_id = _kind(old_sha), _short(old_sha), _short(sha)
+                    raise UserError(f"data file {path} differs from the one this run was trained on ({kind} "
+                                    f"{old_id}…, now {new_id}…); restore that file ({old_path} when the run was "
+                                    "trained), or start a new run.dir")
         elif saved_files or self.files:
             raise UserError(f"resume={where}: data.files gives {len(self.files)} file(s), the run was trained on "
                             f"{len(saved_files)}; use the same data files, or start a new run.dir")
@@ -101,6 +102,16 @@ class DataIdentity:
         if isinstance(loader_state, list):
             return [self.translate(v) for v in loader_state]
         return loader_state
+
+
+def _kind(content_id: str) -> str:
+    """``sha256`` for a local file's hash, else the checksum an object store gave (``etag:...`` -> ``ETag``)."""
+    kind = content_id.split(":", 1)[0] if ":" in content_id else "sha256"
+    return {"etag": "ETag", "md5": "MD5", "crc32c": "CRC32C"}.get(kind, kind)
+
+
+def _short(content_id: str) -> str:
+    return content_id.split(":", 1)[-1][:12]
 
 
 def combine(fingerprint: str, files: list[list[str]], legacy_fingerprint: str | None,

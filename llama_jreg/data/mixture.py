@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llama_jreg import UserError
+from llama_jreg import UserError, storage
 from llama_jreg.data.schema import DataConfig, MixtureSource
 from llama_jreg.data.sources import resolve_files
 
@@ -79,7 +79,7 @@ def check_mixture(cfg: DataConfig) -> None:
         if not src.files and not src.hf_path:
             raise UserError(f"{where} reads nothing; give it files: [...] (local files) or hf_path: NAME")
         if src.hf_path is None and src.files:
-            _check_files(where, list(src.files))
+            _check_files(where, list(src.files), cfg.storage_options)
     if weights and all(w == 0 for w in weights):
         raise UserError("data.mixture: all weights are zero; give every source a weight > 0")
     for i, (src, w) in enumerate(zip(mix, weights)):
@@ -88,19 +88,29 @@ def check_mixture(cfg: DataConfig) -> None:
     block_size(weights)
 
 
-def _check_files(where: str, patterns: list[str]) -> None:
-    """Every pattern matches a file, and not every file is empty (a missing or empty source)."""
-    found = resolve_files(patterns, where)
-    if not any(_has_text(h) for h in found):
+def _check_files(where: str, patterns: list[str], options: dict | None = None) -> None:
+    """Every pattern matches a file (or object), and not every file is empty (a missing or empty source)."""
+    found = resolve_files(patterns, where, options)
+    if not any(_has_text(h, options) for h in found):
         raise UserError(f"{where}: its files are empty ({', '.join(patterns)}); add text or drop the source")
 
 
-def _has_text(path: str, chunk: int = 1 << 16) -> bool:
-    """Whether a file holds anything but whitespace (reads only up to its first other byte)."""
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            if block.strip():
-                return True
+def _has_text(path: str, options: dict | None = None, chunk: int = 1 << 16) -> bool:
+    """Whether a file or object holds anything but whitespace (reads only up to its first other byte)."""
+    try:
+        if storage.is_url(path):
+            fs, inner = storage.filesystem(path, options)
+            f = fs.open(inner, "rb")
+        else:
+            f = open(path, "rb")  # noqa: SIM115 - closed below
+        with f:
+            while block := f.read(chunk):
+                if block.strip():
+                    return True
+    except OSError as e:
+        if not storage.is_url(path):
+            raise
+        raise storage.storage_error(path, e) from None
     return False
 
 

