@@ -85,9 +85,10 @@ class DataIdentity:
             for (old_path, old_sha), (path, sha) in zip(saved_files, self.files):
                 if old_sha != sha:
                     kind, old_id, new_id = _kind(old_sha), _short(old_sha), _short(sha)
+                    then = f" (then at {old_path})" if old_path != path else ""
                     raise UserError(f"data file {path} differs from the one this run was trained on ({kind} "
-                                    f"{old_id}…, now {new_id}…); restore that file ({old_path} when the run was "
-                                    "trained), or start a new run.dir")
+                                    f"{old_id}…, now {new_id}…); restore the file it was trained on{then}, or "
+                                    "start a new run.dir")
         elif saved_files or self.files:
             raise UserError(f"resume={where}: data.files gives {len(self.files)} file(s), the run was trained on "
                             f"{len(saved_files)}; use the same data files, or start a new run.dir")

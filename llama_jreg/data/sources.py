@@ -192,7 +192,10 @@ def resolve_files(patterns: list[str], where: str = "data.files", options: dict 
     out: list[str] = []
     for pattern in patterns:
         if storage.is_url(pattern):
-            hits = storage.expand(str(pattern), options)
+            try:
+                hits = storage.expand(str(pattern), options)
+            except UserError as e:
+                raise UserError(f"{where}: {e}") from None
             if not hits:
                 raise UserError(f"{where}: {pattern} matches no object; check the URL (globs like "
                                 "s3://bucket/corpus/*.jsonl work)")
