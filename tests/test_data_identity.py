@@ -90,15 +90,16 @@ def test_sha256_is_cached_by_path_size_and_mtime(tmp_path):
     f.write_text("some text\n" * 1000)
     cache = tmp_path / "cache"
     real = sha256_file(f)
-    assert cached_sha256(str(f), cache) == real
+    assert cached_sha256(str(f), cache) == real and not cache.exists()  # small files: hashed, not cached
+    assert cached_sha256(str(f), cache, min_bytes=1000) == real
     (entry,) = (cache / "sha256").iterdir()
     entry.write_text("0" * 64 + "\n")  # the cache is what a second call reads: it does not hash the file again
-    assert cached_sha256(str(f), cache) == "0" * 64
+    assert cached_sha256(str(f), cache, min_bytes=1000) == "0" * 64
     st = f.stat()
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # touched: hashed again
-    assert cached_sha256(str(f), cache) == real
+    assert cached_sha256(str(f), cache, min_bytes=1000) == real
     shutil.copy(f, tmp_path / "copy.txt")  # another path: its own entry, the same content hash
-    assert cached_sha256(str(tmp_path / "copy.txt"), cache) == real
+    assert cached_sha256(str(tmp_path / "copy.txt"), cache, min_bytes=1000) == real
     assert len(list((cache / "sha256").iterdir())) == 3
 
 

@@ -2,8 +2,9 @@
 
 A local data file is identified by the sha256 of its bytes, not by its path: a run dir moved with its corpus
 to another folder or machine (``cp``, ``rsync`` without ``-t``, another mount point) sees the same data. The
-hash of a file is cached under ``<data cache>/sha256/`` keyed by (absolute path, size, mtime, inode), so a
-second start on the same machine does not re-read a large corpus; any change of those re-hashes it.
+hash of a file of 16 MiB or more is cached under ``<data cache>/sha256/`` keyed by (absolute path, size,
+mtime, inode), so a second start on the same machine does not re-read a large corpus; any change of those
+re-hashes it.
 
 A checkpoint records the files its run was trained on (``trainer_state.json`` key ``data_files``: the path
 and sha256 of every file), so a resume on changed data names the file that changed. Checkpoints written
@@ -25,14 +26,17 @@ from llama_jreg.files import sha256_file, short_hash
 
 #: the key of the checkpoint's trainer state that records the data files (absent in older checkpoints)
 RECORD_KEY = "data_files"
+#: files smaller than this are hashed at every start (~10 ms of CPU) and leave nothing in the cache
+CACHE_MIN_BYTES = 16 << 20
 
 
-def cached_sha256(path: str, cache: Path | None) -> str:
-    """The sha256 of ``path``'s bytes; with ``cache``, remembered under ``cache/sha256/`` by (path, size, mtime,
-    inode). The cache entry is written atomically (concurrent ranks hash and write the same value)."""
-    if cache is None:
-        return sha256_file(path)
+def cached_sha256(path: str, cache: Path | None, min_bytes: int = CACHE_MIN_BYTES) -> str:
+    """The sha256 of ``path``'s bytes; with ``cache`` and at least ``min_bytes`` bytes, remembered under
+    ``cache/sha256/`` by (path, size, mtime, inode). The cache entry is written atomically (concurrent ranks
+    hash and write the same value)."""
     st = os.stat(path)
+    if cache is None or st.st_size < min_bytes:
+        return sha256_file(path)
     key = short_hash([str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino], 32)
     entry = cache / "sha256" / key
     try:
