@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from llama_jreg import UserError
+from llama_jreg.config import load_config
 from llama_jreg.data.identity import cached_sha256
+from llama_jreg.data.prepare import prepare
 from llama_jreg.files import sha256_file
 from tests.conftest import REPO
 from tests.test_bad_inputs import MODEL, docs
@@ -122,7 +124,8 @@ def _pre_content_identity_tree(dest: Path) -> Path | None:
 @pytest.mark.slow
 def test_checkpoint_of_the_path_identity_release_resumes_where_its_data_is(straight, tmp_path):
     """A real checkpoint written by the release before content identity (its code from git) resumes with
-    today's code, bit for bit, when its data files are where they were; moved, they are refused."""
+    today's code, bit for bit, when its data files are where they were; moved, they are refused. Its data
+    preparation is recognised as the same data."""
     old_code = _pre_content_identity_tree(tmp_path / "old_code")
     if old_code is None:
         pytest.skip("needs a git checkout that has the commit adding llama_jreg/data/identity.py")
@@ -134,6 +137,12 @@ def test_checkpoint_of_the_path_identity_release_resumes_where_its_data_is(strai
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = tmp_path / "run" / "checkpoints" / "step_00000004"
     assert "data_files" not in (ckpt / "trainer_state.json").read_text()  # written by the older release
+    # its preparation is still this data's: prepare-data into it is a no-op, not "a different preparation"
+    (old_prepared,) = (tmp_path / "cache_old" / "prepared").iterdir()
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in old_prepared.iterdir())
+    cfg = load_config(run_args(tmp_path / "run", files, tmp_path / "cache_new")).data
+    assert prepare(cfg, out=old_prepared, log=lambda _m: None)[0] == old_prepared
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in old_prepared.iterdir()) == before
 
     moved = tmp_path / "moved"
     moved.mkdir()

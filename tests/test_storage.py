@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from llama_jreg import UserError, storage
+from llama_jreg.config import load_config
+from llama_jreg.data import build_data
 from tests.s3_server import free_port
 from tests.test_bad_inputs import snapshot
 from tests.test_data_identity import RUN, STEPS, straight_run, write_corpus
@@ -75,9 +77,6 @@ def test_a_changed_object_is_refused_by_name(s3, tmp_path):
 
 
 def test_a_mixture_source_by_url_reads_the_same_text_as_on_disk(s3, tmp_path):
-    from llama_jreg.config import load_config
-    from llama_jreg.data import build_data
-
     bucket, files = upload_corpus(s3, tmp_path)
     mixture = (f"data.mixture=[{{name: disk, weight: 1, files: [{files[0]}]}}, "
                f"{{name: s3, weight: 1, files: [s3://{bucket}/corpus/a.txt]}}]")

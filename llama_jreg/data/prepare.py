@@ -272,7 +272,8 @@ def prepare(cfg: DataConfig, out: str | Path | None = None, force: bool = False,
     fingerprint = data_fingerprint(source, cfg)
     out = Path(out).expanduser().resolve() if out else default_out(cfg, fingerprint)
     existing = read_manifest(out)
-    if existing is not None and existing.get("fingerprint") == fingerprint:
+    same = (fingerprint, data_fingerprint(source, cfg, rule="path"))  # (or as an older release knew the files)
+    if existing is not None and existing.get("fingerprint") in same:
         check_complete(out, existing)
         return out, existing
     if not force:

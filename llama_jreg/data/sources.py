@@ -80,7 +80,8 @@ class TextSource:
         if self.kind == "shakespeare":
             ident["files"] = [Path(f).name for f in self.files]
         elif rule == "path":  # (no release had URLs)
-            ident["files"] = [(f, os.path.getsize(f), os.stat(f).st_mtime_ns) for f in self.files]
+            ident["files"] = [(f,) if storage.is_url(f) else (f, os.path.getsize(f), os.stat(f).st_mtime_ns)
+                              for f in self.files]
         else:
             ident["files"] = [{"object": h} if storage.is_url(f) else {"sha256": h}
                               for f, h in zip(self.files, self.file_hashes())]
