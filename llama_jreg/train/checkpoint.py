@@ -15,7 +15,7 @@ full otherwise). Resume reads whichever format a checkpoint has, at any world si
                           model in one process (analysis commands, export-hf)
     scheduler.json        the schedule's state
     trainer_state.json    step, tokens, non-finite counters, world size, wandb run id, data fingerprint, and
-                          ``data_files``: [path, sha256] of every local data file (data/identity.py)
+                          ``data_files``: [path or URL, sha256 or ETag] of every data file (data/identity.py)
     rng_rank{r}.pt        python / numpy / torch / cuda RNG state of rank r (weights_only)
     loader_rank{r}.json   the data loader state of rank r
     config.yaml           the resolved config of the run that wrote it
