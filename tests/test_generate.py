@@ -7,16 +7,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llama_jreg import UserError
 from llama_jreg.cli import main as cli
-from llama_jreg.generate import KVCache, forward_cached, generate, sample_next
+from llama_jreg.generate import generate, sample_next
 from llama_jreg.model import Llama, config_for_size
 from tests.test_analysis import make_checkpoint
 
 
-def _model(dtype=torch.float64) -> Llama:
+def _model(dtype=torch.float64, backend="auto") -> Llama:
     torch.manual_seed(0)
     cfg = config_for_size("tiny", vocab_size=97, dim=48, n_layers=3, n_heads=6, n_kv_heads=2, ffn_dim=96,
-                          max_seq_len=40)
+                          max_seq_len=40, attn_backend=backend)
     m = Llama(cfg).to(dtype).eval()
     with torch.no_grad():  # weights large enough that every position matters
         for p in m.parameters():
@@ -25,19 +26,35 @@ def _model(dtype=torch.float64) -> Llama:
     return m
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
 @pytest.mark.parametrize("chunks", [[12], [5, 1, 1, 3, 1, 1], [1] * 12, [7, 5]])
-def test_cached_forward_matches_the_full_forward(chunks):
-    m = _model()
+def test_cached_forward_matches_the_full_forward(chunks, backend):
+    m = _model(backend=backend)
     tokens = torch.randint(0, 97, (3, sum(chunks)), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = m(tokens).logits
-    cache = KVCache.empty(m, 3, 40, torch.float64, "cpu")
     got, s = [], 0
-    for n in chunks:  # prefill, then pieces of any size over the cache
-        got.append(forward_cached(m, tokens[:, s:s + n], cache))
-        s += n
+    with torch.no_grad(), m.kv_cache(3, 40) as cache:
+        for n in chunks:  # prefill, then pieces of any size over the cache
+            got.append(m(tokens[:, s:s + n]).logits)
+            s += n
     assert cache.length == sum(chunks)
+    assert m.cache is None and all(layer.attn.cache is None for layer in m.layers)  # detached afterwards
     assert torch.allclose(torch.cat(got, 1), ref, atol=1e-10, rtol=0)
+
+
+def test_the_cache_refuses_positions_beyond_it_and_packed_documents():
+    m = _model()
+    tokens = torch.randint(0, 97, (1, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), m.kv_cache(1, 10) as cache:
+        m(tokens)
+        with pytest.raises(UserError, match="10 positions"):
+            m(tokens[:, :3])
+        assert cache.length == 8  # nothing written by the refused forward
+        with pytest.raises(ValueError, match="doc_ids"):
+            m(tokens[:, :1], doc_ids=torch.zeros(1, 1, dtype=torch.long))
+    with pytest.raises(UserError, match="model.max_seq_len=40"), m.kv_cache(1, 41):
+        pass
 
 
 def test_greedy_generation_equals_an_argmax_loop_over_the_full_forward():
