@@ -18,6 +18,11 @@ Initialisation (``Llama.reset_parameters``): every Linear and the embedding ~ N(
 output projections (attention ``wo`` and MLP ``w2``) ~ N(0, init_std / sqrt(2 * n_layers)) (GPT-2 / OLMo
 scaled init); RMSNorm weights = 1. A tied LM head shares the embedding matrix.
 
+Decoding (``Llama.kv_cache``, what ``llama-jreg generate`` and the lm-eval adapter use): a KV cache attached to
+each attention module for the duration of a ``with``; the same forward then runs the next tokens at the
+positions after the cached ones. Without a cache (training, evaluation) the forward takes the path it always
+did: the only added work is one ``cache is None`` check per attention.
+
 RoPE uses the half-split ("rotate_half") layout of HF transformers' Llama, so HF weights load without
 permutation (``llama_jreg/interop/hf.py``). In eager training RoPE and each RMSNorm are one autograd node each
 (``llama_jreg/ops.py``: the same values as the formulas, fewer kernels and saved tensors); compiled blocks use

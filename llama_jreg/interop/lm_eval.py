@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from llama_jreg import UserError
+from llama_jreg import UserError, help_text
 from llama_jreg.load import load_model, need_tokenizer, pick_device
 from llama_jreg.tasks.scoring import encode_pair, pair_request, score_requests
 
@@ -202,7 +202,7 @@ def run_lm_eval(model_path: str, tasks: list[str], *, include_path: str | None =
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="llama-jreg lm-eval", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="evaluate a checkpoint with lm-eval-harness tasks", epilog=__doc__)
+                                description="evaluate a checkpoint with lm-eval-harness tasks", epilog=help_text(__doc__))
     p.add_argument("model", help="checkpoint dir, run dir, HF Llama dir or .gguf file")
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     p.add_argument("--include-path", help="a directory of extra task YAMLs")
