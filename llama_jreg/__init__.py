@@ -9,3 +9,8 @@ class UserError(Exception):
     The CLI prints ``error: <message>`` on one line and exits with status 2; no traceback.
     Messages name the problem and the fix.
     """
+
+
+def help_text(doc: str) -> str:
+    """A module docstring as ``--help`` text: its reST literals (double backticks) shown with single ones."""
+    return doc.replace("``", "`")

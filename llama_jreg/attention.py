@@ -1,8 +1,9 @@
 """Attention backends behind one function.
 
 ``attention(q, k, v, backend)`` takes ``q`` of shape (B, H, T, D) and ``k``/``v`` of shape
-(B, H_kv, T, D) with ``H % H_kv == 0`` (grouped-query attention) and returns causal attention
-output of shape (B, H, T, D).
+(B, H_kv, S, D) with ``H % H_kv == 0`` (grouped-query attention) and returns causal attention
+output of shape (B, H, T, D). ``S == T`` in training; when decoding with a KV cache (``llama_jreg.model``)
+the T queries are the last T of S >= T positions, so query i sees keys ``0 .. S - T + i`` (every backend).
 
 Backends:
   * ``eager`` - plain math in the input dtype with an fp32 softmax; the reference.
@@ -108,6 +109,8 @@ def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    if q.shape[2] != k.shape[2] and bias is None:
+        return _sdpa_over_cache(q, k, v)
     if bias is not None:  # block-diagonal causal: the additive mask carries the causality
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
                                               enable_gqa=k.shape[1] != q.shape[1])
@@ -116,8 +119,21 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor 
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
+def _sdpa_over_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    # SDPA's is_causal aligns the mask to the top left (query i sees keys 0..i); here query i is position
+    # S - T + i, so the mask is explicit (none for one query, which sees every key)
+    T, S = q.shape[2], k.shape[2]
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep > 1:
+        k = k.repeat_interleave(n_rep, dim=1)
+        v = v.repeat_interleave(n_rep, dim=1)
+    mask = None if T == 1 else torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
 def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    # flash-attn wants (B, T, H, D) and supports GQA natively.
+    # flash-attn wants (B, T, H, D) and supports GQA natively; its causal mask is aligned to the bottom right
+    # (flash-attn >= 2.1), which is what queries after a KV cache need.
     out = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
     return out.transpose(1, 2)
 
@@ -163,18 +179,3 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 
             raise UserError("attn_backend=flash needs CUDA tensors in bf16/fp16; use attn_backend=sdpa here")
         return _flash(q, k, v) if docs is None else _flash_varlen(q, k, v, docs)
     raise UserError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-
-
-def attention_over_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal attention of ``T`` new queries -- the last ``T`` of ``S >= T`` positions -- over ``S`` keys and
-    values (a KV cache followed by the new ones): query ``i`` sees keys ``0 .. S - T + i``. For decoding
-    (``llama_jreg.generate``); PyTorch SDPA."""
-    T, S = q.shape[2], k.shape[2]
-    if T == S:
-        return _sdpa(q, k, v)
-    n_rep = q.shape[1] // k.shape[1]
-    if n_rep > 1:
-        k = k.repeat_interleave(n_rep, dim=1)
-        v = v.repeat_interleave(n_rep, dim=1)
-    mask = None if T == 1 else torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

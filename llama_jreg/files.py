@@ -1,9 +1,10 @@
-"""Hashing helpers shared by checkpoints, data preparation and ``init_from``."""
+"""File helpers shared by checkpoints, data preparation, ``init_from`` and the HF export: hashing, modes."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,3 +22,11 @@ def short_hash(obj: Any, n: int = 24) -> str:
     """The first ``n`` hex digits of the sha256 of ``obj`` as canonical JSON (sorted keys; other objects by
     ``str``): the fingerprints of preparations, data streams and mixtures."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def chmod_like_new_file(path: str | Path) -> None:
+    """Give ``path`` the mode an ordinary new file gets (0666 minus the umask, usually 0644): safetensors creates
+    its files 0600, unreadable for the rest of a group sharing exports."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)

@@ -1,9 +1,11 @@
 """llama-jreg generate: sample text from a model (our checkpoint or run dir, an HF Llama dir, or a GGUF file).
 
-Decoding uses a KV cache: the prompt is run once, then one token per step attends over the cached keys and
-values of all earlier positions. ``forward_cached`` runs the model's own modules (the training forward is
-untouched) and matches ``Llama.forward`` on the whole sequence (``tests/test_generate.py``). Greedy with ``--temperature 0``; otherwise softmax sampling with
+Decoding uses the model's own KV cache (``Llama.kv_cache``): the prompt is run once, then one token per step
+attends over the cached keys and values of all earlier positions, with the same logits as a forward over the
+whole sequence (``tests/test_generate.py``). Greedy with ``--temperature 0``; otherwise softmax sampling with
 ``--temperature``, ``--top-k`` and ``--top-p`` (nucleus), seeded by ``--seed`` (same seed, same text).
+The text printed after the prompt is the decoding of prompt + new tokens minus the decoding of the prompt, so
+a word that starts with a space (SentencePiece's ``▁``) keeps it.
 
 Prompts: for our SentencePiece checkpoints the prompt is preceded by EOS, the separator between documents in
 the training stream (so the model continues it as the start of a document); HF tokenizers add their own
@@ -14,56 +16,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
 
 import torch
 
 from llama_jreg import UserError
-from llama_jreg.attention import attention_over_cache
-from llama_jreg.load import load_model, need_tokenizer, pick_device, read_text
+from llama_jreg.load import TextTokenizer, load_model, need_tokenizer, pick_device, read_text
 from llama_jreg.model import Llama
-from llama_jreg.ops import apply_rope
-
-
-@dataclass
-class KVCache:
-    """Keys and values of every layer for positions ``0 .. length-1``: (B, n_kv_heads, max_len, head_dim)."""
-
-    k: list[torch.Tensor]
-    v: list[torch.Tensor]
-    length: int = 0
-
-    @classmethod
-    def empty(cls, model: Llama, batch: int, max_len: int, dtype: torch.dtype, device) -> KVCache:
-        c = model.cfg
-        shape = (batch, c.n_kv_heads, max_len, c.hd)
-        return cls([torch.empty(shape, dtype=dtype, device=device) for _ in range(c.n_layers)],
-                   [torch.empty(shape, dtype=dtype, device=device) for _ in range(c.n_layers)])
-
-
-@torch.no_grad()
-def forward_cached(model: Llama, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
-    """Logits (B, T, V) of ``tokens`` (B, T) at positions ``cache.length ..``; their keys and values are
-    appended to ``cache``. Same maths as ``Llama.forward`` on the whole sequence (tests compare the two)."""
-    B, T = tokens.shape
-    start, end = cache.length, cache.length + T
-    if end > cache.k[0].shape[2]:
-        raise UserError(f"{end} tokens exceed the model context {cache.k[0].shape[2]}; generate fewer tokens")
-    cos, sin = model.rope_cos[start:end], model.rope_sin[start:end]
-    h = model.tok_embeddings(tokens)
-    for i, layer in enumerate(model.layers):
-        a = layer.attn
-        x = layer.attn_norm(h)
-        q = a.wq(x).view(B, T, a.n_heads, a.hd).transpose(1, 2)
-        k = a.wk(x).view(B, T, a.n_kv_heads, a.hd).transpose(1, 2)
-        v = a.wv(x).view(B, T, a.n_kv_heads, a.hd).transpose(1, 2)
-        cache.k[i][:, :, start:end] = apply_rope(k, cos, sin)
-        cache.v[i][:, :, start:end] = v
-        out = attention_over_cache(apply_rope(q, cos, sin), cache.k[i][:, :, :end], cache.v[i][:, :, :end])
-        h = h + a.wo(out.transpose(1, 2).reshape(B, T, a.n_heads * a.hd))
-        h = h + layer.mlp(layer.mlp_norm(h))
-    cache.length = end
-    return model.output(model.norm(h))
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float,
@@ -97,26 +55,34 @@ def generate(model: Llama, prompt: torch.Tensor, max_new_tokens: int, *, tempera
     if total > model.cfg.max_seq_len:
         raise UserError(f"prompt ({T} tokens) + --max-new-tokens {max_new_tokens} = {total} exceeds the model "
                         f"context model.max_seq_len={model.cfg.max_seq_len}; shorten one of them")
-    dtype = model.tok_embeddings.weight.dtype
-    cache = KVCache.empty(model, B, total, dtype, prompt.device)
     gen = None
     if seed is not None and temperature > 0:
         gen = torch.Generator(device=prompt.device)
         gen.manual_seed(seed)
     out = [prompt]
     done = torch.zeros(B, dtype=torch.bool, device=prompt.device)
-    logits = forward_cached(model, prompt, cache)[:, -1]
-    for _ in range(max_new_tokens):
-        nxt = sample_next(logits, temperature, top_k, top_p, gen)
-        if eos_id is not None:
-            nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
-            done |= nxt == eos_id
-        out.append(nxt[:, None])
-        if eos_id is not None and bool(done.all()):
-            break
-        if len(out) - 1 < max_new_tokens:
-            logits = forward_cached(model, nxt[:, None], cache)[:, -1]
+    with model.kv_cache(B, total):
+        logits = model(prompt).logits[:, -1]
+        for _ in range(max_new_tokens):
+            nxt = sample_next(logits, temperature, top_k, top_p, gen)
+            if eos_id is not None:
+                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+                done |= nxt == eos_id
+            out.append(nxt[:, None])
+            if eos_id is not None and bool(done.all()):
+                break
+            if len(out) - 1 < max_new_tokens:
+                logits = model(nxt[:, None]).logits[:, -1]
     return torch.cat(out, dim=1)
+
+
+def continuation(tok: TextTokenizer, prompt: list[int], new: list[int]) -> str:
+    """The text ``new`` adds after ``prompt``: decode(prompt + new) minus decode(prompt). Decoding ``new`` alone
+    would lose what depends on the tokens before it (SentencePiece drops the space of a leading ``▁``)."""
+    before, full = tok.decode(prompt), tok.decode(prompt + new)
+    if full.startswith(before):
+        return full[len(before):]
+    return tok.decode(new)  # the prompt's text changed with what followed (not seen with our tokenizers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             new = new[:new.index(tok.eos_id)]
         if args.num_samples > 1:
             print(f"--- sample {i + 1}")
-        print(text + tok.decode(new), flush=True)
+        print(text + continuation(tok, ids, new), flush=True)
     return 0
 
 

@@ -18,6 +18,11 @@ Initialisation (``Llama.reset_parameters``): every Linear and the embedding ~ N(
 output projections (attention ``wo`` and MLP ``w2``) ~ N(0, init_std / sqrt(2 * n_layers)) (GPT-2 / OLMo
 scaled init); RMSNorm weights = 1. A tied LM head shares the embedding matrix.
 
+Decoding (``Llama.kv_cache``, what ``llama-jreg generate`` and the lm-eval adapter use): a KV cache attached to
+each attention module for the duration of a ``with``; the same forward then runs the next tokens at the
+positions after the cached ones. Without a cache (training, evaluation) the forward takes the path it always
+did: the only added work is one ``cache is None`` check per attention.
+
 RoPE uses the half-split ("rotate_half") layout of HF transformers' Llama, so HF weights load without
 permutation (``llama_jreg/interop/hf.py``). In eager training RoPE and each RMSNorm are one autograd node each
 (``llama_jreg/ops.py``: the same values as the formulas, fewer kernels and saved tensors); compiled blocks use
@@ -27,6 +32,8 @@ the formulas, which inductor fuses.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -197,6 +204,42 @@ def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return emb.cos().float(), emb.sin().float()
 
 
+class LayerKVCache:
+    """One attention layer's keys and values, (B, n_kv_heads, max_len, head_dim), for positions 0 .. length-1."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor):
+        self.k, self.v, self.length = k, v, 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the keys and values of the next positions; return those of every position so far."""
+        start, end = self.length, self.length + k.shape[2]
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class KVCache:
+    """The keys and values of every layer for decoding (``Llama.kv_cache``): a forward of T tokens writes theirs
+    at positions ``length .. length+T-1`` (its RoPE positions too) and attends over all ``length + T``."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device):
+        shape = (batch, cfg.n_kv_heads, max_len, cfg.hd)
+        self.layers = [LayerKVCache(torch.empty(shape, dtype=dtype, device=device),
+                                    torch.empty(shape, dtype=dtype, device=device)) for _ in range(cfg.n_layers)]
+        self.max_len = max_len
+
+    @property
+    def length(self) -> int:
+        """Positions cached so far (the next token's position)."""
+        return self.layers[0].length
+
+    def check_room(self, n: int) -> None:
+        if self.length + n > self.max_len:
+            raise UserError(f"{self.length + n} tokens exceed the KV cache of {self.max_len} positions; "
+                            "generate fewer tokens")
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -206,20 +249,26 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.hd, bias=False)
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.hd, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.hd, cfg.dim, bias=False)
+        self.cache: LayerKVCache | None = None  # set while decoding (``Llama.kv_cache``)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 docs: DocumentMask | None = None) -> torch.Tensor:
         B, T, _ = x.shape
-        # q and k in one matmul (the weights stay Linear modules wq/wk: checkpoints and HF interop are
-        # unchanged). v gets its own matmul: attention saves v for backward, and a view into a fused qkv
-        # output would keep the q/k part alive too; the q/k output is freed after RoPE.
-        nq = self.n_heads * self.hd
-        q, k = F.linear(x, torch.cat([self.wq.weight, self.wk.weight])).split([nq, self.n_kv_heads * self.hd], -1)
+        if self.cache is None:
+            # q and k in one matmul (the weights stay Linear modules wq/wk: checkpoints and HF interop are
+            # unchanged). v gets its own matmul: attention saves v for backward, and a view into a fused qkv
+            # output would keep the q/k part alive too; the q/k output is freed after RoPE.
+            nq = self.n_heads * self.hd
+            q, k = F.linear(x, torch.cat([self.wq.weight, self.wk.weight])).split([nq, self.n_kv_heads * self.hd], -1)
+        else:  # decoding a few tokens at a time: concatenating the weights would cost more than the matmuls
+            q, k = self.wq(x), self.wk(x)
         v = self.wv(x)
         q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)
         k = k.view(B, T, self.n_kv_heads, self.hd).transpose(1, 2)
         v = v.view(B, T, self.n_kv_heads, self.hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.cache is not None:  # the T new queries attend over every cached position and themselves
+            k, v = self.cache.append(k, v)
         out = attention(q, k, v, self.backend, docs)
         return self.wo(out.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
 
@@ -278,6 +327,7 @@ class Llama(nn.Module):
         # per-layer cosines inside each block (``compile_blocks`` sets it: fused into the compiled kernels) or
         # over all residual streams at once (eager: fewer passes); see the module docstring
         self.stats_in_blocks = False
+        self.cache: KVCache | None = None  # set while decoding (``kv_cache``)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -299,11 +349,46 @@ class Llama(nn.Module):
         for block in self.layers:
             block.compile()
 
+    @contextmanager
+    def kv_cache(self, batch: int, max_len: int) -> Iterator[KVCache]:
+        """Decode with a KV cache for ``batch`` rows of up to ``max_len`` positions: inside the ``with``, each
+        forward takes the next tokens of every row (the prompt, then one or more at a time), runs at the
+        positions that follow the cached ones and adds its keys and values to the cache (same logits as one
+        forward over the whole sequence). Without a cache the forward is the training one, unchanged."""
+        if max_len > self.cfg.max_seq_len:
+            raise UserError(f"{max_len} positions exceed the model context model.max_seq_len="
+                            f"{self.cfg.max_seq_len}; generate fewer tokens")
+        w = self.tok_embeddings.weight
+        cache = KVCache(self.cfg, batch, max_len, w.dtype, w.device)
+        self._attach(cache)
+        try:
+            yield cache
+        finally:
+            self._attach(None)
+
+    def _attach(self, cache: KVCache | None) -> None:
+        self.cache = cache
+        for i, layer in enumerate(self.layers):
+            layer.attn.cache = None if cache is None else cache.layers[i]
+
     def num_params(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # a tied head is counted once
         if exclude_embeddings:
             n -= self.tok_embeddings.weight.numel()
         return n
+
+    def _rope(self, T: int, position_ids: torch.Tensor | None, doc_ids: torch.Tensor | None):
+        """cos / sin of the T tokens' positions: 0..T-1, ``position_ids``, or after the cached ones."""
+        start = 0
+        if self.cache is not None:
+            if doc_ids is not None:
+                raise ValueError("doc_ids (packed documents) cannot be used with a KV cache")
+            self.cache.check_room(T)
+            start = self.cache.length
+        if position_ids is None:
+            return self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        # (B, 1, T, hd): per-row positions, broadcast over the heads
+        return self.rope_cos[position_ids].unsqueeze(1), self.rope_sin[position_ids].unsqueeze(1)
 
     def forward(
         self,
@@ -328,7 +413,8 @@ class Llama(nn.Module):
         Packed documents (``data.document_mask``): ``doc_ids`` (B, T) int, the document of each token (a new one
         starts wherever the id changes along a row): attention stays inside each document, so every token's
         output is what it would be with its document alone in the row. ``position_ids`` (B, T) int: the RoPE
-        position of each token (default 0..T-1; e.g. restarting at 0 in every document)."""
+        position of each token (default 0..T-1; e.g. restarting at 0 in every document). Inside ``kv_cache``
+        the tokens continue the cached sequence (see there)."""
         T = tokens.shape[1]
         if T > self.cfg.max_seq_len:
             raise UserError(
@@ -339,10 +425,7 @@ class Llama(nn.Module):
         # cosines with gradient over all residual streams at once (eager), unless the blocks compute them
         over_streams = mode == 2 and not self.stats_in_blocks
         block_mode = 0 if over_streams else mode
-        if position_ids is None:
-            cos, sin = self.rope_cos[:T], self.rope_sin[:T]
-        else:  # (B, 1, T, hd): per-row positions, broadcast over the heads
-            cos, sin = self.rope_cos[position_ids].unsqueeze(1), self.rope_sin[position_ids].unsqueeze(1)
+        cos, sin = self._rope(T, position_ids, doc_ids)
         h = self.tok_embeddings(tokens)
         docs = None
         if doc_ids is not None:  # one mask for all layers, in the form the backend that will run takes

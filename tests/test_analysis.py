@@ -3,6 +3,7 @@
 import itertools
 import json
 import math
+import os
 
 import pytest
 import sentencepiece as spm
@@ -306,6 +307,11 @@ def test_export_hf_command(ckpt, tmp_path):
     run, d, model = ckpt
     out = tmp_path / "hf"
     assert cli(["export-hf", str(run), str(out)]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in out.iterdir()}
+    assert modes["model.safetensors"] == 0o666 & ~umask, modes  # readable like any new file (safetensors: 0600)
+    assert set(modes.values()) == {0o666 & ~umask}, modes
     hf = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
     hf_tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
     sp = TextTokenizer.from_sentencepiece(d / "tokenizer.model")

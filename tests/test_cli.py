@@ -99,3 +99,32 @@ def test_bad_input_is_one_clear_line(tmp_path, args, needle):
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], p.stderr
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "runs").exists()  # nothing written
+
+
+@pytest.mark.parametrize("name", ["train", "prepare-data", "sweep-report", "jump", "plot", "eval", "ffn-concepts",
+                                  "generate", "export-hf", "lm-eval", "eval-tasks"])
+def test_help_shows_no_rest_markup(name, capsys):
+    from llama_jreg.cli import COMMANDS, main
+
+    assert name in COMMANDS
+    with pytest.raises(SystemExit) as e:
+        main([name, "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "usage: llama-jreg" in out
+    assert "``" not in out  # module docstrings' reST literals are shown with single backticks
+
+
+def test_sweeps_silence_wandb_unless_asked(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SILENT"}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), WANDB_MODE="offline")
+    common = ["train", "-m", "seed=1,2", "data=induction", *TINY, "model.vocab_size=64",
+              "data.induction.num_val=8", "trainer.max_steps=1", "trainer.eval_every=1", "logger=wandb", "logger.project=t"]
+
+    def sweep(name, **extra):
+        p = subprocess.run([sys.executable, "-m", "llama_jreg", *common, f"hydra.sweep.dir={tmp_path / name}"],
+                           cwd=tmp_path, env={**env, **extra}, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return [line for line in (p.stdout + p.stderr).splitlines() if line.startswith("wandb:")]
+
+    assert sweep("quiet") == []
+    assert len(sweep("loud", WANDB_SILENT="false")) >= 4  # asked for: wandb's own lines for both runs

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
+from llama_jreg import UserError
 from llama_jreg.cli import main as cli
-from llama_jreg.generate import KVCache, forward_cached, generate, sample_next
+from llama_jreg.generate import continuation, generate, sample_next
+from llama_jreg.load import TextTokenizer
 from llama_jreg.model import Llama, config_for_size
-from tests.test_analysis import make_checkpoint
+from tests.hf_assets import make_tiny_hf_llama
+from tests.test_analysis import _train_sp, make_checkpoint
 
 
-def _model(dtype=torch.float64) -> Llama:
+def _model(dtype=torch.float64, backend="auto") -> Llama:
     torch.manual_seed(0)
     cfg = config_for_size("tiny", vocab_size=97, dim=48, n_layers=3, n_heads=6, n_kv_heads=2, ffn_dim=96,
-                          max_seq_len=40)
+                          max_seq_len=40, attn_backend=backend)
     m = Llama(cfg).to(dtype).eval()
     with torch.no_grad():  # weights large enough that every position matters
         for p in m.parameters():
@@ -25,19 +29,35 @@ def _model(dtype=torch.float64) -> Llama:
     return m
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
 @pytest.mark.parametrize("chunks", [[12], [5, 1, 1, 3, 1, 1], [1] * 12, [7, 5]])
-def test_cached_forward_matches_the_full_forward(chunks):
-    m = _model()
+def test_cached_forward_matches_the_full_forward(chunks, backend):
+    m = _model(backend=backend)
     tokens = torch.randint(0, 97, (3, sum(chunks)), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = m(tokens).logits
-    cache = KVCache.empty(m, 3, 40, torch.float64, "cpu")
     got, s = [], 0
-    for n in chunks:  # prefill, then pieces of any size over the cache
-        got.append(forward_cached(m, tokens[:, s:s + n], cache))
-        s += n
+    with torch.no_grad(), m.kv_cache(3, 40) as cache:
+        for n in chunks:  # prefill, then pieces of any size over the cache
+            got.append(m(tokens[:, s:s + n]).logits)
+            s += n
     assert cache.length == sum(chunks)
+    assert m.cache is None and all(layer.attn.cache is None for layer in m.layers)  # detached afterwards
     assert torch.allclose(torch.cat(got, 1), ref, atol=1e-10, rtol=0)
+
+
+def test_the_cache_refuses_positions_beyond_it_and_packed_documents():
+    m = _model()
+    tokens = torch.randint(0, 97, (1, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), m.kv_cache(1, 10) as cache:
+        m(tokens)
+        with pytest.raises(UserError, match="10 positions"):
+            m(tokens[:, :3])
+        assert cache.length == 8  # nothing written by the refused forward
+        with pytest.raises(ValueError, match="doc_ids"):
+            m(tokens[:, :1], doc_ids=torch.zeros(1, 1, dtype=torch.long))
+    with pytest.raises(UserError, match="model.max_seq_len=40"), m.kv_cache(1, 41):
+        pass
 
 
 def test_greedy_generation_equals_an_argmax_loop_over_the_full_forward():
@@ -103,6 +123,67 @@ def test_generate_command(tmp_path, capsys):
     assert cli([*args, "--temperature", "0", "--num-samples", "2"]) == 0
     samples = capsys.readouterr().out.split("--- sample ")
     assert len(samples) == 3 and samples[1][1:] == samples[2][1:]  # greedy: both samples identical
+
+
+def test_the_continuation_keeps_the_space_that_starts_its_first_word(tmp_path):
+    tok = TextTokenizer.from_sentencepiece(_train_sp(tmp_path))  # a real SentencePiece model (add_dummy_prefix)
+    prompt = tok.encode_prompt("it was the best")
+    whole = tok.encode_prompt("it was the best of times")
+    assert whole[:len(prompt)] == prompt
+    new = whole[len(prompt):]
+    assert tok.decode(new) == "of times"  # decoded alone, the first word loses its leading "▁"
+    assert continuation(tok, prompt, new) == " of times"
+    assert continuation(tok, prompt, []) == ""
+
+
+def _generate_text(capsys, model, prompt, n=16):
+    assert cli(["generate", str(model), "--prompt", prompt, "--temperature", "0", "--max-new-tokens", str(n),
+                "--ignore-eos"]) == 0
+    return capsys.readouterr().out.removesuffix("\n")
+
+
+def _transformers_text(hf_dir, prompt_ids, prompt, n=16):
+    """``prompt`` + transformers' greedy continuation of ``prompt_ids``: decode(all) minus decode(prompt)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, local_files_only=True).eval()
+    hf_tok = AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
+    ids = torch.tensor([prompt_ids])
+    out = hf.generate(ids, max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0,
+                      attention_mask=torch.ones_like(ids))
+    return prompt + hf_tok.decode(out[0])[len(hf_tok.decode(prompt_ids)):]
+
+
+def test_generated_text_equals_transformers_generate_and_decode_on_the_export(tmp_path, capsys):
+    run, hf_dir = tmp_path / "run", tmp_path / "hf"
+    d, model = make_checkpoint(run, 5, seed=4, tmp=tmp_path, tie=False)
+    tok = TextTokenizer.from_sentencepiece(d / "tokenizer.model")
+    # a random model that writes word pieces: byte-fallback pieces (whose invalid UTF-8 runs SentencePiece and
+    # HF tokenizers render differently), special and unused ids get logit 0, below the best of ~60 word pieces
+    sp = tok.sp
+    with torch.no_grad():
+        for i in range(model.cfg.vocab_size):
+            if i >= sp.GetPieceSize() or sp.IsByte(i) or sp.IsControl(i) or sp.IsUnknown(i):
+                model.output.weight[i] = 0
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "model.safetensors"))
+    assert cli(["export-hf", str(run), str(hf_dir)]) == 0
+    capsys.readouterr()
+    spaced = 0
+    for prompt in ("In the beginning", "it was the best", "we had"):
+        ours = _generate_text(capsys, run, prompt)
+        assert ours == _transformers_text(hf_dir, tok.encode_prompt(prompt), prompt), prompt
+        spaced += ours[len(prompt)] == " "
+    assert spaced >= 1  # at least one continuation starts with a new word: the case that lost its space
+
+
+def test_generated_text_equals_transformers_generate_and_decode_with_an_hf_tokenizer(tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    hf_dir = make_tiny_hf_llama(tmp_path / "hf", add_bos=True)
+    hf_tok = AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
+    for prompt in ("To be, or not", "The slings and"):
+        ours = _generate_text(capsys, hf_dir, prompt)
+        assert ours == _transformers_text(hf_dir, hf_tok(prompt).input_ids, prompt), prompt
 
 
 @pytest.mark.parametrize("args, msg", [

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from llama_jreg import UserError
+from llama_jreg import UserError, help_text
 from llama_jreg.load import load_model, need_tokenizer, pick_device, read_text
 from llama_jreg.model import Llama
 
@@ -64,7 +64,7 @@ def ffn_sub_updates(model: Llama, ids: torch.Tensor, layer: int, position: int, 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="llama-jreg ffn-concepts", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="top FFN sub-updates and the tokens they promote", epilog=__doc__)
+                                description="top FFN sub-updates and the tokens they promote", epilog=help_text(__doc__))
     p.add_argument("model", help="checkpoint dir, run dir, HF Llama dir or .gguf file")
     p.add_argument("--text", required=True, help="UTF-8 text file; its first --seq-len tokens are the context")
     p.add_argument("--layer", type=int, required=True, help="layer, 1..n_layers")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from llama_jreg import UserError
+from llama_jreg import UserError, help_text
 from llama_jreg.jreg import psi_per_token, zeta, zeta_L
 from llama_jreg.load import load_model, need_tokenizer, pick_device, read_text
 from llama_jreg.model import Llama
@@ -119,7 +119,7 @@ def plot_psi(res: dict, out: str | Path, title: str = "") -> Path:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llama-jreg jump", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+                                epilog=help_text("\n\n".join(__doc__.split("\n\n")[1:])))
     p.add_argument("model", help="checkpoint dir, run dir, HF Llama dir or .gguf file")
     p.add_argument("--text", required=True, help="UTF-8 text file to measure on")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per window (default 256)")

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from llama_jreg import UserError
+from llama_jreg import UserError, help_text
 from llama_jreg.analysis.jump import make_windows
 from llama_jreg.config import apply_data_overrides, load_config
 from llama_jreg.data import build_data
@@ -183,6 +183,14 @@ def config_batches(train_cfg, model: Llama, n_batches: int | None) -> tuple[list
     return bundle.val_batches(n_batches), desc
 
 
+def describe_data(data: dict) -> str:
+    """One line for the header of ``eval``: what the model was evaluated on."""
+    if "text" in data:
+        return f"{data['windows']} windows of {data['seq_len']} tokens from {data['text']}"
+    return (f"the {data['split']} split of {data['source']}: {data['batches']} batches of "
+            f"{data['micro_batch_size']} x {data['seq_len']} tokens")
+
+
 def format_report(res: dict) -> str:
     lines = [(f"tokens {res['tokens']}   loss {res['loss']:.4f}   perplexity {res['perplexity']:.2f}   "
               f"top-1 accuracy {res['accuracy']:.4f}")]
@@ -214,7 +222,7 @@ def format_report(res: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="llama-jreg eval", formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="validation loss, perplexity, logit lens, early exit, induction "
-                                            "accuracy", epilog=__doc__)
+                                            "accuracy", epilog=help_text(__doc__))
     p.add_argument("model", help="checkpoint dir, run dir, HF Llama dir or .gguf file")
     p.add_argument("overrides", nargs="*", help="data overrides, e.g. data=induction data.seq_len=64")
     p.add_argument("--text", help="evaluate on this UTF-8 text file instead of the config's validation set")
@@ -253,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     res = logit_lens(model, batches, device, unit_gain=args.unit_gain_lens)
     res = {"model": info["path"], "kind": info["kind"], "step": info["step"], "n_layers": model.cfg.n_layers,
            "data": data, **res}
-    print(f"{info['name']} ({info['kind']}) on {json.dumps(data)}")
+    print(f"{info['name']} ({info['kind']}) on {describe_data(data)}")
     print(format_report(res))
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ import argparse
 import math
 from pathlib import Path
 
-from llama_jreg import UserError
+from llama_jreg import UserError, help_text
 from llama_jreg.train.rows import EvalRow, JumpRow, TaskRow, TrainRow, latest_by_step, read_metrics, rows_of
 
 
@@ -145,7 +145,7 @@ def _parse_steps(s: str | None) -> list[int] | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="llama-jreg plot", description="zeta_L over training and Psi curves",
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=help_text(__doc__))
     p.add_argument("run_dir", help="a run directory (with metrics.jsonl)")
     p.add_argument("--steps", help="comma-separated steps for the Psi-per-layer plot (nearest logged step)")
     args = p.parse_args(argv)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from llama_jreg import UserError
+from llama_jreg import UserError, help_text
 from llama_jreg.interop.hf import save_hf_llama
 from llama_jreg.load import load_model
 
@@ -45,7 +45,7 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, *, force: bool = Fals
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="llama-jreg export-hf", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="export a checkpoint as an HF Llama directory", epilog=__doc__)
+                                description="export a checkpoint as an HF Llama directory", epilog=help_text(__doc__))
     p.add_argument("checkpoint", help="checkpoint dir (checkpoints/step_*), run dir, HF Llama dir or .gguf")
     p.add_argument("out_dir")
     p.add_argument("--force", action="store_true", help="write into a non-empty OUT_DIR")

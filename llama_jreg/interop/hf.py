@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import normalizers
 
 from llama_jreg import UserError
+from llama_jreg.files import chmod_like_new_file
 from llama_jreg.model import Llama, ModelConfig, rope_tables
 
 _LAYER_MAP = {
@@ -420,6 +421,7 @@ def save_hf_llama(
     dtype = dtype or next(model.parameters()).dtype
     sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in hf_state_dict(model).items()}
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    chmod_like_new_file(out / "model.safetensors")  # readable like the rest of the export (and checkpoints)
     extra = dict(special_ids or {})
     if tokenizer_path is not None:
         sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))

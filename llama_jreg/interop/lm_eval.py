@@ -21,8 +21,7 @@ from pathlib import Path
 
 import torch
 
-from llama_jreg import UserError
-from llama_jreg.generate import KVCache, forward_cached
+from llama_jreg import UserError, help_text
 from llama_jreg.load import load_model, need_tokenizer, pick_device
 from llama_jreg.tasks.scoring import encode_pair, pair_request, score_requests
 
@@ -127,25 +126,24 @@ class LlamaJregLM(_LMBase):
 
     @torch.no_grad()
     def greedy(self, context: str, until: list[str], max_gen_toks: int) -> str:
-        """Greedy continuation with a KV cache (``llama_jreg.generate``): the context is cut from the left so
+        """Greedy continuation with the model's KV cache (``Llama.kv_cache``): the context is cut from the left so
         that it and ``max_gen_toks`` fit in ``max_length`` (as lm-eval's HF model does)."""
         max_gen = max(1, min(max_gen_toks, self.max_length - 1))
         ids = self.tok_encode(context) if context else [self.prefix_token_id]
         ids = ids[-(self.max_length - max_gen):]
-        cache = KVCache.empty(self.model, 1, len(ids) + max_gen, self.model.tok_embeddings.weight.dtype,
-                              self._device)
-        logits = forward_cached(self.model, torch.tensor([ids], device=self._device), cache)[0, -1]
-        gen: list[int] = []
-        text = ""
-        for _ in range(max_gen):
-            nxt = int(logits.argmax())
-            if self.eos_token_id is not None and nxt == self.eos_token_id:
-                break
-            gen.append(nxt)
-            text = self.tok.decode(gen)
-            if any(u and u in text for u in until) or len(gen) == max_gen:
-                break
-            logits = forward_cached(self.model, torch.tensor([[nxt]], device=self._device), cache)[0, -1]
+        with self.model.kv_cache(1, len(ids) + max_gen):
+            logits = self.model(torch.tensor([ids], device=self._device)).logits[0, -1]
+            gen: list[int] = []
+            text = ""
+            for _ in range(max_gen):
+                nxt = int(logits.argmax())
+                if self.eos_token_id is not None and nxt == self.eos_token_id:
+                    break
+                gen.append(nxt)
+                text = self.tok.decode(gen)
+                if any(u and u in text for u in until) or len(gen) == max_gen:
+                    break
+                logits = self.model(torch.tensor([[nxt]], device=self._device)).logits[0, -1]
         for u in until:
             if u:
                 text = text.split(u)[0]
@@ -204,7 +202,7 @@ def run_lm_eval(model_path: str, tasks: list[str], *, include_path: str | None =
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="llama-jreg lm-eval", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="evaluate a checkpoint with lm-eval-harness tasks", epilog=__doc__)
+                                description="evaluate a checkpoint with lm-eval-harness tasks", epilog=help_text(__doc__))
     p.add_argument("model", help="checkpoint dir, run dir, HF Llama dir or .gguf file")
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     p.add_argument("--include-path", help="a directory of extra task YAMLs")

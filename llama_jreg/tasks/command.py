@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from llama_jreg import UserError
+from llama_jreg import UserError, help_text
 from llama_jreg.config import TrainConfig, apply_data_overrides
 from llama_jreg.data import build_data
 from llama_jreg.load import load_model, pick_device
@@ -57,7 +57,7 @@ def task_context(model, tok, info: dict, overrides: list[str], n: int | None):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="llama-jreg eval-tasks", formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="task accuracy (induction, cloze, choice, lm-eval) of any model",
-                                epilog=__doc__)
+                                epilog=help_text(__doc__))
     p.add_argument("model", help="checkpoint dir, run dir, HF Llama dir or .gguf file")
     p.add_argument("overrides", nargs="*", help="data overrides, e.g. data=induction data.seq_len=64")
     p.add_argument("--tasks", required=True, help="comma-separated task specs, e.g. induction,cloze@100,choice:x.jsonl")

@@ -6,7 +6,8 @@ every rank composes the same config and so agrees on one ``run.dir``.
 
 Sweeps: ``-m jreg.weight=0,0.01,0.1`` expands every comma list (and ``range(...)``) with Hydra's own override
 parser; all jobs are validated before the first starts; job i runs in ``<hydra.sweep.dir>/<i>_<key=value>``
-with its own wandb run, all in one wandb group (the sweep dir's name unless ``logger.group`` is set).
+with its own wandb run, all in one wandb group (the sweep dir's name unless ``logger.group`` is set). wandb's
+own terminal output (~30 lines a run) is silenced in sweeps; ``WANDB_SILENT=false`` keeps it.
 """
 
 from __future__ import annotations
@@ -216,6 +217,7 @@ def run_sweep(overrides: list[str], hydra: dict[str, str]) -> list[dict]:
                                                        for o, n, c in cfgs]}
         (sweep_dir / "sweep.json").write_text(json.dumps(index, indent=2))
         print(f"[sweep] {len(cfgs)} runs in {sweep_dir}", flush=True)
+    os.environ.setdefault("WANDB_SILENT", "true")  # the sweep's own lines, not wandb's banner per run
     summaries = []
     for i, (job_overrides, name, cfg) in enumerate(cfgs):
         if is_main_process():
