@@ -87,6 +87,12 @@ def test_sweep_and_report(tmp_path):
     (["train", "jreg.weight=-1"], "jreg.weight=-1.0 must be >= 0"),
     (["train", "model=huge"], "unknown model 'huge'"),
     (["train", "trainer.nope=3"], "trainer.nope"),
+    (["train", "jreg.wieght=5"], "unknown config key jreg.wieght; did you mean jreg.weight?"),
+    (["train", "+jreg.wieght=5"], "unknown config key jreg.wieght; did you mean jreg.weight?"),
+    (["train", "+trainer.max_step=3"], "did you mean trainer.max_steps?"),
+    (["train", "+foo=1"], "unknown config key foo"),
+    (["train", "data=shakespeare", "data.files=[k.txt]"], "data.files is read by data=local"),
+    (["train", "data=local", "data.files=[k.txt]", "data.induction.num_triggers=3"], "add data=induction"),
     (["train", "jreg.weight=0,0.1"], "add -m"),
     (["train", "data.seq_len=100000"], "longer than the model context"),
     (["sweep-report", "/no/such/sweep"], "does not exist"),
@@ -99,3 +105,32 @@ def test_bad_input_is_one_clear_line(tmp_path, args, needle):
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], p.stderr
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_print_config_touches_no_network(tmp_path):
+    """``--print-config init_from=smollm2`` reads configs only: with an empty cache and no reachable package
+    index it prints the config as written and fetches nothing (a run resolves init_from when it is built)."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "LLAMA_JREG_CACHE": str(cache),
+           "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run([sys.executable, "-m", "llama_jreg", "train", "--print-config", "init_from=smollm2"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "init_from: smollm2" in p.stdout
+    assert not cache.exists() and not (tmp_path / "hf").exists()
+
+
+def test_a_run_says_what_it_uses_first(tmp_path):
+    """The first lines of a run name its data (the user's files, not Shakespeare), model, JREG and schedule,
+    and a warm-up longer than the run is warned about."""
+    corpus = tmp_path / "k.txt"
+    corpus.write_text("\n\n".join(f"In the beginning was the word number {i} and more words follow." for i in range(60)))
+    run = tmp_path / "r"
+    p = cli("train", *TINY, "data.files=[k.txt]", "trainer.max_steps=2", "schedule.warmup_steps=100",
+            "trainer.plots=false", f"run.dir={run}", cwd=tmp_path)
+    head = p.stdout.splitlines()[:5]
+    assert head[0].startswith(f"data: local {corpus}") and head[1].startswith("model: ")
+    assert head[2].startswith("jreg: jump weight") and head[3].startswith("schedule: cosine")
+    assert head[4].startswith("warning: schedule.warmup_steps=100 is longer than trainer.max_steps=2")
+    saved = (run / "config.yaml").read_text()
+    assert "source: local" in saved and str(corpus) in saved

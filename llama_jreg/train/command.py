@@ -25,9 +25,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
 from llama_jreg import UserError
-from llama_jreg.config import check_run_dir, load_config, to_yaml
+from llama_jreg.config import check_run_dir, describe, load_config, to_yaml, warnings_for
 from llama_jreg.train.reference import matching_reference, summary_lines
 from llama_jreg.train.rows import JumpRow, read_rows
+from llama_jreg.train.setup import build_config
 from llama_jreg.train.trainer import train
 
 HELP_KEYS = """\
@@ -187,8 +188,16 @@ def _print_summary(summary: dict, cfg=None) -> None:
     print("\n".join(lines), flush=True)
 
 
+def print_header(cfg) -> None:
+    """The first lines of a run: which data, model, JREG and schedule it uses, and any warning."""
+    if is_main_process():
+        lines = describe(cfg) + [f"warning: {w}" for w in warnings_for(cfg)]
+        print("\n".join(lines), flush=True)
+
+
 def run_one(overrides: list[str]) -> dict:
-    cfg = load_config(overrides)
+    cfg = build_config(overrides)
+    print_header(cfg)
     summary = train(cfg)
     _print_summary(summary, cfg)
     return summary
@@ -199,7 +208,7 @@ def run_sweep(overrides: list[str], hydra: dict[str, str]) -> list[dict]:
     jobs = expand_sweep(overrides)
     cfgs = []
     for job_overrides, name in jobs:  # validate every job before the first starts
-        cfg = load_config(job_overrides)
+        cfg = build_config(job_overrides)
         run_dir = sweep_dir / name
         cfg = replace(cfg, run=replace(cfg.run, dir=str(run_dir)))
         try:
@@ -220,6 +229,7 @@ def run_sweep(overrides: list[str], hydra: dict[str, str]) -> list[dict]:
     for i, (job_overrides, name, cfg) in enumerate(cfgs):
         if is_main_process():
             print(f"[sweep] run {i + 1}/{len(cfgs)}: {name}  ({' '.join(job_overrides)})", flush=True)
+        print_header(cfg)
         summary = train(cfg)
         _print_summary(summary, cfg)
         summaries.append(summary)

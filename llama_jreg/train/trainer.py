@@ -79,8 +79,6 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         t = cfg.trainer
-        if t.steps_per_run is not None and t.steps_per_run < 1:
-            raise UserError(f"trainer.steps_per_run={t.steps_per_run} must be >= 1 (or null)")
 
         self._start_processes()  # accelerate, ranks, device, precision, seeds
 
