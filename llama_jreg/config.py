@@ -62,11 +62,11 @@ def at_least(key: str, value, low: int = 1, note: str = "") -> None:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"
-    lr: float = 3e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    weight_decay: float = 0.1
+    name: str = "adamw"  # optimizer (configs/optim/)
+    lr: float = 3e-4  # peak learning rate
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
+    weight_decay: float = 0.1  # decoupled weight decay
     decay_norms_and_embeddings: bool = False  # weight decay off for norms and embeddings by default
     fused: bool | None = None  # None = fused AdamW on CUDA and CPU, foreach elsewhere
     grad_clip: float = 1.0  # 0 = off
@@ -86,7 +86,7 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     name: str = "cosine"  # cosine | wsd | constant
-    warmup_steps: int = 100
+    warmup_steps: int = 100  # linear warm-up from 0 to optim.lr (a warning when longer than max_steps)
     min_lr_ratio: float = 0.1  # final lr = min_lr_ratio * lr (cosine, wsd)
     decay_fraction: float = 0.2  # wsd: fraction of steps in the final decay
 
@@ -99,17 +99,17 @@ class ScheduleConfig:
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 1000
+    max_steps: int = 1000  # optimizer steps (the schedule spans them)
     # stop cleanly (checkpoint saved) after this many steps of one invocation; resume=auto continues.
     # The schedule still spans max_steps (for job time limits / chained jobs). null = run to max_steps
     steps_per_run: int | None = None
     global_batch_size: int | None = None  # sequences per optimizer step; None = micro_batch_size * world
-    log_every: int = 10
-    jump_every: int = 50
-    eval_every: int = 200
-    eval_batches: int = 8
-    ckpt_every: int = 500
-    keep_last: int = 3
+    log_every: int = 10  # training metrics every N steps
+    jump_every: int = 50  # Psi per layer and zeta_L every N steps
+    eval_every: int = 200  # validation loss every N steps
+    eval_batches: int = 8  # validation batches per evaluation
+    ckpt_every: int = 500  # checkpoint every N steps (and at the end)
+    keep_last: int = 3  # checkpoints kept
     # sharded: every rank writes its own shards (torch.distributed.checkpoint), loadable at any world size;
     # full: model.safetensors + optimizer.pt gathered on rank 0; auto: sharded under parallel=fsdp, else full.
     # Resume reads either format (llama_jreg/train/checkpoint.py)
@@ -119,19 +119,19 @@ class TrainerConfig:
     # Needs the sharded format (auto picks it)
     async_checkpoint: bool = False
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: bool = False
+    compile: bool = False  # torch.compile the model
     # tokens per chunk of the fused LM head + cross-entropy (llama_jreg/loss.py); null = auto (32 MiB of fp32
     # logits per chunk on CPU, 512 MiB on CUDA, >= 512 tokens); 0 = materialise the full logits (reference path)
     loss_chunk_tokens: int | None = None
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
     # torch.profiler over steps profile_from .. profile_from + profile_steps - 1 (null = off); traces and op
     # tables go to <run.dir>/profile/ (llama_jreg/train/profiling.py)
     profile_from: int | None = None
-    profile_steps: int = 3
-    deterministic: bool = False
+    profile_steps: int = 3  # steps profiled from trainer.profile_from
+    deterministic: bool = False  # torch deterministic algorithms (slower)
     nonfinite: str = "skip"  # skip | halt
-    max_nonfinite_in_a_row: int = 5
-    progress: bool = True
+    max_nonfinite_in_a_row: int = 5  # halt after this many skipped non-finite steps in a row
+    progress: bool = True  # a tqdm progress bar
     device: str = "auto"  # auto | cpu | cuda
     # on CPU with glibc: keep freed memory in the heap so the step's large temporaries do not page-fault
     # every step (process-wide mallopt settings; llama_jreg/train/allocator.py)
@@ -141,8 +141,8 @@ class TrainerConfig:
     # the end, and at step 0 of an init_from run; task_n examples per task without @N; task_batch_size
     # sequences per forward pass
     task_every: int | None = None
-    task_n: int = 200
-    task_batch_size: int = 8
+    task_n: int = 200  # examples per task without @N
+    task_batch_size: int = 8  # sequences per forward pass of task evaluation
 
     def validate(self) -> TrainerConfig:
         for key in ("max_steps", "log_every", "jump_every", "eval_every", "ckpt_every", "keep_last", "task_n",
@@ -176,11 +176,11 @@ class TrainerConfig:
 @dataclass
 class LoggerConfig:
     name: str = "none"  # none | wandb
-    project: str = "llama-jreg"
-    entity: str | None = None
-    group: str | None = None
-    tags: list[str] = field(default_factory=list)
-    run_name: str | None = None
+    project: str = "llama-jreg"  # wandb project
+    entity: str | None = None  # wandb entity
+    group: str | None = None  # wandb group (a sweep: its dir name)
+    tags: list[str] = field(default_factory=list)  # wandb tags
+    run_name: str | None = None  # wandb run name (a sweep job: its name)
     mode: str | None = None  # online | offline | disabled (default: $WANDB_MODE or online)
 
     def validate(self) -> LoggerConfig:
@@ -201,7 +201,7 @@ class ParallelConfig:
 
 @dataclass
 class RunConfig:
-    dir: str = "runs/default"
+    dir: str = "runs/default"  # where the run writes config.yaml, metrics.jsonl, checkpoints/, plots/
     root: str | None = None  # if set, run.dir must resolve inside it
 
     def validate(self) -> RunConfig:
@@ -220,7 +220,7 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     run: RunConfig = field(default_factory=RunConfig)
-    seed: int = 1234
+    seed: int = 1234  # seeds model init, data order, everything
     resume: str | None = None  # None | auto | PATH
     # continued pre-training: the weights (only) of a checkpoint / run dir / HF Llama dir / .gguf; the model
     # architecture and (without data.tokenizer) the tokenizer come from it (llama_jreg/train/init_from.py)
@@ -347,8 +347,10 @@ def unknown_key(key: str, schema=None) -> UserError:
     siblings = {k.rpartition(".")[2]: k for k in keys if k.rpartition(".")[0] == parent}
     if schema is not None:
         siblings = {f.name: f"{parent}.{f.name}" for f in fields(schema)}
-    close = [siblings[c] for c in difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.6)]
-    close = close or difflib.get_close_matches(key, keys, n=1, cutoff=0.8)
+    close = [siblings[c] for c in difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.7)]
+    close = close or [k for c, k in siblings.items() if leaf and c.startswith(leaf)][:1]  # warmup -> warmup_steps
+    if not siblings:  # the group itself is mistyped (jerg.weight)
+        close = difflib.get_close_matches(key, keys, n=1, cutoff=0.8)
     hint = f"; did you mean {close[0]}?" if close else "; see `llama-jreg train --help` for the keys"
     return UserError(f"unknown config key {key}{hint}")
 

@@ -134,3 +134,47 @@ def test_a_run_says_what_it_uses_first(tmp_path):
     assert head[4].startswith("warning: schedule.warmup_steps=100 is longer than trainer.max_steps=2")
     saved = (run / "config.yaml").read_text()
     assert "source: local" in saved and str(corpus) in saved
+
+
+def _summary(out: str) -> list[str]:
+    """The run summary's value lines (not the paths, which name the run dir either way)."""
+    lines = out[out.index("=== llama-jreg run summary ==="):].splitlines()[1:]
+    return [line for line in lines if line.split(":")[0].strip() in ("steps", "tokens seen", "final train loss",
+                                                                       "final LM loss", "validation loss", "zeta_L",
+                                                                       "val zeta_L")]
+
+
+def test_a_run_dir_is_enough_from_any_directory(tmp_path):
+    """A run trained on a relative data.files in one directory resumes with ``run.dir=R resume=auto`` alone from
+    another (its own config.yaml, saying so), refuses an override that changes its data, re-prints the same
+    summary once finished, and every command that reads a run dir works there."""
+    start, other = tmp_path / "start", tmp_path / "other"
+    start.mkdir()
+    other.mkdir()
+    (start / "k.txt").write_text("\n\n".join(f"And the word {i} was with the reader, and the reader read it."
+                                             for i in range(80)))
+    run = tmp_path / "runs" / "r"
+    cli("train", *TINY, "data.files=[k.txt]", "trainer.max_steps=4", "trainer.ckpt_every=2", "trainer.jump_every=2",
+        "trainer.plots=false", f"run.dir={run}", cwd=start)
+    p = cli("train", f"run.dir={run}", "resume=auto", "trainer.max_steps=6", cwd=other)
+    assert f"resumed from {run / 'checkpoints' / 'step_00000004'} (step 4)" in p.stdout
+    assert p.stdout.startswith(f"data: local {start / 'k.txt'}")
+    again = cli("train", f"run.dir={run}", "resume=auto", "trainer.max_steps=6", cwd=other)
+    assert f"resumed from {run / 'checkpoints' / 'step_00000006'} (step 6)" in again.stdout
+    assert _summary(again.stdout) == _summary(p.stdout) and any("val zeta_L" in x for x in _summary(p.stdout))
+    saved = (run / "config.yaml").read_text()
+    bad = cli("train", f"run.dir={run}", "resume=auto", "data.seq_len=32", cwd=other, check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "error: data.seq_len=32 differs from the run's" in bad.stderr and "trained on other data" in bad.stderr
+    assert (run / "config.yaml").read_text() == saved
+    fresh = cli("train", f"run.dir={tmp_path / 'typo'}", "resume=auto", *TINY, f"data.files=[{start / 'k.txt'}]",
+                "trainer.max_steps=1", "trainer.plots=false", cwd=other)
+    assert f"no checkpoint in {tmp_path / 'typo'}: starting a new run" in fresh.stdout
+    # every command on the run dir, from another directory
+    assert "val" in cli("eval", str(run), cwd=other).stdout
+    assert "cloze" in cli("eval-tasks", str(run), "--tasks", "cloze@4", cwd=other).stdout
+    cli("plot", str(run), cwd=other)
+    cli("generate", str(run), "--prompt", "And the word", "--max-new-tokens", "3", "--temperature", "0", cwd=other)
+    cli("jump", str(run), "--text", str(start / "k.txt"), cwd=other)
+    cli("export-hf", str(run), str(other / "hf"), cwd=other)
+    assert (other / "hf" / "config.json").is_file()

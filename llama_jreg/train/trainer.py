@@ -85,6 +85,8 @@ class Trainer:
         # -- run dir: what to resume from (decided on rank 0, before anything is written), then config.yaml ---
         self.run_dir = check_run_dir(cfg.run)
         self.resumed_from = ckpt.resolve_resume(cfg.resume, self.run_dir, self.is_main)
+        if self.resumed_from is None and cfg.resume == "auto" and self.is_main:
+            print(f"no checkpoint in {self.run_dir}: starting a new run", flush=True)
         if self.resumed_from is None and cfg.resume is None:
             existing = broadcast_object(bool(ckpt.list_checkpoints(self.run_dir)) if self.is_main else None)
             if existing:
@@ -125,6 +127,8 @@ class Trainer:
             self.metrics.truncate_after(self.step)
             self.last.update(broadcast_object(self.metrics.last_values() if self.is_main else None))
             self.last["last_checkpoint"] = str(self.resumed_from)
+            if self.is_main:
+                print(f"resumed from {self.resumed_from} (step {self.step})", flush=True)
         else:
             self.metrics.truncate_after(-1)  # a fresh run starts a fresh metrics.jsonl
         if not self.wandb_run_id:
