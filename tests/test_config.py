@@ -9,6 +9,7 @@ from llama_jreg.config import (
     TrainConfig,
     describe,
     from_yaml,
+    group_options,
     load_config,
     schema_keys,
     to_yaml,
@@ -25,20 +26,19 @@ def test_defaults_compose_to_typed_config():
     assert cfg.data.vocab_size == cfg.model.vocab_size  # tokenizer vocab defaults to the model's
 
 
-@pytest.mark.parametrize("group,options", [
-    ("model", ["tiny", "small", "medium", "large"]),
-    ("jreg", ["off", "jump", "jump_last", "final", "paper", "weighted"]),
-    ("data", ["shakespeare", "local", "hf", "induction"]),
-    ("schedule", ["cosine", "wsd", "constant"]),
-    ("logger", ["none", "wandb"]),
-    ("parallel", ["ddp", "fsdp"]),
-])
-def test_every_group_option_composes(group, options):
-    assert sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml")) == sorted(options)
+@pytest.mark.parametrize("group", sorted(set(group_options()) - {"experiment"}))
+def test_every_group_option_composes(group):
+    """Every option found under configs/GROUP/ composes (``train --help`` lists the same files)."""
+    options = group_options()[group]
+    assert options
     for opt in options:
         extra = ["data.files=[x.txt]"] if (group, opt) == ("data", "local") else []
+        extra += ["data.hf_path=x/y"] if (group, opt) == ("data", "hf") else []
         cfg = load_config([f"{group}={opt}", *extra])
-        assert getattr(cfg, group).name == opt if group in ("model", "logger", "parallel", "schedule") else True
+        if group in ("model", "logger", "parallel", "schedule", "optim"):
+            assert getattr(cfg, group).name == opt
+        if group == "data":
+            assert cfg.data.source == opt
 
 
 def test_user_facing_keys():
@@ -163,3 +163,29 @@ def test_global_batch_must_be_a_multiple_of_the_micro_batch():
         load_config(["data.micro_batch_size=4", "trainer.global_batch_size=6"])
     with pytest.raises(UserError, match="trainer.steps_per_run=0 must be >= 1"):
         load_config(["trainer.steps_per_run=0"])
+
+
+def test_readme_config_table_is_generated_from_the_schemas():
+    """README.md's Config reference is what ``python -m llama_jreg.config_doc --write README.md`` writes: every
+    schema key and every group option of configs/, with the composed defaults."""
+    from llama_jreg.config_doc import markdown, readme_table
+
+    readme = CONFIG_DIR.parent / "README.md"
+    assert readme_table(readme) == markdown(), "README drifted: run python -m llama_jreg.config_doc --write README.md"
+    table = markdown()
+    for key in schema_keys():
+        assert f"| `{key}` |" in table
+    for group, options in group_options().items():
+        assert f"| `{group}=` |" in table and all(o in table for o in options)
+
+
+def test_train_help_lists_the_groups_and_presets_of_configs():
+    from llama_jreg.train.command import _parser
+
+    text = _parser().format_help()
+    for group, options in group_options().items():
+        line = next(x for x in text.splitlines() if x.strip().startswith(f"{group}="))
+        assert line.strip().replace("[", "").replace("]", "") == f"{group}={'|'.join(options)}"
+    assert "experiment=" in text and "jump_emergence" in text and "trainer=[default]" in text
+    assert "demo" not in text.replace("llama-jreg", "")  # no option that configs/ lacks
+    assert all(key in text for key in schema_keys())

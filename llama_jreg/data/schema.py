@@ -28,7 +28,7 @@ class InductionConfig:
     num_triggers: int = 5  # K trigger tokens per sequence
     bigram: str = "random"  # "random" (Dirichlet), "shakespeare" (the cached corpus) or a text file's path
     num_train: int = 100_000  # number of training sequences (deterministic per (seed, index))
-    num_val: int = 256
+    num_val: int = 256  # validation sequences
     vocab_size: int | None = None  # defaults to model.vocab_size
     triggers: str = "per_sequence"  # per_sequence: K triggers drawn per sequence | top: the K most frequent tokens
     alpha: float = 0.1  # Dirichlet concentration of each row of the random bigram matrix
@@ -69,12 +69,12 @@ class DataConfig:
     source: str = "shakespeare"  # shakespeare | local | hf | induction
     # local: text / jsonl / parquet files or globs, read with HF datasets
     files: list[str] = field(default_factory=list)
-    text_field: str = "text"
+    text_field: str = "text"  # the text column of jsonl / parquet / csv files
     text_sample_by: str = "document"  # .txt files: one document per file | paragraph | line
     # hf: a hub dataset, streamed
     hf_path: str | None = None
-    hf_name: str | None = None
-    hf_split: str = "train"
+    hf_name: str | None = None  # the dataset's config name
+    hf_split: str = "train"  # the split read
     # tokenizer: a SentencePiece .model to load, or None to train one (BPE, byte fallback, split digits)
     tokenizer: str | None = None
     vocab_size: int | None = None  # tokenizer vocab when training one; defaults to model.vocab_size
@@ -88,7 +88,7 @@ class DataConfig:
     # carry per-token document ids derived from EOS; llama_jreg/attention.py), and with document_positions the
     # RoPE positions restart at 0 in every document
     document_mask: bool = False
-    document_positions: bool = False
+    document_positions: bool = False  # with document_mask: RoPE positions restart per document
     # preparation
     streaming: bool = False  # tokenise on the fly from `datasets` streaming instead of prepared shards
     prepared_dir: str | None = None  # where shards + manifest go; default: <cache_dir>/prepared/<fingerprint>

@@ -18,7 +18,6 @@ import os
 import re
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -26,38 +25,19 @@ from hydra.errors import HydraException
 
 from llama_jreg import UserError
 from llama_jreg.config import check_run_dir, describe, load_config, to_yaml, warnings_for
+from llama_jreg.config_doc import help_groups, help_keys
 from llama_jreg.train.reference import matching_reference, summary_lines
 from llama_jreg.train.rows import JumpRow, read_rows
 from llama_jreg.train.setup import build_config
 from llama_jreg.train.trainer import train
 
-HELP_KEYS = """\
-config groups (pick one with GROUP=NAME):
-  model=tiny|small|medium|large          jreg=off|jump|jump_last|final|paper|weighted
-  data=shakespeare|local|hf|induction    optim=adamw   schedule=cosine|wsd|constant
-  trainer=default|demo   logger=none|wandb   parallel=ddp|fsdp
-  experiment=induction|text|continued    a whole recipe (docs/recipes.md); other overrides still win
-
-user-facing keys (KEY=VALUE):
-  jreg.weight (lambda, >=0)  jreg.mode (jump|final|paper|weighted)  jreg.l0 (-1 = last layer)  jreg.weighting
-  jreg.warmup_steps  jreg.stream (pre_norm|post_norm: h_L before / after the final norm)
-  data.files=[a.jsonl,b.txt]  data.text_field  data.seq_len  data.micro_batch_size  data.tokenizer
-  seed  trainer.max_steps  trainer.global_batch_size  trainer.log_every  trainer.jump_every
-  trainer.eval_every  trainer.ckpt_every  trainer.keep_last  trainer.compile  trainer.precision
-  trainer.loss_chunk_tokens (null=auto, 0=full logits)  model.attn_backend  model.rope_scaling (linear|llama3)
-  trainer.profile_from=STEP trainer.profile_steps=N (torch.profiler -> run.dir/profile/)
-  trainer.malloc_tuning (CPU: keep freed memory in the heap, default true)
-  trainer.checkpoint_format (auto|sharded|full)  trainer.async_checkpoint (sharded, written in the background)
+HELP_USAGE = """\
+values:
+  resume=auto|PATH   continue run.dir from its newest checkpoint, with its own config.yaml (or from PATH)
+  init_from=PATH     continued pre-training from a checkpoint / run dir / HF Llama dir / .gguf (or smollm2)
+  tasks=[induction,cloze@100,choice:FILE,lm-eval:NAME]   task evaluation during training
+  data.files=[a.jsonl,b.txt]   your corpus (picks data=local unless another data= is named)
   data.mixture=[{name: web, weight: 0.7, files: [web/*.jsonl]}, {name: code, weight: 0.3, hf_path: NAME}]
-  optim.lr  optim.weight_decay  optim.fused  optim.z_loss (e.g. 1e-4; 0=off)  schedule.warmup_steps
-  data.document_mask (attention within documents)  data.document_positions (RoPE restarts per document)
-  data.streaming  logger.project  logger.group  logger.tags
-  run.dir   resume=auto|PATH
-  tasks=[induction,cloze@100,choice:FILE,lm-eval:NAME]  task evaluation every trainer.task_every steps
-            (null = eval_every) and at the end; trainer.task_n (examples per task without @N)
-  init_from=PATH  continued pre-training: start from the weights (only) of a checkpoint / run dir / HF Llama
-            dir / .gguf; the architecture and, without data.tokenizer, the tokenizer come from it
-  data.tokenizer=PATH  a SentencePiece .model or an HF tokenizer.json (or a directory holding one)
   hydra.sweep.dir=DIR (with -m)
 
 examples:
@@ -70,12 +50,17 @@ examples:
 """
 
 
-def _parser() -> argparse.ArgumentParser:
+def _help_epilog() -> str:
+    """The groups and presets found in configs/ and every schema key (llama_jreg.config_doc), then usage."""
+    return f"{help_groups()}\n\n{help_keys()}\n\n{HELP_USAGE}"
+
+
+def _parser(full_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llama-jreg train",
         description="Pre-train a Llama model with JREG. Arguments are Hydra overrides.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=HELP_KEYS,
+        epilog=_help_epilog() if full_help else None,  # composing configs/ for the help costs ~1 s
     )
     p.add_argument("-m", "--multirun", action="store_true", help="sweep: one run per value of each a,b,c list")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -208,9 +193,8 @@ def run_sweep(overrides: list[str], hydra: dict[str, str]) -> list[dict]:
     jobs = expand_sweep(overrides)
     cfgs = []
     for job_overrides, name in jobs:  # validate every job before the first starts
-        cfg = build_config(job_overrides)
         run_dir = sweep_dir / name
-        cfg = replace(cfg, run=replace(cfg.run, dir=str(run_dir)))
+        cfg = build_config(job_overrides, run_dir=run_dir)
         try:
             check_run_dir(cfg.run)  # the job's run dir replaces run.dir: it must stay inside run.root too
         except UserError:
@@ -245,7 +229,7 @@ def run_sweep(overrides: list[str], hydra: dict[str, str]) -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser(full_help=bool({"-h", "--help"} & set(argv))).parse_args(argv)
     overrides, hydra = _split_hydra(args.overrides)
     if args.print_config:
         for job_overrides, _ in expand_sweep(overrides) if args.multirun else [(overrides, "")]:
