@@ -401,14 +401,19 @@ def load_config(overrides: list[str] | None = None) -> TrainConfig:
     ``data=local`` (the files would not be read otherwise); named together with ``data=shakespeare`` it is
     refused."""
     overrides = list(overrides or [])
-    cfg = to_train_config(compose(overrides))
+    return validate(files_pick_local(to_train_config(compose(overrides)), overrides))
+
+
+def files_pick_local(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """``data.files`` with ``data=shakespeare`` (which reads no files): ``data=local`` unless the overrides name
+    ``data=shakespeare`` themselves, which is refused."""
     if cfg.data.source == "shakespeare" and cfg.data.files:
         picked = [o for o in overrides if o.lstrip("+~").partition("=")[0] == "data"]
         if picked:
             raise UserError(f"data.files is read by data=local (or data=hf), not by {picked[-1]}; write data=local "
                             "data.files=[...]")
         cfg.data.source = "local"
-    return validate(cfg)
+    return cfg
 
 
 def describe(cfg: TrainConfig) -> list[str]:
@@ -472,7 +477,7 @@ def apply_data_overrides(base, overrides: list[str]):
                 raise UserError(f"bad override {ov!r}: {str(e).splitlines()[0]}") from None
         else:
             raise UserError(f"override {ov!r}: eval takes only data.* and seed overrides")
-    return to_train_config(raw)  # fills data.vocab_size / data.induction.vocab_size from the model
+    return files_pick_local(to_train_config(raw), overrides)  # fills data.vocab_size / induction.vocab_size
 
 
 def to_yaml(cfg: TrainConfig) -> str:

@@ -189,3 +189,12 @@ def test_train_help_lists_the_groups_and_presets_of_configs():
     assert "experiment=" in text and "jump_emergence" in text and "trainer=[default]" in text
     assert "demo" not in text.replace("llama-jreg", "")  # no option that configs/ lacks
     assert all(key in text for key in schema_keys())
+
+
+def test_eval_data_overrides_follow_the_same_rule():
+    """``eval`` / ``eval-tasks`` data overrides: data.files reads the files, next to data=shakespeare it is refused."""
+    from llama_jreg.config import apply_data_overrides
+
+    assert apply_data_overrides(TrainConfig(), ["data.files=[a.txt]"]).data.source == "local"
+    with pytest.raises(UserError, match="not by data=shakespeare"):
+        apply_data_overrides(TrainConfig(), ["data=shakespeare", "data.files=[a.txt]"])
