@@ -177,6 +177,9 @@ def print_header(cfg) -> None:
     """The first lines of a run: which data, model, JREG and schedule it uses, and any warning."""
     if is_main_process():
         lines = describe(cfg) + [f"warning: {w}" for w in warnings_for(cfg)]
+        run_dir = Path(cfg.run.dir)
+        if cfg.resume == "auto" and not any((run_dir / "checkpoints").glob("step_*")):
+            lines.append(f"no checkpoint in {run_dir}: starting a new run")
         print("\n".join(lines), flush=True)
 
 

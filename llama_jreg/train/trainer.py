@@ -85,8 +85,6 @@ class Trainer:
         # -- run dir: what to resume from (decided on rank 0, before anything is written), then config.yaml ---
         self.run_dir = check_run_dir(cfg.run)
         self.resumed_from = ckpt.resolve_resume(cfg.resume, self.run_dir, self.is_main)
-        if self.resumed_from is None and cfg.resume == "auto" and self.is_main:
-            print(f"no checkpoint in {self.run_dir}: starting a new run", flush=True)
         if self.resumed_from is None and cfg.resume is None:
             existing = broadcast_object(bool(ckpt.list_checkpoints(self.run_dir)) if self.is_main else None)
             if existing:
