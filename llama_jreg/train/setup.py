@@ -82,9 +82,16 @@ def _override_parts(overrides: list[str]) -> list[str]:
 def merge_overrides(saved: TrainConfig, fresh: TrainConfig, overrides: list[str]) -> TrainConfig:
     """``saved`` with the parts the overrides set taken from ``fresh`` (the overrides composed on the defaults)."""
     merged, new = OmegaConf.structured(saved), OmegaConf.structured(fresh)
-    for key in [*_override_parts(overrides), "resume", "run"]:
+    parts = _override_parts(overrides)
+    for key in [*parts, "resume", "run"]:
         OmegaConf.update(merged, key, OmegaConf.select(new, key), merge=False)
-    return validate(to_train_config(merged))
+    # vocabularies the overrides did not set follow the (saved) model, as they would have when it was composed
+    for key, default in (("data.vocab_size", fresh.data.vocab_size), ("data.induction.vocab_size",
+                                                                      fresh.data.induction.vocab_size)):
+        if key not in parts and default == fresh.model.vocab_size and OmegaConf.select(merged, key) == default:
+            OmegaConf.update(merged, key, saved.data.vocab_size if key == "data.vocab_size"
+                             else saved.data.induction.vocab_size)
+    return to_train_config(merged)
 
 
 def _differences(a, b, keys, prefix: str):
@@ -111,7 +118,8 @@ def check_same_training(saved: TrainConfig, cfg: TrainConfig, where: Path) -> No
 def resolve_run(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
     """``cfg`` (from ``load_config(overrides)``) made ready to train; see the module docstring."""
     if cfg.init_from is not None:
-        cfg = validate(apply_init_from(cfg, overrides))
+        cfg = apply_init_from(cfg, overrides)
+    validate(cfg)
     if cfg.data.mixture:
         check_mixture(cfg.data)
     return absolute_paths(cfg)
