@@ -16,7 +16,7 @@ from llama_jreg import UserError, __version__
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("llama_jreg.train.command", "pre-train (or resume, or sweep with -m) from Hydra overrides"),
-    "prepare-data": ("llama_jreg.data.command", "tokenise a corpus into shards + manifest"),
+    "prepare-data": ("llama_jreg.commands.prepare_data", "tokenise a corpus into shards + manifest"),
     "sweep-report": ("llama_jreg.analysis.sweep_report", "Markdown table + plots for a JREG sweep dir"),
     "jump": ("llama_jreg.analysis.jump", "Psi per layer and zeta_L of any model on a text"),
     "plot": ("llama_jreg.analysis.plots", "zeta_L over training and Psi curves from a run dir"),
@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("llama_jreg.generate", "sample text from a checkpoint, run dir, HF dir or GGUF (KV cache)"),
     "export-hf": ("llama_jreg.interop.export", "export a checkpoint as an HF Llama directory"),
     "lm-eval": ("llama_jreg.interop.lm_eval", "evaluate a checkpoint with lm-eval-harness tasks"),
-    "eval-tasks": ("llama_jreg.tasks.command", "task accuracy (induction, cloze, choice, lm-eval) of any model"),
+    "eval-tasks": ("llama_jreg.commands.eval_tasks", "task accuracy (induction, cloze, choice, lm-eval) of any model"),
 }
 
 

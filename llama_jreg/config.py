@@ -1,8 +1,11 @@
 """Typed configuration: dataclass schemas registered with Hydra's ConfigStore, composed with the Compose API.
 
 ``load_config(overrides)`` composes ``configs/train.yaml`` with the user's overrides, checks every key and
-type against :class:`TrainConfig` (a wrong key or type fails here), then validates values (``validate``).
-Every failure is a :class:`llama_jreg.UserError` with one clear line; nothing heavy has run yet.
+type against :class:`TrainConfig` (an unknown key, with or without ``+``, fails here naming the closest valid
+one), then validates values: each schema checks itself (``validate`` next to its fields; the data schema in
+``llama_jreg/data/schema.py``), allowed values come from the constants below. Every failure is a
+:class:`llama_jreg.UserError` with one clear line. Loading reads configs only: it touches no data, model or
+network (``init_from`` is resolved where a run is built: ``llama_jreg/train/setup.py``).
 
 We use the Compose API rather than ``@hydra.main`` so that launchers (accelerate, torchrun) and Hydra do not
 fight over argv or output directories: every rank composes the same config and agrees on one ``run.dir``.
@@ -10,9 +13,10 @@ fight over argv or output directories: every rank composes the same config and a
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +30,43 @@ from omegaconf import MISSING, OmegaConf  # noqa: F401
 from omegaconf.errors import OmegaConfBaseException
 
 from llama_jreg import UserError
-from llama_jreg.data.mixture import check_mixture
-from llama_jreg.data.schema import DataConfig
+from llama_jreg.data.schema import DataConfig, InductionConfig, MixtureSource
 from llama_jreg.jreg import JregConfig
 from llama_jreg.model import SIZES, ModelConfig
 from llama_jreg.tasks.spec import parse_specs
-from llama_jreg.train.init_from import apply_init_from
 
 CONFIG_DIR = Path(os.environ.get("LLAMA_JREG_CONFIGS", Path(__file__).resolve().parent.parent / "configs"))
+
+# allowed values (the code that acts on them reads the same constants)
+OPTIMIZERS = ("adamw",)
+SCHEDULES = ("cosine", "wsd", "constant")
+LOGGERS = ("none", "wandb")
+PARALLEL = ("ddp", "fsdp")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+NONFINITE = ("skip", "halt")
+CHECKPOINT_FORMATS = ("auto", "sharded", "full")
+
+
+def one_of(key: str, value, choices: tuple[str, ...], group: bool = False) -> None:
+    """Refuse ``value`` unless it is one of ``choices`` (``group``: the key is picked as GROUP=NAME)."""
+    if value not in choices:
+        how = f"{key}={'|'.join(choices)}" if group else ", ".join(choices)
+        raise UserError(f"unknown {key}={value!r}; choose {how}")
+
+
+def at_least(key: str, value, low: int = 1, note: str = "") -> None:
+    if value < low:
+        raise UserError(f"{key}={value} must be >= {low}{note}")
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"
-    lr: float = 3e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    weight_decay: float = 0.1
+    name: str = "adamw"  # optimizer (configs/optim/)
+    lr: float = 3e-4  # peak learning rate
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
+    weight_decay: float = 0.1  # decoupled weight decay
     decay_norms_and_embeddings: bool = False  # weight decay off for norms and embeddings by default
     fused: bool | None = None  # None = fused AdamW on CUDA and CPU, foreach elsewhere
     grad_clip: float = 1.0  # 0 = off
@@ -50,28 +74,42 @@ class OptimConfig:
     # inside the fused LM head + loss (llama_jreg/loss.py); logged as z_loss. 0 = off (bit-identical)
     z_loss: float = 0.0
 
+    def validate(self) -> OptimConfig:
+        one_of("optim", self.name, OPTIMIZERS, group=True)
+        if not self.lr > 0:
+            raise UserError(f"optim.lr={self.lr} must be > 0")
+        if not self.z_loss >= 0:  # also refuses nan
+            raise UserError(f"optim.z_loss={self.z_loss} must be >= 0 (0 = off; 1e-4 is the usual value)")
+        return self
+
 
 @dataclass
 class ScheduleConfig:
     name: str = "cosine"  # cosine | wsd | constant
-    warmup_steps: int = 100
+    warmup_steps: int = 100  # linear warm-up from 0 to optim.lr (a warning when longer than max_steps)
     min_lr_ratio: float = 0.1  # final lr = min_lr_ratio * lr (cosine, wsd)
     decay_fraction: float = 0.2  # wsd: fraction of steps in the final decay
+
+    def validate(self) -> ScheduleConfig:
+        if self.name not in SCHEDULES:
+            raise UserError(f"unknown schedule {self.name!r}; choose schedule={'|'.join(SCHEDULES)}")
+        at_least("schedule.warmup_steps", self.warmup_steps, 0)
+        return self
 
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 1000
+    max_steps: int = 1000  # optimizer steps (the schedule spans them)
     # stop cleanly (checkpoint saved) after this many steps of one invocation; resume=auto continues.
     # The schedule still spans max_steps (for job time limits / chained jobs). null = run to max_steps
     steps_per_run: int | None = None
     global_batch_size: int | None = None  # sequences per optimizer step; None = micro_batch_size * world
-    log_every: int = 10
-    jump_every: int = 50
-    eval_every: int = 200
-    eval_batches: int = 8
-    ckpt_every: int = 500
-    keep_last: int = 3
+    log_every: int = 10  # training metrics every N steps
+    jump_every: int = 50  # Psi per layer and zeta_L every N steps
+    eval_every: int = 200  # validation loss every N steps
+    eval_batches: int = 8  # validation batches per evaluation
+    ckpt_every: int = 500  # checkpoint every N steps (and at the end)
+    keep_last: int = 3  # checkpoints kept
     # sharded: every rank writes its own shards (torch.distributed.checkpoint), loadable at any world size;
     # full: model.safetensors + optimizer.pt gathered on rank 0; auto: sharded under parallel=fsdp, else full.
     # Resume reads either format (llama_jreg/train/checkpoint.py)
@@ -81,19 +119,19 @@ class TrainerConfig:
     # Needs the sharded format (auto picks it)
     async_checkpoint: bool = False
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: bool = False
+    compile: bool = False  # torch.compile the model
     # tokens per chunk of the fused LM head + cross-entropy (llama_jreg/loss.py); null = auto (32 MiB of fp32
     # logits per chunk on CPU, 512 MiB on CUDA, >= 512 tokens); 0 = materialise the full logits (reference path)
     loss_chunk_tokens: int | None = None
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
     # torch.profiler over steps profile_from .. profile_from + profile_steps - 1 (null = off); traces and op
     # tables go to <run.dir>/profile/ (llama_jreg/train/profiling.py)
     profile_from: int | None = None
-    profile_steps: int = 3
-    deterministic: bool = False
+    profile_steps: int = 3  # steps profiled from trainer.profile_from
+    deterministic: bool = False  # torch deterministic algorithms (slower)
     nonfinite: str = "skip"  # skip | halt
-    max_nonfinite_in_a_row: int = 5
-    progress: bool = True
+    max_nonfinite_in_a_row: int = 5  # halt after this many skipped non-finite steps in a row
+    progress: bool = True  # a tqdm progress bar
     device: str = "auto"  # auto | cpu | cuda
     # on CPU with glibc: keep freed memory in the heap so the step's large temporaries do not page-fault
     # every step (process-wide mallopt settings; llama_jreg/train/allocator.py)
@@ -103,30 +141,72 @@ class TrainerConfig:
     # the end, and at step 0 of an init_from run; task_n examples per task without @N; task_batch_size
     # sequences per forward pass
     task_every: int | None = None
-    task_n: int = 200
-    task_batch_size: int = 8
+    task_n: int = 200  # examples per task without @N
+    task_batch_size: int = 8  # sequences per forward pass of task evaluation
+
+    def validate(self) -> TrainerConfig:
+        for key in ("max_steps", "log_every", "jump_every", "eval_every", "ckpt_every", "keep_last", "task_n",
+                    "task_batch_size"):
+            at_least(f"trainer.{key}", getattr(self, key))
+        if self.task_every is not None:
+            at_least("trainer.task_every", self.task_every, note=" (null = trainer.eval_every)")
+        if self.steps_per_run is not None:
+            at_least("trainer.steps_per_run", self.steps_per_run, note=" (or null)")
+        if self.global_batch_size is not None:
+            at_least("trainer.global_batch_size", self.global_batch_size, note=" (null = data.micro_batch_size * "
+                     "world size)")
+        if self.loss_chunk_tokens is not None:
+            at_least("trainer.loss_chunk_tokens", self.loss_chunk_tokens, 0, " (null = auto, 0 = unfused)")
+        if self.profile_from is not None and (self.profile_from < 1 or self.profile_steps < 1):
+            raise UserError(f"trainer.profile_from={self.profile_from} and trainer.profile_steps={self.profile_steps} "
+                            "must be >= 1 (profile_from=null turns profiling off)")
+        if self.profile_from is not None and self.profile_from > self.max_steps:
+            raise UserError(f"trainer.profile_from={self.profile_from} is after trainer.max_steps={self.max_steps}: "
+                            "nothing would be profiled; choose a step <= max_steps")
+        one_of("trainer.checkpoint_format", self.checkpoint_format, CHECKPOINT_FORMATS)
+        if self.async_checkpoint and self.checkpoint_format == "full":
+            raise UserError("trainer.async_checkpoint=true writes sharded checkpoints only; set "
+                            "trainer.checkpoint_format=sharded (or auto), or trainer.async_checkpoint=false")
+        one_of("trainer.precision", self.precision, PRECISIONS)
+        one_of("trainer.nonfinite", self.nonfinite, NONFINITE)
+        one_of("trainer.device", self.device, DEVICES)
+        return self
 
 
 @dataclass
 class LoggerConfig:
     name: str = "none"  # none | wandb
-    project: str = "llama-jreg"
-    entity: str | None = None
-    group: str | None = None
-    tags: list[str] = field(default_factory=list)
-    run_name: str | None = None
+    project: str = "llama-jreg"  # wandb project
+    entity: str | None = None  # wandb entity
+    group: str | None = None  # wandb group (a sweep: its dir name)
+    tags: list[str] = field(default_factory=list)  # wandb tags
+    run_name: str | None = None  # wandb run name (a sweep job: its name)
     mode: str | None = None  # online | offline | disabled (default: $WANDB_MODE or online)
+
+    def validate(self) -> LoggerConfig:
+        if self.name not in LOGGERS:
+            raise UserError(f"unknown logger {self.name!r}; choose logger={'|'.join(LOGGERS)}")
+        return self
 
 
 @dataclass
 class ParallelConfig:
     name: str = "ddp"  # ddp | fsdp
 
+    def validate(self) -> ParallelConfig:
+        if self.name not in PARALLEL:
+            raise UserError(f"unknown parallel {self.name!r}; choose parallel={'|'.join(PARALLEL)}")
+        return self
+
 
 @dataclass
 class RunConfig:
-    dir: str = "runs/default"
+    dir: str = "runs/default"  # where the run writes config.yaml, metrics.jsonl, checkpoints/, plots/
     root: str | None = None  # if set, run.dir must resolve inside it
+
+    def validate(self) -> RunConfig:
+        check_run_dir(self)
+        return self
 
 
 @dataclass
@@ -140,7 +220,7 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     run: RunConfig = field(default_factory=RunConfig)
-    seed: int = 1234
+    seed: int = 1234  # seeds model init, data order, everything
     resume: str | None = None  # None | auto | PATH
     # continued pre-training: the weights (only) of a checkpoint / run dir / HF Llama dir / .gguf; the model
     # architecture and (without data.tokenizer) the tokenizer come from it (llama_jreg/train/init_from.py)
@@ -156,83 +236,23 @@ def _register() -> None:
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
-    """Value checks that types cannot express. Raises UserError with one clear line."""
-    if cfg.model.name in SIZES or cfg.model.name == "custom":
-        pass
-    else:
+    """Value checks that types cannot express: each group's own, then those across groups. Raises UserError
+    with one clear line."""
+    if cfg.model.name not in SIZES and cfg.model.name != "custom":
         raise UserError(f"unknown model size {cfg.model.name!r}; choose one of {', '.join(SIZES)}")
     cfg.model.validate()
     cfg.jreg.validate(cfg.model.n_layers)
-    d = cfg.data
-    if d.source not in ("shakespeare", "local", "hf", "induction"):
-        raise UserError(f"unknown data source {d.source!r}; choose data=shakespeare|local|hf|induction")
-    if d.seq_len > cfg.model.max_seq_len:
-        raise UserError(
-            f"data.seq_len={d.seq_len} is longer than the model context model.max_seq_len={cfg.model.max_seq_len}; "
-            "lower data.seq_len or raise model.max_seq_len"
-        )
-    if d.seq_len < 2 or d.micro_batch_size < 1:
-        raise UserError("data.seq_len must be >= 2 and data.micro_batch_size >= 1")
-    if d.document_mask and d.source == "induction":
-        raise UserError("data.document_mask=true needs documents separated by EOS, and data=induction has one "
-                        "sequence per row and no EOS; drop data.document_mask")
-    if d.document_positions and not d.document_mask:
-        raise UserError("data.document_positions=true restarts RoPE positions per document and needs "
-                        "data.document_mask=true; set both, or drop data.document_positions")
-    if d.mixture:
-        check_mixture(d)
-    elif d.source == "local" and not d.files:
-        raise UserError("data=local needs files: add data.files=[path/to/corpus.jsonl,...]")
-    if d.source == "hf" and not d.hf_path and not d.mixture:
-        raise UserError("data=hf needs a dataset: add data.hf_path=NAME (e.g. HuggingFaceFW/fineweb-edu)")
-    if d.vocab_size is not None and d.vocab_size > cfg.model.vocab_size:
-        raise UserError(
-            f"data.vocab_size={d.vocab_size} is larger than model.vocab_size={cfg.model.vocab_size}; "
-            "lower data.vocab_size or raise model.vocab_size"
-        )
-    t = cfg.trainer
-    for key in ("max_steps", "log_every", "jump_every", "eval_every", "ckpt_every", "keep_last"):
-        if getattr(t, key) < 1:
-            raise UserError(f"trainer.{key}={getattr(t, key)} must be >= 1")
-    if t.task_every is not None and t.task_every < 1:
-        raise UserError(f"trainer.task_every={t.task_every} must be >= 1 (null = trainer.eval_every)")
-    for key in ("task_n", "task_batch_size"):
-        if getattr(t, key) < 1:
-            raise UserError(f"trainer.{key}={getattr(t, key)} must be >= 1")
+    cfg.data.validate(cfg.model.max_seq_len, cfg.model.vocab_size)
+    for part in (cfg.trainer, cfg.optim, cfg.schedule, cfg.logger, cfg.parallel, cfg.run):
+        part.validate()
     if cfg.tasks:
         parse_specs(cfg.tasks)  # syntax and names; the tasks' data is checked in the trainer's set-up
-    if t.loss_chunk_tokens is not None and t.loss_chunk_tokens < 0:
-        raise UserError(f"trainer.loss_chunk_tokens={t.loss_chunk_tokens} must be >= 0 (null = auto, 0 = unfused)")
-    if t.profile_from is not None and (t.profile_from < 1 or t.profile_steps < 1):
-        raise UserError(f"trainer.profile_from={t.profile_from} and trainer.profile_steps={t.profile_steps} must be "
-                        ">= 1 (profile_from=null turns profiling off)")
-    if t.profile_from is not None and t.profile_from > t.max_steps:
-        raise UserError(f"trainer.profile_from={t.profile_from} is after trainer.max_steps={t.max_steps}: nothing "
-                        "would be profiled; choose a step <= max_steps")
-    if t.checkpoint_format not in ("auto", "sharded", "full"):
-        raise UserError(f"unknown trainer.checkpoint_format={t.checkpoint_format!r}; choose auto, sharded or full")
-    if t.async_checkpoint and t.checkpoint_format == "full":
-        raise UserError("trainer.async_checkpoint=true writes sharded checkpoints only; set "
-                        "trainer.checkpoint_format=sharded (or auto), or trainer.async_checkpoint=false")
-    if t.precision not in ("auto", "fp32", "bf16"):
-        raise UserError(f"unknown trainer.precision={t.precision!r}; choose auto, fp32 or bf16")
-    if t.nonfinite not in ("skip", "halt"):
-        raise UserError(f"unknown trainer.nonfinite={t.nonfinite!r}; choose skip or halt")
-    if t.device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"unknown trainer.device={t.device!r}; choose auto, cpu or cuda")
-    if cfg.optim.lr <= 0:
-        raise UserError(f"optim.lr={cfg.optim.lr} must be > 0")
-    if not cfg.optim.z_loss >= 0:  # also refuses nan
-        raise UserError(f"optim.z_loss={cfg.optim.z_loss} must be >= 0 (0 = off; 1e-4 is the usual value)")
-    if cfg.schedule.name not in ("cosine", "wsd", "constant"):
-        raise UserError(f"unknown schedule {cfg.schedule.name!r}; choose schedule=cosine|wsd|constant")
-    if cfg.logger.name not in ("none", "wandb"):
-        raise UserError(f"unknown logger {cfg.logger.name!r}; choose logger=none|wandb")
-    if cfg.parallel.name not in ("ddp", "fsdp"):
-        raise UserError(f"unknown parallel {cfg.parallel.name!r}; choose parallel=ddp|fsdp")
+    gbs, mbs = cfg.trainer.global_batch_size, cfg.data.micro_batch_size
+    if gbs is not None and gbs % mbs != 0:
+        raise UserError(f"trainer.global_batch_size={gbs} is not a multiple of data.micro_batch_size={mbs}; pick a "
+                        f"multiple of {mbs}")
     if cfg.resume not in (None, "auto", "none") and not Path(cfg.resume).exists():
         raise UserError(f"resume={cfg.resume}: no such checkpoint; use resume=auto or an existing path")
-    check_run_dir(cfg.run)
     return cfg
 
 
@@ -266,10 +286,20 @@ def compose(overrides: list[str] | None = None) -> Any:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             return hydra_compose(config_name="train", overrides=list(overrides or []))
     except (HydraException, OmegaConfBaseException) as e:
+        key = re.search(r"Could not (?:override|append to config\. An item is already at) '([^']+)'", str(e))
+        if key and key.group(1) not in schema_keys() and not _is_group(key.group(1)):
+            raise unknown_key(key.group(1)) from None
         cause = e.__cause__
+        inner = re.search(r"Key '(\w+)' not in '(\w+)'", str(cause))
+        if key and inner and inner.group(2) in _SCHEMAS:  # a key inside a dict or list value
+            raise unknown_key(f"{key.group(1)}.{inner.group(1)}", _SCHEMAS[inner.group(2)]) from None
         if cause is not None and "Error merging override" in str(e):
             raise UserError(f"{_first_line(e)}: {_explain_omegaconf_error(cause)}") from None
         raise UserError(_first_line(e)) from None
+
+
+def _is_group(key: str) -> bool:
+    return (CONFIG_DIR / key).is_dir()
 
 
 def _first_line(e: Exception) -> str:
@@ -288,7 +318,63 @@ def _first_line(e: Exception) -> str:
     return text
 
 
+def schema_keys(schema=TrainConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of a schema (``jreg.weight``, ``data.induction.bigram``, ...)."""
+    out = []
+    for f in fields(schema):
+        sub = _dataclass_of(schema, f.name)
+        out += schema_keys(sub, f"{prefix}{f.name}.") if sub is not None else [f"{prefix}{f.name}"]
+    return out
+
+
+_NESTED = {(TrainConfig, n): t for n, t in (("model", ModelConfig), ("jreg", JregConfig), ("data", DataConfig),
+                                             ("optim", OptimConfig), ("schedule", ScheduleConfig),
+                                             ("trainer", TrainerConfig), ("logger", LoggerConfig),
+                                             ("parallel", ParallelConfig), ("run", RunConfig))}
+_NESTED[(DataConfig, "induction")] = InductionConfig
+_LIST_OF = {(DataConfig, "mixture"): MixtureSource}
+_SCHEMAS = {t.__name__: t for t in (TrainConfig, *_NESTED.values(), MixtureSource)}
+
+
+def _dataclass_of(schema, name: str):
+    return _NESTED.get((schema, name))
+
+
+def unknown_key(key: str, schema=None) -> UserError:
+    """The error for a key no schema has, naming the closest valid one (among ``schema``'s fields if given)."""
+    keys = schema_keys()
+    parent, _, leaf = key.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in keys if k.rpartition(".")[0] == parent}
+    if schema is not None:
+        siblings = {f.name: f"{parent}.{f.name}" for f in fields(schema)}
+    close = [siblings[c] for c in difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.7)]
+    close = close or [k for c, k in siblings.items() if leaf and c.startswith(leaf)][:1]  # warmup -> warmup_steps
+    if not siblings:  # the group itself is mistyped (jerg.weight)
+        close = difflib.get_close_matches(key, keys, n=1, cutoff=0.8)
+    hint = f"; did you mean {close[0]}?" if close else "; see `llama-jreg train --help` for the keys"
+    return UserError(f"unknown config key {key}{hint}")
+
+
+def check_keys(raw: Any, schema=TrainConfig, prefix: str = "") -> None:
+    """Refuse any key of ``raw`` (a composed DictConfig; ``+key=value`` adds keys Hydra does not check) that
+    ``schema`` does not define."""
+    known = {f.name for f in fields(schema)}
+    for key in raw:
+        if key not in known:
+            raise unknown_key(f"{prefix}{key}", schema if prefix else None)
+        value = raw[key] if OmegaConf.is_config(raw) and not OmegaConf.is_missing(raw, key) else None
+        sub = _dataclass_of(schema, str(key))
+        if sub is not None and OmegaConf.is_dict(value):
+            check_keys(value, sub, f"{prefix}{key}.")
+        item = _LIST_OF.get((schema, str(key)))
+        if item is not None and OmegaConf.is_list(value):
+            for i, element in enumerate(value):
+                if OmegaConf.is_dict(element):
+                    check_keys(element, item, f"{prefix}{key}[{i}].")
+
+
 def to_train_config(raw: Any) -> TrainConfig:
+    check_keys(raw)
     try:
         schema = OmegaConf.structured(TrainConfig)
         merged = OmegaConf.merge(schema, raw)
@@ -308,14 +394,65 @@ def to_train_config(raw: Any) -> TrainConfig:
 
 
 def load_config(overrides: list[str] | None = None) -> TrainConfig:
-    """Compose + type-check + validate. The one entry point used by the CLI, tests and scripts.
+    """Compose + type-check + validate. The one entry point used by the CLI, tests and scripts. Reads configs
+    only: ``init_from`` is left as written (``llama_jreg.train.setup.build_config`` resolves it for a run).
 
-    With ``init_from`` the model architecture (and, without ``data.tokenizer``, the tokenizer) is the
-    source's; the overrides say which ``model.*`` keys the user set (those must agree with the source)."""
-    cfg = to_train_config(compose(overrides))
-    if cfg.init_from is not None:
-        cfg = apply_init_from(cfg, list(overrides or []))
-    return validate(cfg)
+    ``data.files`` without a data group is a local corpus: with the default ``data=shakespeare`` it selects
+    ``data=local`` (the files would not be read otherwise); named together with ``data=shakespeare`` it is
+    refused."""
+    overrides = list(overrides or [])
+    return validate(files_pick_local(to_train_config(compose(overrides)), overrides))
+
+
+def files_pick_local(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """``data.files`` with ``data=shakespeare`` (which reads no files): ``data=local`` unless the overrides name
+    ``data=shakespeare`` themselves, which is refused."""
+    if cfg.data.source == "shakespeare" and cfg.data.files:
+        picked = [o for o in overrides if o.lstrip("+~").partition("=")[0] == "data"]
+        if picked:
+            raise UserError(f"data.files is read by data=local (or data=hf), not by {picked[-1]}; write data=local "
+                            "data.files=[...]")
+        cfg.data.source = "local"
+    return cfg
+
+
+def describe(cfg: TrainConfig) -> list[str]:
+    """What a run uses, in four lines (printed first by ``llama-jreg train``)."""
+    d, m, j, s, t = cfg.data, cfg.model, cfg.jreg, cfg.schedule, cfg.trainer
+    if d.mixture:
+        what = "mixture of " + ", ".join(f"{x.name} ({x.weight})" for x in d.mixture)
+    elif d.source == "local":
+        what = "local " + ", ".join(d.files)
+    elif d.source == "hf":
+        what = f"hf {d.hf_path}" + (f" ({d.hf_name})" if d.hf_name else "")
+    else:
+        what = d.source
+    tok = f", tokenizer {d.tokenizer}" if d.tokenizer and d.source != "induction" else ""
+    init = f", weights from init_from={cfg.init_from}" if cfg.init_from else ""
+    jreg = (f"{j.mode} weight {j.weight} (l0 {j.l0}, {j.stream}, warm-up {j.warmup_steps} steps)" if j.enabled
+            else "off (weight 0)")
+    return [f"data: {what}{tok}; {d.seq_len} tokens x {d.micro_batch_size} sequences a micro-batch",
+            f"model: {m.name} ({m.n_layers} layers, dim {m.dim}, vocab {m.vocab_size}){init}",
+            f"jreg: {jreg}",
+            f"schedule: {s.name}, lr {cfg.optim.lr:g}, warm-up {s.warmup_steps} of {t.max_steps} steps"]
+
+
+def warnings_for(cfg: TrainConfig) -> list[str]:
+    """Settings that are valid but probably not meant."""
+    out = []
+    s, steps = cfg.schedule, cfg.trainer.max_steps
+    if s.warmup_steps > steps:
+        peak = cfg.optim.lr * steps / s.warmup_steps
+        out.append(f"schedule.warmup_steps={s.warmup_steps} is longer than trainer.max_steps={steps}: the learning "
+                   f"rate peaks at {peak:g} instead of optim.lr={cfg.optim.lr:g}; lower schedule.warmup_steps")
+    return out
+
+
+def group_options(config_dir: Path | None = None) -> dict[str, list[str]]:
+    """The config groups of configs/ and their options (one YAML each), as ``train --help`` lists them."""
+    root = config_dir or CONFIG_DIR
+    return {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in sorted(root.iterdir())
+            if d.is_dir() and any(d.glob("*.yaml"))}
 
 
 def apply_data_overrides(base, overrides: list[str]):
@@ -340,7 +477,7 @@ def apply_data_overrides(base, overrides: list[str]):
                 raise UserError(f"bad override {ov!r}: {str(e).splitlines()[0]}") from None
         else:
             raise UserError(f"override {ov!r}: eval takes only data.* and seed overrides")
-    return to_train_config(raw)  # fills data.vocab_size / data.induction.vocab_size from the model
+    return files_pick_local(to_train_config(raw), overrides)  # fills data.vocab_size / induction.vocab_size
 
 
 def to_yaml(cfg: TrainConfig) -> str:

@@ -39,7 +39,7 @@ WEIGHTINGS = ("uniform", "linear", "last_k")
 @dataclass
 class JregConfig:
     weight: float = 0.0  # lambda; 0 = off
-    mode: str = "jump"
+    mode: str = "jump"  # jump | final | paper | weighted (see docs/jreg.md)
     l0: int = 2  # first layer (1-indexed) of the jump sum, mode=jump; -1 = the last layer L, whatever the depth
     weighting: str = "uniform"  # mode=weighted
     last_k: int = 2  # weighting=last_k

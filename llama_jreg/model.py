@@ -58,28 +58,28 @@ from llama_jreg.ops import apply_rope, rms_norm, rms_normalise, stream_cosines, 
 class ModelConfig:
     """Architecture of one Llama model. Sizes live in ``configs/model/*.yaml`` (and ``SIZES`` below)."""
 
-    name: str = "tiny"
-    vocab_size: int = 8192
-    dim: int = 256
-    n_layers: int = 6
-    n_heads: int = 8
-    n_kv_heads: int = 4
+    name: str = "tiny"  # size: tiny | small | medium | large (configs/model/), custom
+    vocab_size: int = 8192  # embedding rows
+    dim: int = 256  # hidden size
+    n_layers: int = 6  # blocks
+    n_heads: int = 8  # query heads
+    n_kv_heads: int = 4  # key/value heads (GQA)
     head_dim: int | None = None  # default dim // n_heads
-    ffn_dim: int = 688
-    max_seq_len: int = 512
-    rope_theta: float = 10000.0
+    ffn_dim: int = 688  # SwiGLU hidden size
+    max_seq_len: int = 512  # context length (RoPE tables)
+    rope_theta: float = 10000.0  # RoPE base
     # RoPE frequency scaling for long context: null (plain RoPE), "linear" (all frequencies / factor) or
     # "llama3" (Llama 3.1+: low frequencies / factor, high ones kept, a smooth ramp between); the other
     # rope_* fields are that scaling's parameters (HF rope_scaling / rope_parameters)
     rope_scaling: str | None = None
-    rope_factor: float = 1.0
-    rope_low_freq_factor: float = 1.0
-    rope_high_freq_factor: float = 4.0
-    rope_original_max_seq_len: int = 8192
-    norm_eps: float = 1e-5
-    tie_embeddings: bool = True
-    init_std: float = 0.02
-    attn_backend: str = "auto"
+    rope_factor: float = 1.0  # rope_scaling: the context extension factor
+    rope_low_freq_factor: float = 1.0  # rope_scaling=llama3
+    rope_high_freq_factor: float = 4.0  # rope_scaling=llama3
+    rope_original_max_seq_len: int = 8192  # rope_scaling=llama3: the original context
+    norm_eps: float = 1e-5  # RMSNorm epsilon
+    tie_embeddings: bool = True  # share the embedding and LM head weights
+    init_std: float = 0.02  # std of the normal weight init
+    attn_backend: str = "auto"  # auto | flash | sdpa | eager (llama_jreg/attention.py)
 
     def validate(self) -> ModelConfig:
         if self.n_heads <= 0 or self.n_kv_heads <= 0 or self.n_layers <= 0 or self.dim <= 0:

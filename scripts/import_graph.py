@@ -145,6 +145,40 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def package_graph(edges: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The graph of packages: each top-level module or subpackage of llama_jreg one node."""
+    def node(mod: str) -> str:
+        return ".".join(mod.split(".")[:2])
+
+    out: dict[str, set[str]] = {}
+    for mod, targets in edges.items():
+        a = node(mod)
+        out.setdefault(a, set())
+        out[a] |= {node(t) for t in targets if node(t) != a}
+    return out
+
+
+def min_back_edges(nodes: list[str], edges: dict[str, set[str]]) -> int:
+    """The fewest edges of a strongly connected component that must point back up in any order of its nodes (a
+    minimum feedback arc set, exact by dynamic programming over subsets; components here have < 16 nodes)."""
+    n = len(nodes)
+    idx = {v: i for i, v in enumerate(nodes)}
+    into = [0] * n  # bit j of into[i]: an edge j -> i (i imports j ... any direction: edge from j to i)
+    for v in nodes:
+        for w in edges.get(v, ()):
+            if w in idx:
+                into[idx[w]] |= 1 << idx[v]
+    best = [0] + [n * n] * ((1 << n) - 1)
+    for mask in range(1, 1 << n):
+        for i in range(n):
+            if mask >> i & 1:
+                rest = mask & ~(1 << i)
+                # node i placed last among mask: edges into i from outside mask point back up
+                cost = best[rest] + bin(into[i] & ~mask & ((1 << n) - 1)).count("1")
+                best[mask] = min(best[mask], cost)
+    return best[(1 << n) - 1]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true", help="print JSON instead of a report")
@@ -152,15 +186,23 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     s = scan()
     cyc = cycles(s["edges"])
+    pkg = package_graph(s["edges"])
+    pkg_cycles = cycles(pkg)
+    pkg_back = sum(min_back_edges(c, pkg) for c in pkg_cycles)
     largest_files = sorted(s["lines"].items(), key=lambda kv: -kv[1])[: args.top]
     if args.json:
-        print(json.dumps({"cycles": cyc, "private_imports": s["private"], "imports_in_functions": len(s["inner"]),
+        print(json.dumps({"cycles": cyc, "package_cycles": pkg_cycles, "package_back_edges": pkg_back,
+                          "private_imports": s["private"], "imports_in_functions": len(s["inner"]),
                           "largest_files": largest_files, "largest_functions": s["functions"][: args.top]},
                          indent=1))
     else:
         print(f"{len(s['modules'])} modules, {sum(len(v) for v in s['edges'].values())} internal import edges")
         print(f"cycles: {len(cyc)}")
         for c in cyc:
+            print("  " + " <-> ".join(c))
+        print(f"packages: {len(pkg)} nodes, {sum(len(v) for v in pkg.values())} edges, {pkg_back} pointing back up "
+              f"(the fewest any layering leaves), in {len(pkg_cycles)} cycle(s)")
+        for c in pkg_cycles:
             print("  " + " <-> ".join(c))
         print(f"private names imported across packages: {len(s['private'])}")
         for mod, tgt, name, line in s["private"]:

@@ -87,6 +87,12 @@ def test_sweep_and_report(tmp_path):
     (["train", "jreg.weight=-1"], "jreg.weight=-1.0 must be >= 0"),
     (["train", "model=huge"], "unknown model 'huge'"),
     (["train", "trainer.nope=3"], "trainer.nope"),
+    (["train", "jreg.wieght=5"], "unknown config key jreg.wieght; did you mean jreg.weight?"),
+    (["train", "+jreg.wieght=5"], "unknown config key jreg.wieght; did you mean jreg.weight?"),
+    (["train", "+trainer.max_step=3"], "did you mean trainer.max_steps?"),
+    (["train", "+foo=1"], "unknown config key foo"),
+    (["train", "data=shakespeare", "data.files=[k.txt]"], "data.files is read by data=local"),
+    (["train", "data=local", "data.files=[k.txt]", "data.induction.num_triggers=3"], "add data=induction"),
     (["train", "jreg.weight=0,0.1"], "add -m"),
     (["train", "data.seq_len=100000"], "longer than the model context"),
     (["sweep-report", "/no/such/sweep"], "does not exist"),
@@ -128,3 +134,76 @@ def test_sweeps_silence_wandb_unless_asked(tmp_path):
 
     assert sweep("quiet") == []
     assert len(sweep("loud", WANDB_SILENT="false")) >= 4  # asked for: wandb's own lines for both runs
+
+
+def test_print_config_touches_no_network(tmp_path):
+    """``--print-config init_from=smollm2`` reads configs only: with an empty cache and no reachable package
+    index it prints the config as written and fetches nothing (a run resolves init_from when it is built)."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "LLAMA_JREG_CACHE": str(cache),
+           "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run([sys.executable, "-m", "llama_jreg", "train", "--print-config", "init_from=smollm2"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "init_from: smollm2" in p.stdout
+    assert not cache.exists() and not (tmp_path / "hf").exists()
+
+
+def test_a_run_says_what_it_uses_first(tmp_path):
+    """The first lines of a run name its data (the user's files, not Shakespeare), model, JREG and schedule,
+    and a warm-up longer than the run is warned about."""
+    corpus = tmp_path / "k.txt"
+    corpus.write_text("\n\n".join(f"In the beginning was the word number {i} and more words follow." for i in range(60)))
+    run = tmp_path / "r"
+    p = cli("train", *TINY, "data.files=[k.txt]", "trainer.max_steps=2", "schedule.warmup_steps=100",
+            "trainer.plots=false", f"run.dir={run}", cwd=tmp_path)
+    head = p.stdout.splitlines()[:5]
+    assert head[0].startswith(f"data: local {corpus}") and head[1].startswith("model: ")
+    assert head[2].startswith("jreg: jump weight") and head[3].startswith("schedule: cosine")
+    assert head[4].startswith("warning: schedule.warmup_steps=100 is longer than trainer.max_steps=2")
+    saved = (run / "config.yaml").read_text()
+    assert "source: local" in saved and str(corpus) in saved
+
+
+def _summary(out: str) -> list[str]:
+    """The run summary's value lines (not the paths, which name the run dir either way)."""
+    lines = out[out.index("=== llama-jreg run summary ==="):].splitlines()[1:]
+    return [line for line in lines if line.split(":")[0].strip() in ("steps", "tokens seen", "final train loss",
+                                                                       "final LM loss", "validation loss", "zeta_L",
+                                                                       "val zeta_L")]
+
+
+def test_a_run_dir_is_enough_from_any_directory(tmp_path):
+    """A run trained on a relative data.files in one directory resumes with ``run.dir=R resume=auto`` alone from
+    another (its own config.yaml, saying so), refuses an override that changes its data, re-prints the same
+    summary once finished, and every command that reads a run dir works there."""
+    start, other = tmp_path / "start", tmp_path / "other"
+    start.mkdir()
+    other.mkdir()
+    (start / "k.txt").write_text("\n\n".join(f"And the word {i} was with the reader, and the reader read it."
+                                             for i in range(80)))
+    run = tmp_path / "runs" / "r"
+    cli("train", *TINY, "data.files=[k.txt]", "trainer.max_steps=4", "trainer.ckpt_every=2", "trainer.jump_every=2",
+        "trainer.plots=false", f"run.dir={run}", cwd=start)
+    p = cli("train", f"run.dir={run}", "resume=auto", "trainer.max_steps=6", cwd=other)
+    assert f"resumed from {run / 'checkpoints' / 'step_00000004'} (step 4)" in p.stdout
+    assert p.stdout.startswith(f"data: local {start / 'k.txt'}")
+    again = cli("train", f"run.dir={run}", "resume=auto", "trainer.max_steps=6", cwd=other)
+    assert f"resumed from {run / 'checkpoints' / 'step_00000006'} (step 6)" in again.stdout
+    assert _summary(again.stdout) == _summary(p.stdout) and any("val zeta_L" in x for x in _summary(p.stdout))
+    saved = (run / "config.yaml").read_text()
+    bad = cli("train", f"run.dir={run}", "resume=auto", "data.seq_len=32", cwd=other, check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "error: data.seq_len=32 differs from the run's" in bad.stderr and "trained on other data" in bad.stderr
+    assert (run / "config.yaml").read_text() == saved
+    fresh = cli("train", f"run.dir={tmp_path / 'typo'}", "resume=auto", *TINY, f"data.files=[{start / 'k.txt'}]",
+                "trainer.max_steps=1", "trainer.plots=false", cwd=other)
+    assert f"no checkpoint in {tmp_path / 'typo'}: starting a new run" in fresh.stdout
+    # every command on the run dir, from another directory
+    assert "val" in cli("eval", str(run), cwd=other).stdout
+    assert "cloze" in cli("eval-tasks", str(run), "--tasks", "cloze@4", cwd=other).stdout
+    cli("plot", str(run), cwd=other)
+    cli("generate", str(run), "--prompt", "And the word", "--max-new-tokens", "3", "--temperature", "0", cwd=other)
+    cli("jump", str(run), "--text", str(start / "k.txt"), cwd=other)
+    cli("export-hf", str(run), str(other / "hf"), cwd=other)
+    assert (other / "hf" / "config.json").is_file()

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from llama_jreg import UserError
+from llama_jreg.commands.prepare_data import main as prepare_main
 from llama_jreg.data import build_data
-from llama_jreg.data.command import main as prepare_main
 from llama_jreg.data.prepare import FORMAT_VERSION, prepare, read_manifest
 from llama_jreg.data.schema import DataConfig
 from llama_jreg.data.tokenizer import Tokenizer, train_tokenizer

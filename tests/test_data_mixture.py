@@ -197,12 +197,12 @@ def test_two_ranks_resume_on_one_with_the_uninterrupted_losses(corpus, tmp_path)
     ("[{name: a, files: [WEB]}]", "source 'a' has no weight"),
 ])
 def test_bad_mixtures_fail_at_config_time(corpus, mixture, needle):
-    from llama_jreg.config import load_config
+    from llama_jreg.train.setup import build_config
 
     (corpus["root"] / "blank.txt").write_text("  \n\n")
     text = mixture.replace("WEB", corpus["web"]).replace("CODE", corpus["code"]).replace("ROOT", str(corpus["root"]))
     with pytest.raises(UserError, match=None) as e:
-        load_config(["data=local", f"data.mixture={text}"])
+        build_config(["data=local", f"data.mixture={text}"])
     assert needle.replace("ROOT", str(corpus["root"])) in str(e.value)
 
 

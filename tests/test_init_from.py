@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from llama_jreg import UserError
-from llama_jreg.config import load_config
 from llama_jreg.data import build_data
+from llama_jreg.train.setup import build_config
 from llama_jreg.train.trainer import Trainer, train
 from tests.hf_assets import TEXT, make_tiny_hf_llama
 
@@ -77,7 +77,7 @@ def test_init_from_hf_dir_exact_start_records_and_resume(tmp_path):
     src = make_tiny_hf_llama(tmp_path / "src")
     run = tmp_path / "run"
     overrides = run_overrides(tmp_path, run, f"init_from={src}", "resume=auto", "model.attn_backend=sdpa")
-    cfg = load_config(overrides)
+    cfg = build_config(overrides)
     # architecture and tokenizer from the source; the user's runtime key kept
     assert (cfg.model.n_layers, cfg.model.dim, cfg.model.vocab_size, cfg.model.max_seq_len) == (2, 32, 320, 128)
     assert cfg.model.attn_backend == "sdpa" and cfg.data.tokenizer == str(src / "tokenizer.json")
@@ -94,7 +94,7 @@ def test_init_from_hf_dir_exact_start_records_and_resume(tmp_path):
 
     # relaunch with resume=auto (and a changed source): resume wins, the source is not loaded again
     make_tiny_hf_llama(src, seed=1)
-    trainer = Trainer(load_config([*overrides[:-3], "trainer.max_steps=4", f"init_from={src}", "resume=auto"]))
+    trainer = Trainer(build_config([*overrides[:-3], "trainer.max_steps=4", f"init_from={src}", "resume=auto"]))
     try:
         assert trainer.resumed_from == ck and trainer.step == 2
         saved = load_file(str(ck / "model.safetensors"))
@@ -107,16 +107,16 @@ def test_init_from_hf_dir_exact_start_records_and_resume(tmp_path):
 def test_architecture_overrides_must_agree_with_the_source(tmp_path):
     src = make_tiny_hf_llama(tmp_path / "src")
     base = run_overrides(tmp_path, tmp_path / "run", f"init_from={src}")
-    assert load_config([*base, "model.n_layers=2", "model.dim=32"]).model.n_layers == 2  # agreeing: fine
-    assert load_config([*base, "model.max_seq_len=64"]).model.max_seq_len == 64  # a shorter context: fine
+    assert build_config([*base, "model.n_layers=2", "model.dim=32"]).model.n_layers == 2  # agreeing: fine
+    assert build_config([*base, "model.max_seq_len=64"]).model.max_seq_len == 64  # a shorter context: fine
     with pytest.raises(UserError, match=r"model.n_layers=3 contradicts init_from=.* \(n_layers=2\)"):
-        load_config([*base, "model.n_layers=3"])
+        build_config([*base, "model.n_layers=3"])
     with pytest.raises(UserError, match=r"model=small sets vocab_size=\d+ contradicts init_from"):
-        load_config([*base, "model=small"])
+        build_config([*base, "model=small"])
     with pytest.raises(UserError, match=r"model.max_seq_len=256 is longer than init_from=.*context \(128\)"):
-        load_config([*base, "model.max_seq_len=256"])
+        build_config([*base, "model.max_seq_len=256"])
     with pytest.raises(UserError, match=r"data.seq_len=200 is longer than the model context model.max_seq_len=128"):
-        load_config([*base, "data.seq_len=200"])
+        build_config([*base, "data.seq_len=200"])
 
 
 def test_init_from_smollm2_is_a_path_first(tmp_path, monkeypatch):
@@ -124,7 +124,7 @@ def test_init_from_smollm2_is_a_path_first(tmp_path, monkeypatch):
     called smollm2 is used as the path it is (and the config records the path given)."""
     src = make_tiny_hf_llama(tmp_path / "smollm2")
     monkeypatch.chdir(tmp_path)
-    cfg = load_config(run_overrides(tmp_path, tmp_path / "run", "init_from=smollm2"))
+    cfg = build_config(run_overrides(tmp_path, tmp_path / "run", "init_from=smollm2"))
     assert cfg.init_from == "smollm2" and cfg.model.n_layers == 2 and cfg.data.tokenizer == str(src / "tokenizer.json")
 
 
@@ -135,8 +135,8 @@ def test_init_from_smollm2_alias_and_the_continued_preset(tmp_path):
     from llama_jreg.interop.smollm2 import smollm2_dir
 
     src = smollm2_dir()
-    alias = load_config(["experiment=continued", f"run.dir={tmp_path / 'run'}"])
-    path = load_config(["experiment=continued", f"init_from={src}", f"run.dir={tmp_path / 'run'}"])
+    alias = build_config(["experiment=continued", f"run.dir={tmp_path / 'run'}"])
+    path = build_config(["experiment=continued", f"init_from={src}", f"run.dir={tmp_path / 'run'}"])
     assert alias.init_from == str(src) and alias == path and alias.model.n_layers == 30
 
 
@@ -175,10 +175,10 @@ def test_init_from_a_run_dir_is_its_newest_checkpoint(tmp_path):
     same tokenizer, same start."""
     src = make_tiny_hf_llama(tmp_path / "src")
     base = tmp_path / "base"
-    train(load_config(run_overrides(tmp_path, base, f"init_from={src}")))  # a text run with a tokenizer file
+    train(build_config(run_overrides(tmp_path, base, f"init_from={src}")))  # a text run with a tokenizer file
     newest = base / "checkpoints" / "step_00000002"
-    from_dir = load_config(run_overrides(tmp_path, tmp_path / "a", f"init_from={base}"))
-    from_ckpt = load_config(run_overrides(tmp_path, tmp_path / "b", f"init_from={newest}"))
+    from_dir = build_config(run_overrides(tmp_path, tmp_path / "a", f"init_from={base}"))
+    from_ckpt = build_config(run_overrides(tmp_path, tmp_path / "b", f"init_from={newest}"))
     assert from_dir.model == from_ckpt.model
     assert from_dir.data.tokenizer == from_ckpt.data.tokenizer == str(newest.resolve() / "tokenizer.json")
     train(from_dir)
@@ -196,7 +196,7 @@ def test_export_hf_of_a_continued_run_keeps_the_source_tokenizer(tmp_path):
 
     src = make_tiny_hf_llama(tmp_path / "src")
     run = tmp_path / "run"
-    train(load_config(run_overrides(tmp_path, run, f"init_from={src}")))
+    train(build_config(run_overrides(tmp_path, run, f"init_from={src}")))
     out = export_hf(run, tmp_path / "export")
     theirs, ours = AutoTokenizer.from_pretrained(str(src)), AutoTokenizer.from_pretrained(str(out))
     for text in TEXT[:3] + ["café 1599 — new words"]:
@@ -215,7 +215,7 @@ def test_smollm2_exact_start(tmp_path):
     run = tmp_path / "run"
     overrides = run_overrides(tmp_path, run, f"init_from={src}", "trainer.max_steps=1", "data.seq_len=64",
                               "jreg.weight=1")
-    cfg = load_config(overrides)
+    cfg = build_config(overrides)
     assert cfg.model.n_layers == 30 and cfg.data.tokenizer == str(src / "tokenizer.json")
     train(cfg)
     check_exact_start(src, run, cfg)
@@ -232,7 +232,7 @@ def test_init_from_in_a_two_process_run(tmp_path):
     src = make_tiny_hf_llama(tmp_path / "src")
     one, two = tmp_path / "one", tmp_path / "two"
     common = ["trainer.global_batch_size=4", "trainer.max_steps=3", "trainer.ckpt_every=3", f"init_from={src}"]
-    cfg = load_config(run_overrides(tmp_path, one, *common))
+    cfg = build_config(run_overrides(tmp_path, one, *common))
     train(cfg)
     proc = run_torchrun(2, run_overrides(tmp_path, two, *common))
     assert summary_from_stdout(proc.stdout)["steps"] == 3
@@ -259,7 +259,7 @@ def test_init_from_the_smollm2_gguf_file_equals_its_hf_dir(tmp_path):
     runs = {}
     for name, src in (("gguf", smollm2_gguf()), ("hf", smollm2_dir())):
         run = tmp_path / name
-        cfg = load_config(run_overrides(tmp_path, run, f"init_from={src}", "trainer.max_steps=1", "data.seq_len=64",
+        cfg = build_config(run_overrides(tmp_path, run, f"init_from={src}", "trainer.max_steps=1", "data.seq_len=64",
                                         f"data.cache_dir={tmp_path / ('cache_' + name)}"))
         train(cfg)
         data = build_data(cfg.data, seed=cfg.seed, model_vocab=cfg.model.vocab_size)

@@ -206,7 +206,7 @@ def test_induction_task_is_the_eval_definition(tmp_path):
 
 
 def cli_raise(argv):
-    from llama_jreg.tasks.command import main
+    from llama_jreg.commands.eval_tasks import main
 
     return main(argv[1:])
 
@@ -322,8 +322,8 @@ def test_two_ranks_give_the_numbers_of_one(text_run, tmp_path):
 def test_shards_cover_every_example_once(ckpt):
     """Rank r of W takes examples r, r + W, ...: the shards of 2 ranks partition the examples, and evaluating
     twice gives the same numbers (no state, no randomness)."""
+    from llama_jreg.commands.eval_tasks import task_context
     from llama_jreg.load import load_model
-    from llama_jreg.tasks.command import task_context
 
     model, tok, info = load_model(ckpt["dir"])
     tasks = build_tasks([f"choice:{ckpt['items']}@9", f"cloze:{ckpt['passages']}"], task_context(model, tok, info, [], 5))

@@ -12,11 +12,11 @@ def main(argv: list[str]) -> int:
 
     torch.set_num_threads(1)
     from llama_jreg import UserError
-    from llama_jreg.config import load_config
+    from llama_jreg.train.setup import build_config
     from llama_jreg.train.trainer import train
 
     try:
-        summary = train(load_config(argv))
+        summary = train(build_config(argv))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2

@@ -27,10 +27,10 @@ def tiny(run_dir, *extra: str) -> list[str]:
 
 
 def run_inprocess(overrides: list[str]) -> dict:
-    from llama_jreg.config import load_config
+    from llama_jreg.train.setup import build_config
     from llama_jreg.train.trainer import train
 
-    return train(load_config(overrides))
+    return train(build_config(overrides))
 
 
 def env_for_subprocess() -> dict:

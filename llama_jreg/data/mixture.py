@@ -31,7 +31,6 @@ This module holds the checks, the order and the loader; ``bundle.build_mixture``
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from typing import Any
 
@@ -56,36 +55,14 @@ def _where(i: int, src: MixtureSource) -> str:
 
 
 def check_mixture(cfg: DataConfig) -> None:
-    """Cheap checks of ``data.mixture`` (no data is read): names, weights, what each source reads, and that
-    local files exist and are not empty. Raises UserError with one line."""
-    mix = cfg.mixture
-    if cfg.source == "induction":
-        raise UserError("data.mixture mixes text sources; it cannot be used with data=induction (use data=local)")
-    weights = []
-    seen: set[str] = set()
-    for i, src in enumerate(mix):
-        where = _where(i, src)
-        if not src.name or not str(src.name).strip():
-            raise UserError(f"data.mixture[{i}] has no name; give every source one: {{name: web, weight: 0.7, "
-                            "files: [...]}")
-        if src.name in seen:
-            raise UserError(f"data.mixture: the name {src.name!r} is used twice; give every source its own name")
-        seen.add(src.name)
-        if "/" in src.name or any(c.isspace() for c in src.name):
-            raise UserError(f"{where}: a name may not contain '/' or spaces (it becomes the metric val_loss/<name>)")
-        if src.weight is None:
-            raise UserError(f"{where} has no weight; add weight: W (> 0)")
-        weights.append(float(src.weight))
-        if not src.files and not src.hf_path:
-            raise UserError(f"{where} reads nothing; give it files: [...] (local files) or hf_path: NAME")
+    """The checks of ``data.mixture`` that read files, after the schema's own (names, weights, what each source
+    reads; ``DataConfig.validate``): local files exist and are not empty, and every weight can be sampled.
+    Raises UserError with one line."""
+    cfg.validate_mixture()
+    for i, src in enumerate(cfg.mixture):
         if src.hf_path is None and src.files:
-            _check_files(where, list(src.files), cfg.storage_options)
-    if weights and all(w == 0 for w in weights):
-        raise UserError("data.mixture: all weights are zero; give every source a weight > 0")
-    for i, (src, w) in enumerate(zip(mix, weights)):
-        if not math.isfinite(w) or w <= 0:
-            raise UserError(f"{_where(i, src)}: weight={src.weight} must be > 0 (drop the source to leave it out)")
-    block_size(weights)
+            _check_files(_where(i, src), list(src.files), cfg.storage_options)
+    block_size([float(src.weight) for src in cfg.mixture])
 
 
 def _check_files(where: str, patterns: list[str], options: dict | None = None) -> None:

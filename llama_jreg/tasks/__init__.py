@@ -26,7 +26,6 @@ from llama_jreg.tasks import choice, cloze, induction, lmeval
 from llama_jreg.tasks.base import Task, TaskContext
 from llama_jreg.tasks.scoring import n_batches, score_requests
 from llama_jreg.tasks.spec import TaskSpec, parse_specs
-from llama_jreg.train.distributed import all_reduce_sum
 
 __all__ = ["Task", "TaskContext", "TaskSpec", "build_tasks", "evaluate_tasks", "format_rows", "parse_specs",
            "context_for_run"]
@@ -82,7 +81,8 @@ def evaluate_tasks(model: torch.nn.Module, tasks: list[Task], *, rank: int = 0, 
                 for key, v in part.items():
                     sums[key] += v
             vec = torch.tensor([sums[key] for key in keys], dtype=torch.float64, device=device)
-            all_reduce_sum(vec)
+            if world > 1 and dist.is_initialized():  # the per-task sums of all ranks
+                dist.all_reduce(vec, op=dist.ReduceOp.SUM)
             sums = dict(zip(keys, vec.tolist()))
             rows.append({"task": task.name, **task.row(sums), "seconds": time.perf_counter() - start})
     finally:

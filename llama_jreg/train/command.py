@@ -19,45 +19,26 @@ import os
 import re
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
 from llama_jreg import UserError
-from llama_jreg.config import check_run_dir, load_config, to_yaml
+from llama_jreg.config import check_run_dir, describe, load_config, to_yaml, warnings_for
+from llama_jreg.config_doc import help_groups, help_keys
 from llama_jreg.train.reference import matching_reference, summary_lines
 from llama_jreg.train.rows import JumpRow, read_rows
+from llama_jreg.train.setup import build_config
 from llama_jreg.train.trainer import train
 
-HELP_KEYS = """\
-config groups (pick one with GROUP=NAME):
-  model=tiny|small|medium|large          jreg=off|jump|jump_last|final|paper|weighted
-  data=shakespeare|local|hf|induction    optim=adamw   schedule=cosine|wsd|constant
-  trainer=default|demo   logger=none|wandb   parallel=ddp|fsdp
-  experiment=induction|text|continued    a whole recipe (docs/recipes.md); other overrides still win
-
-user-facing keys (KEY=VALUE):
-  jreg.weight (lambda, >=0)  jreg.mode (jump|final|paper|weighted)  jreg.l0 (-1 = last layer)  jreg.weighting
-  jreg.warmup_steps  jreg.stream (pre_norm|post_norm: h_L before / after the final norm)
-  data.files=[a.jsonl,b.txt]  data.text_field  data.seq_len  data.micro_batch_size  data.tokenizer
-  seed  trainer.max_steps  trainer.global_batch_size  trainer.log_every  trainer.jump_every
-  trainer.eval_every  trainer.ckpt_every  trainer.keep_last  trainer.compile  trainer.precision
-  trainer.loss_chunk_tokens (null=auto, 0=full logits)  model.attn_backend  model.rope_scaling (linear|llama3)
-  trainer.profile_from=STEP trainer.profile_steps=N (torch.profiler -> run.dir/profile/)
-  trainer.malloc_tuning (CPU: keep freed memory in the heap, default true)
-  trainer.checkpoint_format (auto|sharded|full)  trainer.async_checkpoint (sharded, written in the background)
+HELP_USAGE = """\
+values:
+  resume=auto|PATH   continue run.dir from its newest checkpoint, with its own config.yaml (or from PATH)
+  init_from=PATH     continued pre-training from a checkpoint / run dir / HF Llama dir / .gguf (or smollm2)
+  tasks=[induction,cloze@100,choice:FILE,lm-eval:NAME]   task evaluation during training
+  data.files=[a.jsonl,b.txt]   your corpus (picks data=local unless another data= is named)
   data.mixture=[{name: web, weight: 0.7, files: [web/*.jsonl]}, {name: code, weight: 0.3, hf_path: NAME}]
-  optim.lr  optim.weight_decay  optim.fused  optim.z_loss (e.g. 1e-4; 0=off)  schedule.warmup_steps
-  data.document_mask (attention within documents)  data.document_positions (RoPE restarts per document)
-  data.streaming  logger.project  logger.group  logger.tags
-  run.dir   resume=auto|PATH
-  tasks=[induction,cloze@100,choice:FILE,lm-eval:NAME]  task evaluation every trainer.task_every steps
-            (null = eval_every) and at the end; trainer.task_n (examples per task without @N)
-  init_from=PATH  continued pre-training: start from the weights (only) of a checkpoint / run dir / HF Llama
-            dir / .gguf; the architecture and, without data.tokenizer, the tokenizer come from it
-  data.tokenizer=PATH  a SentencePiece .model or an HF tokenizer.json (or a directory holding one)
   hydra.sweep.dir=DIR (with -m)
 
 examples:
@@ -70,12 +51,17 @@ examples:
 """
 
 
-def _parser() -> argparse.ArgumentParser:
+def _help_epilog() -> str:
+    """The groups and presets found in configs/ and every schema key (llama_jreg.config_doc), then usage."""
+    return f"{help_groups()}\n\n{help_keys()}\n\n{HELP_USAGE}"
+
+
+def _parser(full_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llama-jreg train",
         description="Pre-train a Llama model with JREG. Arguments are Hydra overrides.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=HELP_KEYS,
+        epilog=_help_epilog() if full_help else None,  # composing configs/ for the help costs ~1 s
     )
     p.add_argument("-m", "--multirun", action="store_true", help="sweep: one run per value of each a,b,c list")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -188,8 +174,19 @@ def _print_summary(summary: dict, cfg=None) -> None:
     print("\n".join(lines), flush=True)
 
 
+def print_header(cfg) -> None:
+    """The first lines of a run: which data, model, JREG and schedule it uses, and any warning."""
+    if is_main_process():
+        lines = describe(cfg) + [f"warning: {w}" for w in warnings_for(cfg)]
+        run_dir = Path(cfg.run.dir)
+        if cfg.resume == "auto" and not any((run_dir / "checkpoints").glob("step_*")):
+            lines.append(f"no checkpoint in {run_dir}: starting a new run")
+        print("\n".join(lines), flush=True)
+
+
 def run_one(overrides: list[str]) -> dict:
-    cfg = load_config(overrides)
+    cfg = build_config(overrides)
+    print_header(cfg)
     summary = train(cfg)
     _print_summary(summary, cfg)
     return summary
@@ -200,9 +197,8 @@ def run_sweep(overrides: list[str], hydra: dict[str, str]) -> list[dict]:
     jobs = expand_sweep(overrides)
     cfgs = []
     for job_overrides, name in jobs:  # validate every job before the first starts
-        cfg = load_config(job_overrides)
         run_dir = sweep_dir / name
-        cfg = replace(cfg, run=replace(cfg.run, dir=str(run_dir)))
+        cfg = build_config(job_overrides, run_dir=run_dir)
         try:
             check_run_dir(cfg.run)  # the job's run dir replaces run.dir: it must stay inside run.root too
         except UserError:
@@ -222,6 +218,7 @@ def run_sweep(overrides: list[str], hydra: dict[str, str]) -> list[dict]:
     for i, (job_overrides, name, cfg) in enumerate(cfgs):
         if is_main_process():
             print(f"[sweep] run {i + 1}/{len(cfgs)}: {name}  ({' '.join(job_overrides)})", flush=True)
+        print_header(cfg)
         summary = train(cfg)
         _print_summary(summary, cfg)
         summaries.append(summary)
@@ -237,7 +234,7 @@ def run_sweep(overrides: list[str], hydra: dict[str, str]) -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser(full_help=bool({"-h", "--help"} & set(argv))).parse_args(argv)
     overrides, hydra = _split_hydra(args.overrides)
     if args.print_config:
         for job_overrides, _ in expand_sweep(overrides) if args.multirun else [(overrides, "")]:

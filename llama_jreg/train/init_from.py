@@ -9,7 +9,8 @@ are taken: optimizer, schedule, step counter and data position start fresh (a mo
 
 Two halves:
 
-* ``apply_init_from(cfg, overrides)`` runs at compose time (``config.load_config``) and reads configs only:
+* ``apply_init_from(cfg, overrides)`` runs where a run is built (``train.setup.build_config``, never in
+  ``config.load_config``) and reads configs only (``init_from=smollm2`` may fetch the model once):
   the model architecture becomes the source's (the user's runtime keys such as ``model.attn_backend`` stay;
   ``model.max_seq_len`` may be lowered, never raised); an architecture key the user set explicitly that
   contradicts the source is refused in one line; without ``data.tokenizer`` the source's own tokenizer is

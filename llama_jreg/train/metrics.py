@@ -171,8 +171,8 @@ class MetricsLogger:
             raise UserError(f"cannot write metrics to {self.path}: {e.strerror or e}; check run.dir and free disk") from None
 
     def last_values(self) -> dict:
-        """The latest final_loss / final_lm_loss / zeta_L / val_loss in metrics.jsonl (for a resumed run's
-        summary before it logs anything new)."""
+        """The latest final_loss / final_lm_loss / zeta_L / val_zeta_L / val_loss in metrics.jsonl (for a
+        resumed run's summary before it logs anything new: the same summary as when it trained)."""
         out: dict = {}
         if not self.enabled or not self.path.exists():
             return out
@@ -186,7 +186,8 @@ class MetricsLogger:
                 t = TrainRow.from_dict(r)
                 out.update(final_loss=t.loss, final_lm_loss=t.lm_loss)
             elif kind == JumpRow.KIND:
-                out["zeta_L"] = JumpRow.from_dict(r).zeta_L
+                j = JumpRow.from_dict(r)
+                out.update(zeta_L=j.zeta_L, val_zeta_L=j.val_zeta_L)
             elif kind == EvalRow.KIND:
                 out["val_loss"] = EvalRow.from_dict(r).val_loss
             elif kind == TaskRow.KIND and isinstance(r.get("task"), str):

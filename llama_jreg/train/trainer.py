@@ -79,8 +79,6 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         t = cfg.trainer
-        if t.steps_per_run is not None and t.steps_per_run < 1:
-            raise UserError(f"trainer.steps_per_run={t.steps_per_run} must be >= 1 (or null)")
 
         self._start_processes()  # accelerate, ranks, device, precision, seeds
 
@@ -127,6 +125,8 @@ class Trainer:
             self.metrics.truncate_after(self.step)
             self.last.update(broadcast_object(self.metrics.last_values() if self.is_main else None))
             self.last["last_checkpoint"] = str(self.resumed_from)
+            if self.is_main:
+                print(f"resumed from {self.resumed_from} (step {self.step})", flush=True)
         else:
             self.metrics.truncate_after(-1)  # a fresh run starts a fresh metrics.jsonl
         if not self.wandb_run_id:
