@@ -47,7 +47,7 @@ from pathlib import Path
 from llama_jreg.study.archive import restore
 from llama_jreg.study.figures import make_plots
 from llama_jreg.study.plan import PLANS, SMOLLM2, Plan, data_configs, smoke
-from llama_jreg.study.report import README_END, README_START, publish, report_meta
+from llama_jreg.study.report import publish, report_meta
 from llama_jreg.study.run import record_stage, stage_e1, stage_eval, stage_sweeps
 from llama_jreg.train.command import expand_sweep
 
@@ -59,7 +59,7 @@ def stage_report(args, plan: Plan, out: Path, results: list[dict], e1: list[dict
     (out / "results.json").write_text(json.dumps({"e1": e1, "runs": results}, indent=1) + "\n")
     figs = make_plots(results, e1, out / "figures")
     meta = report_meta(args.scale, args.out, plan, results, out, args.note or [], argv_used)
-    return publish(out, meta, results, e1, figs, args.docs, args.readme)
+    return publish(out, meta, results, e1, figs, args.docs)
 
 
 def bundle(plan: Plan, dest: Path, dry: bool) -> int:
@@ -89,8 +89,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output dir (runs, eval JSON, results.json, report.md); not with --bundle")
     p.add_argument("--models", nargs="*", default=[], help="E1: more HF Llama dirs (or checkpoints, GGUF files)")
     p.add_argument("--docs", help="also write the report here (e.g. docs/results.md), its figures next to it")
-    p.add_argument("--readme", help="also put the summary table into this README between its results-summary "
-                                    "markers")
     p.add_argument("--note", action="append", metavar="TEXT",
                    help="a line for the report's notes, e.g. where some runs came from (repeatable)")
     p.add_argument("--only", help="train only these sweeps (comma-separated names, e.g. e4_continued)")
@@ -118,11 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     args.lanes = plan.lanes if args.lanes is None else args.lanes
     if args.lanes < 1:
         p.error(f"--lanes {args.lanes}: give 1 or more (the number of sweeps run at a time)")
-    if args.readme:
-        text = Path(args.readme).read_text(encoding="utf-8") if Path(args.readme).is_file() else ""
-        if README_START not in text or README_END not in text:
-            p.error(f"--readme {args.readme}: no results-summary block; add the lines {README_START} and "
-                    f"{README_END} where the table goes")
     if args.bundle:
         return bundle(plan, Path(args.bundle), args.dry_run)
     if not args.out:

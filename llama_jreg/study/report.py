@@ -1,6 +1,6 @@
 """The study's Markdown report: :func:`render_report` (header, findings, tables, figures, how it was run), and
 :func:`publish`, the report stage of ``scripts/reproduce.py`` (``results.json``, ``report.md``,
-``headline.md``, the figures, ``--docs`` and ``--readme``)."""
+``headline.md``, the figures and ``--docs``)."""
 
 from __future__ import annotations
 
@@ -180,21 +180,6 @@ def render_report(meta: dict, results: list[dict], e1: list[dict], figs: dict[st
     return "\n".join(line for line in out if line is not None).rstrip() + "\n"
 
 
-README_START, README_END = "<!-- results-summary: written by scripts/reproduce.py --readme -->", "<!-- /results-summary -->"
-
-
-def write_readme_table(readme: Path, table: str) -> None:
-    """Put ``table`` between the README's results-summary markers (the same table as docs/results.md's
-    Summary, so the README never shows numbers the report does not)."""
-    text = readme.read_text(encoding="utf-8")
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"error: {readme} has no {README_START} ... {README_END} block; add the two marker lines "
-                         "where the table goes")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    readme.write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}", encoding="utf-8")
-
-
 def report_meta(scale: str, out_arg: str, plan: Plan, results: list[dict], out: Path, notes: list[str],
                 argv_used: list[str]) -> dict:
     """The report's header (:func:`render_report`'s ``meta``): the command of the scale, the command line that
@@ -217,14 +202,11 @@ def report_meta(scale: str, out_arg: str, plan: Plan, results: list[dict], out: 
 
 
 def publish(out: Path, meta: dict, results: list[dict], e1: list[dict], figs: dict[str, Path],
-            docs: str | None = None, readme: str | None = None) -> Path:
+            docs: str | None = None) -> Path:
     """Write ``OUT/report.md`` and ``OUT/headline.md`` (the summary table alone); with ``docs``, the report
-    there too, its figures in the folder next to it (``docs/results.md`` -> ``docs/results/``); with
-    ``readme``, the summary table between that README's markers. Returns the report's path."""
-    # the summary table alone, for the README (its link points at docs/results.md)
-    (out / "headline.md").write_text(summary_table(results) + "\n")
-    if readme:
-        write_readme_table(Path(readme), summary_table(results))
+    there too, its figures in the folder next to it (``docs/results.md`` -> ``docs/results/``). Returns the
+    report's path."""
+    (out / "headline.md").write_text(summary_table(results) + "\n")  # the summary table alone
     report = out / "report.md"
     report.write_text(render_report(meta, results, e1, figs, lambda p: Path(p).relative_to(out).as_posix()))
     if docs:

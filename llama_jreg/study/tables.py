@@ -1,4 +1,4 @@
-"""The study report's tables: the summary (also the README's), the headline table per run, E1, E2 per step and
+"""The study report's tables: the summary, the headline table per run, E1, E2 per step and
 per seed, the logit lens per layer and its change against λ = 0, and the code the runs came from."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _ci(s: Stat | None, digits: int) -> str:
 def summary_table(results: list[dict]) -> str:
     """One row per cell (complete runs only): mean ± sd over the seeds of the final validation loss (and its
     change against the experiment's λ = 0 cell), the validation ζ_L at the first measurement and at the end,
-    Ψ_L and, for the induction runs, the induction accuracy. The README shows this table (``headline.md``)."""
+    Ψ_L and, for the induction runs, the induction accuracy. It is also written alone to ``headline.md``."""
     tasks = task_names(complete(results))
     lines = ["| experiment | JREG | λ | seeds | val loss | vs λ = 0 | val ζ_L, first measurement | val ζ_L, end | "
              "Ψ_L (val) | induction acc. |" + "".join(f" task: {n} |" for n in tasks),
