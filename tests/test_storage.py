@@ -132,6 +132,6 @@ def test_bad_object_storage_input_is_one_error_line(case, s3, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
     assert url in lines[0] and re.search(want, lines[0]), lines[0]
-    assert "Traceback" not in proc.stderr and "step" not in proc.stdout.lower()
+    assert "Traceback" not in proc.stderr and "run summary" not in proc.stdout  # stopped before any step
     assert snapshot(tmp_path) == before  # no file written or changed locally (run dir and data cache included)
     assert sorted(s3.fs().find(bucket, detail=True).items()) == objects_before  # nor remotely

@@ -31,8 +31,9 @@ from llama_jreg.data.mixture import check_mixture
 from llama_jreg.tasks.spec import parse_spec
 from llama_jreg.train.init_from import ARCH_KEYS, apply_init_from
 
-#: data keys that decide which tokens a run trains on (a resume with other values would read other data)
-DATA_IDENTITY = ("source", "files", "text_field", "text_sample_by", "hf_path", "hf_name", "hf_split", "tokenizer",
+#: data keys that decide which tokens a run trains on (a resume with other values would read other data); not
+#: data.files: a corpus moved to another path resumes, its files checked by content (llama_jreg/data/identity.py)
+DATA_IDENTITY = ("source", "text_field", "text_sample_by", "hf_path", "hf_name", "hf_split", "tokenizer",
                  "vocab_size", "tokenizer_train_chars", "seq_len", "val_fraction", "val_sequences", "max_documents",
                  "induction", "mixture")
 
