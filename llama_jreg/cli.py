@@ -19,12 +19,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("llama_jreg.commands.prepare_data", "tokenise a corpus into shards + manifest"),
     "sweep-report": ("llama_jreg.analysis.sweep_report", "Markdown table + plots for a JREG sweep dir"),
     "jump": ("llama_jreg.analysis.jump", "Psi per layer and zeta_L of any model on a text"),
-    "plot": ("llama_jreg.analysis.plots", "zeta_L over training and Psi curves from a run dir"),
+    "plot": ("llama_jreg.plots", "zeta_L over training and Psi curves from a run dir"),
     "eval": ("llama_jreg.analysis.logit_lens", "validation loss, logit lens, early exit, induction accuracy"),
     "ffn-concepts": ("llama_jreg.analysis.ffn_concepts", "top FFN sub-updates and the tokens they promote"),
     "generate": ("llama_jreg.generate", "sample text from a checkpoint, run dir, HF dir or GGUF (KV cache)"),
-    "export-hf": ("llama_jreg.interop.export", "export a checkpoint as an HF Llama directory"),
-    "lm-eval": ("llama_jreg.interop.lm_eval", "evaluate a checkpoint with lm-eval-harness tasks"),
+    "export-hf": ("llama_jreg.commands.export_hf", "export a checkpoint as an HF Llama directory"),
+    "lm-eval": ("llama_jreg.commands.lm_eval", "evaluate a checkpoint with lm-eval-harness tasks"),
     "eval-tasks": ("llama_jreg.commands.eval_tasks", "task accuracy (induction, cloze, choice, lm-eval) of any model"),
 }
 

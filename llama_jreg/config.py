@@ -136,7 +136,7 @@ class TrainerConfig:
     # on CPU with glibc: keep freed memory in the heap so the step's large temporaries do not page-fault
     # every step (process-wide mallopt settings; llama_jreg/train/allocator.py)
     malloc_tuning: bool = True
-    plots: bool = True  # write <run.dir>/plots/ at the end of the run (llama_jreg.analysis.plots)
+    plots: bool = True  # write <run.dir>/plots/ at the end of the run (llama_jreg.plots)
     # task evaluation (top-level ``tasks``; llama_jreg/tasks/): every task_every steps (null = eval_every), at
     # the end, and at step 0 of an init_from run; task_n examples per task without @N; task_batch_size
     # sequences per forward pass

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from llama_jreg.interop.lm_eval import choice_task_yaml  # noqa: E402
+from llama_jreg.commands.lm_eval import choice_task_yaml  # noqa: E402
 
 COMMON = ["model=tiny", "data.seq_len=256", "data.micro_batch_size=8", "trainer.progress=false",
           "trainer.plots=false", "trainer.log_every=1000", "trainer.jump_every=1000", "trainer.eval_every=1000"]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llama_jreg.train.rows import JumpRow, read_rows
+from llama_jreg.rows import JumpRow, read_rows
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -183,7 +183,7 @@ def test_plot_command(tmp_path):
     assert cli(["plot", str(run), "--steps", "40,100"]) == 0
     for name in ("zeta_L.png", "psi_layers.png", "loss.png"):
         assert (run / "plots" / name).stat().st_size > 1000
-    from llama_jreg.analysis.plots import plot_run
+    from llama_jreg.plots import plot_run
 
     paths = plot_run(run)
     assert [p.name for p in paths] == ["zeta_L.png", "psi_layers.png", "loss.png"]

@@ -136,7 +136,7 @@ def test_read_model_state_consolidates_shards_in_one_process(twin):
 
 @pytest.mark.slow
 def test_analysis_commands_load_a_sharded_checkpoint(twin, tmp_path):
-    from llama_jreg.interop.export import export_hf
+    from llama_jreg.commands.export_hf import export_hf
     from llama_jreg.load import load_model
 
     a, _, info_a = load_model(twin["full"])

@@ -192,7 +192,7 @@ def test_init_from_a_run_dir_is_its_newest_checkpoint(tmp_path):
 def test_export_hf_of_a_continued_run_keeps_the_source_tokenizer(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llama_jreg.interop.export import export_hf
+    from llama_jreg.commands.export_hf import export_hf
 
     src = make_tiny_hf_llama(tmp_path / "src")
     run = tmp_path / "run"

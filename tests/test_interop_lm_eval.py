@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("lm_eval")
 
 from llama_jreg.cli import main as cli
-from llama_jreg.interop.lm_eval import choice_task_yaml
+from llama_jreg.commands.lm_eval import choice_task_yaml
 from tests.test_analysis import make_checkpoint
 
 ROLLING = """\
@@ -94,7 +94,7 @@ def test_lm_eval_command_runs_custom_tasks(setup, tmp_path):
 def test_adapter_numbers(setup):
     from lm_eval.api.instance import Instance
 
-    from llama_jreg.interop.lm_eval import LlamaJregLM
+    from llama_jreg.commands.lm_eval import LlamaJregLM
 
     d, model, _, _ = setup
     lm = LlamaJregLM(str(d), device="cpu", max_length=16, batch_size=2)

@@ -1,4 +1,4 @@
-"""The typed rows of metrics.jsonl (llama_jreg/train/rows.py): the committed study archives read back and
+"""The typed rows of metrics.jsonl (llama_jreg/rows.py): the committed study archives read back and
 write out byte for byte, the optional keys (data.mixture, step-0 jump rows, task scores) keep their place, and
 the readers' rules (torn last line, rows without a kind)."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from llama_jreg import UserError
-from llama_jreg.train.rows import (
+from llama_jreg.rows import (
     ROW_TYPES,
     EvalRow,
     JumpRow,

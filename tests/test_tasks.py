@@ -12,7 +12,7 @@ import torch
 
 from llama_jreg import UserError
 from llama_jreg.cli import main as cli
-from llama_jreg.interop.lm_eval import choice_task_yaml
+from llama_jreg.commands.lm_eval import choice_task_yaml
 from llama_jreg.tasks import build_tasks, evaluate_tasks
 from llama_jreg.tasks.base import select
 from llama_jreg.tasks.cloze import split_last_word
@@ -126,7 +126,7 @@ def _logp_of(model, ids):
 def test_choice_matches_lm_eval_harness(ckpt):
     """Our choice:FILE and lm-eval:task.yaml give lm-eval-harness's own acc / acc_norm on the same items."""
     pytest.importorskip("lm_eval")
-    from llama_jreg.interop.lm_eval import run_lm_eval
+    from llama_jreg.commands.lm_eval import run_lm_eval
 
     ref = run_lm_eval(str(ckpt["dir"]), ["jreg_tasks_mc"], include_path=str(ckpt["yaml"].parent),
                       device="cpu")["results"]["jreg_tasks_mc"]
@@ -272,8 +272,8 @@ def test_summary_and_report_show_tasks(text_run, tmp_path, capsys):
 
 
 def test_wandb_keys(tmp_path):
+    from llama_jreg.rows import TaskRow
     from llama_jreg.train.metrics import MetricsLogger
-    from llama_jreg.train.rows import TaskRow
 
     logged = []
 

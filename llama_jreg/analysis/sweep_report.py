@@ -16,8 +16,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from llama_jreg import UserError
-from llama_jreg.analysis.plots import save_figure
-from llama_jreg.train.rows import EvalRow, JumpRow, TaskRow, TrainRow, read_metrics, rows_of, typed_rows
+from llama_jreg.plots import save_figure
+from llama_jreg.rows import EvalRow, JumpRow, TaskRow, TrainRow, read_metrics, rows_of, typed_rows
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llama_jreg.analysis.jump import plot_psi
-from llama_jreg.analysis.plots import pick_rows, save_figure
+from llama_jreg.plots import pick_rows, save_figure
 from llama_jreg.study.findings import STAGE
 from llama_jreg.study.results import cells, complete, stat_list
 from llama_jreg.study.stats import stat

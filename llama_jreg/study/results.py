@@ -16,8 +16,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from llama_jreg.rows import read_metrics
 from llama_jreg.train.provenance import read_provenance
-from llama_jreg.train.rows import read_metrics
 
 
 def read_json(path: Path) -> dict | None:

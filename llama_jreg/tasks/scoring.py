@@ -1,5 +1,5 @@
 """Scoring token sequences with a causal LM: the one place where task evaluation and the lm-eval adapter
-(``llama_jreg.interop.lm_eval``) turn a model's logits into log-likelihoods and greedy hits.
+(``llama_jreg.commands.lm_eval``) turn a model's logits into log-likelihoods and greedy hits.
 
 A :class:`Request` is a token sequence ``ids`` (model input ``ids[:-1]``, labels ``ids[1:]``) whose labels
 from ``start`` on are scored, optionally only where ``mask`` is true. Its :class:`Score`: the summed

@@ -27,8 +27,8 @@ from hydra.errors import HydraException
 from llama_jreg import UserError
 from llama_jreg.config import check_run_dir, describe, load_config, to_yaml, warnings_for
 from llama_jreg.config_doc import help_groups, help_keys
+from llama_jreg.rows import JumpRow, read_rows
 from llama_jreg.train.reference import matching_reference, summary_lines
-from llama_jreg.train.rows import JumpRow, read_rows
 from llama_jreg.train.setup import build_config
 from llama_jreg.train.trainer import train
 

@@ -1,7 +1,7 @@
 """Metrics sinks (rank 0 only): ``<run.dir>/metrics.jsonl`` always, wandb with ``logger=wandb``; plus the
 throughput / MFU / memory arithmetic.
 
-Every row of metrics.jsonl is one JSON object with a ``kind`` (typed in ``train/rows.py``: ``TrainRow``,
+Every row of metrics.jsonl is one JSON object with a ``kind`` (typed in ``llama_jreg/rows.py``: ``TrainRow``,
 ``JumpRow``, ``EvalRow``, ``TaskRow``, which the readers use too):
 
 * ``train`` (every ``trainer.log_every`` steps): ``step, tokens, loss, lm_loss, jreg_loss, jreg_weight, lr,
@@ -50,7 +50,7 @@ import torch
 
 from llama_jreg import UserError
 from llama_jreg.model import Llama
-from llama_jreg.train.rows import EvalRow, JumpRow, Row, TaskRow, TrainRow, kind_of
+from llama_jreg.rows import EvalRow, JumpRow, Row, TaskRow, TrainRow, kind_of
 from llama_jreg.train.step import StepLosses
 
 # dense bf16 peak FLOP/s per device, by a substring of torch.cuda.get_device_name()

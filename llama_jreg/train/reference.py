@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from llama_jreg.config import from_yaml
 from llama_jreg.data.schema import DataConfig
 from llama_jreg.data.sources import cache_root
-from llama_jreg.train.rows import EvalRow, JumpRow, read_metrics, rows_of
+from llama_jreg.rows import EvalRow, JumpRow, read_metrics, rows_of
 
 REFERENCE_PATH = Path(__file__).with_name("demo_reference.json")
 

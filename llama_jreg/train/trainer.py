@@ -36,6 +36,7 @@ from llama_jreg.config import TrainConfig, check_run_dir, to_yaml
 from llama_jreg.data import build_data
 from llama_jreg.loss import IGNORE_INDEX
 from llama_jreg.model import Llama
+from llama_jreg.rows import EvalRow, JumpRow, TaskRow
 from llama_jreg.tasks import build_tasks, context_for_run, evaluate_tasks
 from llama_jreg.train import checkpoint as ckpt
 from llama_jreg.train.allocator import tune_cpu_allocator
@@ -46,7 +47,6 @@ from llama_jreg.train.optim import Schedule, build_optimizer
 from llama_jreg.train.parallel import parallelize, unwrap
 from llama_jreg.train.profiling import StepProfiler
 from llama_jreg.train.provenance import record_start
-from llama_jreg.train.rows import EvalRow, JumpRow, TaskRow
 from llama_jreg.train.step import StepLosses, World, documents, forward_backward, micro_batches_per_rank
 
 # fault injection for tests: comma-separated 1-indexed steps whose loss is made NaN
@@ -487,7 +487,7 @@ class Trainer:
         # (a run stopped before its first logged row has no metrics.jsonl yet: nothing to plot)
         if self.is_main and self.cfg.trainer.plots and Path(self.metrics.path).is_file():
             try:
-                from llama_jreg.analysis.plots import plot_run
+                from llama_jreg.plots import plot_run
             except ImportError:
                 plot_run = None
             if plot_run is not None:

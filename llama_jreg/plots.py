@@ -8,7 +8,7 @@ Writes into ``RUN_DIR/plots/``:
 * ``loss.png``        training loss (and lm_loss / jreg_loss when present), when training rows exist
 * ``tasks.png``       task accuracy over steps, one line per task, when the run evaluated tasks (``kind=task``)
 
-The rows are read typed (``llama_jreg.train.rows``); jump rows are drawn when they carry ``psi`` (a list, one
+The rows are read typed (``llama_jreg.rows``); jump rows are drawn when they carry ``psi`` (a list, one
 value per layer) and ``zeta_L``; a torn last line (one being written while training runs) is skipped. ``plot_run(run_dir, steps=None)`` does the same from
 Python and returns the written paths.
 """
@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 
 from llama_jreg import UserError, help_text
-from llama_jreg.train.rows import EvalRow, JumpRow, TaskRow, TrainRow, latest_by_step, read_metrics, rows_of
+from llama_jreg.rows import EvalRow, JumpRow, TaskRow, TrainRow, latest_by_step, read_metrics, rows_of
 
 
 def save_figure(fig, ax, path: Path, legend: bool = True, legend_fontsize=None) -> Path:
