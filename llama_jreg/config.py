@@ -33,7 +33,7 @@ from llama_jreg import UserError
 from llama_jreg.data.schema import DataConfig, InductionConfig, MixtureSource
 from llama_jreg.jreg import JregConfig
 from llama_jreg.model import SIZES, ModelConfig
-from llama_jreg.tasks.spec import parse_specs
+from llama_jreg.task_spec import parse_specs
 
 CONFIG_DIR = Path(os.environ.get("LLAMA_JREG_CONFIGS", Path(__file__).resolve().parent.parent / "configs"))
 
@@ -226,7 +226,7 @@ class TrainConfig:
     # architecture and (without data.tokenizer) the tokenizer come from it (llama_jreg/train/init_from.py)
     init_from: str | None = None
     # task evaluation during training: specs KIND[:ARG][@N], e.g. [induction, cloze@100, choice:piqa.jsonl]
-    # (llama_jreg/tasks/spec.py); empty = off
+    # (llama_jreg/task_spec.py); empty = off
     tasks: list[str] = field(default_factory=list)
 
 

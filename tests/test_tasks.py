@@ -13,10 +13,10 @@ import torch
 from llama_jreg import UserError
 from llama_jreg.cli import main as cli
 from llama_jreg.commands.lm_eval import choice_task_yaml
+from llama_jreg.task_spec import parse_spec, parse_specs
 from llama_jreg.tasks import build_tasks, evaluate_tasks
 from llama_jreg.tasks.base import select
 from llama_jreg.tasks.cloze import split_last_word
-from llama_jreg.tasks.spec import parse_spec, parse_specs
 from tests.test_analysis import CORPUS, make_checkpoint
 from tests.test_train_helpers import rows, run_inprocess, run_torchrun
 

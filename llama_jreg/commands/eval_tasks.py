@@ -22,8 +22,8 @@ from llama_jreg import UserError, help_text
 from llama_jreg.config import TrainConfig, apply_data_overrides
 from llama_jreg.data import build_data
 from llama_jreg.load import load_model, pick_device
+from llama_jreg.task_spec import parse_specs
 from llama_jreg.tasks import TaskContext, build_tasks, evaluate_tasks, format_rows
-from llama_jreg.tasks.spec import parse_specs
 
 DEFAULT_N = 200
 

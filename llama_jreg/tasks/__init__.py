@@ -1,7 +1,7 @@
 """Task evaluation: accuracy on tasks, inside the trainer (``tasks=[...]``) and on any model (``llama-jreg
 eval-tasks``).
 
-Tasks (spec syntax in ``llama_jreg.tasks.spec``): ``induction`` (in-context recall on the run's synthetic
+Tasks (spec syntax in ``llama_jreg.task_spec``): ``induction`` (in-context recall on the run's synthetic
 induction data), ``cloze`` / ``cloze:FILE`` (last-word prediction), ``choice:FILE`` (multiple choice from a
 jsonl, lm-eval-harness's ``acc`` / ``acc_norm``), ``lm-eval:NAME`` (an lm-eval-harness log-likelihood task).
 
@@ -22,10 +22,10 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
+from llama_jreg.task_spec import TaskSpec, parse_specs
 from llama_jreg.tasks import choice, cloze, induction, lmeval
 from llama_jreg.tasks.base import Task, TaskContext
 from llama_jreg.tasks.scoring import n_batches, score_requests
-from llama_jreg.tasks.spec import TaskSpec, parse_specs
 
 __all__ = ["Task", "TaskContext", "TaskSpec", "build_tasks", "evaluate_tasks", "format_rows", "parse_specs",
            "context_for_run"]

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from llama_jreg import UserError
+from llama_jreg.task_spec import TaskSpec
 from llama_jreg.tasks.scoring import Request, Score
-from llama_jreg.tasks.spec import TaskSpec
 
 #: the seed of example selection: fixed, so every run and every step evaluates the same examples of a file
 SELECT_SEED = 0

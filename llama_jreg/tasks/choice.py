@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from llama_jreg import UserError
+from llama_jreg.task_spec import TaskSpec
 from llama_jreg.tasks.base import Task, TaskContext, _ratio, select
 from llama_jreg.tasks.scoring import Request, Score, encode_pair, pair_request, prefix_token
-from llama_jreg.tasks.spec import TaskSpec
 
 SHAPE = '{"context": str, "choices": [str, ...], "gold": int}'
 TARGET_DELIMITER = " "

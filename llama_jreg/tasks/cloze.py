@@ -19,9 +19,9 @@ import re
 from pathlib import Path
 
 from llama_jreg import UserError
+from llama_jreg.task_spec import TaskSpec
 from llama_jreg.tasks.base import Task, TaskContext, _ratio, select
 from llama_jreg.tasks.scoring import Request, Score, encode_pair, pair_request, prefix_token
-from llama_jreg.tasks.spec import TaskSpec
 
 
 def split_last_word(text: str) -> tuple[str, str] | None:

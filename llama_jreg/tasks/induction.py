@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from llama_jreg import UserError
 from llama_jreg.data.synthetic import InductionSequences
+from llama_jreg.task_spec import TaskSpec
 from llama_jreg.tasks.base import Task, TaskContext
 from llama_jreg.tasks.scoring import Request, Score
-from llama_jreg.tasks.spec import TaskSpec
 
 
 class InductionTask(Task):

@@ -22,9 +22,9 @@ from pathlib import Path
 import yaml
 
 from llama_jreg import UserError
+from llama_jreg.task_spec import TaskSpec
 from llama_jreg.tasks.base import SELECT_SEED, Task, TaskContext, select
 from llama_jreg.tasks.scoring import Request, Score, encode_pair, pair_request, prefix_token
-from llama_jreg.tasks.spec import TaskSpec
 
 LOCAL_COPY = ("point at a local copy: a task YAML over a local file (dataset_path: json, dataset_kwargs: "
               "{data_files: {test: FILE}}) as lm-eval:path/to/task.yaml, or the rows as choice:FILE")

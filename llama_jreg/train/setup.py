@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from llama_jreg import UserError
 from llama_jreg.config import CONFIG_DIR, TrainConfig, from_yaml, load_config, to_train_config, validate
 from llama_jreg.data.mixture import check_mixture
-from llama_jreg.tasks.spec import parse_spec
+from llama_jreg.task_spec import parse_spec
 from llama_jreg.train.init_from import ARCH_KEYS, apply_init_from
 
 #: data keys that decide which tokens a run trains on (a resume with other values would read other data); not
