@@ -53,3 +53,35 @@ def test_old_checkpoint_resumes_with_the_recorded_losses(version, kind, tmp_path
         assert got == want  # bit for bit
     else:
         assert all(abs(got[k] - want[k]) < 1e-5 for k in want), (got, want)
+
+
+def test_new_checkpoints_record_the_format_version_and_a_newer_one_is_refused(tmp_path):
+    """A checkpoint written now records ``format_version`` (the v1 layout, so 1); one whose manifest names a
+    version this code does not read is refused by ``resume=auto`` with one ``error:`` line naming it, exit 2,
+    nothing written; a manifest without the field is version 1."""
+    import subprocess
+    import sys
+
+    from llama_jreg.train import checkpoint as ckpt
+    from tests.test_train_helpers import REPO, env_for_subprocess
+
+    rec = json.loads((FIXTURES / "v1" / "full" / "losses.json").read_text())
+    assert ckpt.format_version(FIXTURES / "v1" / "full" / rec["checkpoint"]) == 1  # written before the field
+    run = tmp_path / "run"
+    run_inprocess([*rec["overrides"], f"run.dir={run}", "trainer.max_steps=3"])
+    ck = ckpt.list_checkpoints(run)[-1]
+    manifest = json.loads((ck / "manifest.json").read_text())
+    assert manifest["format_version"] == ckpt.FORMAT_VERSION == 1 and ckpt.verify(ck) is None
+    manifest["format_version"] = 7
+    (ck / "manifest.json").write_text(json.dumps(manifest))
+    assert ckpt.verify(ck) is None  # intact, but of a version this code does not read
+    before = sorted((p.relative_to(run).as_posix(), p.stat().st_mtime_ns) for p in run.rglob("*"))
+    proc = subprocess.run([sys.executable, "-m", "llama_jreg", "train", *rec["overrides"], f"run.dir={run}",
+                           "resume=auto"], cwd=REPO, env=env_for_subprocess(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: resume={ck}: checkpoint format version 7 is newer than this llama-jreg reads "
+                      "(it reads version 1); resume it with the llama-jreg that wrote it, or upgrade llama-jreg"]
+    assert "Traceback" not in proc.stderr
+    assert sorted((p.relative_to(run).as_posix(), p.stat().st_mtime_ns) for p in run.rglob("*")) == before

@@ -47,3 +47,10 @@ class TrainState:
         self.wandb_run_id = sd.get("wandb_run_id")
         if sd.get("init_from") is not None:
             self.init_from = sd["init_from"]
+
+
+def state_field(name: str) -> property:
+    """An attribute of an object that is the field ``name`` of its ``.state`` (a TrainState): the trainer's
+    ``self.step`` is ``self.state.step``."""
+    return property(lambda self: getattr(self.state, name), lambda self, v: setattr(self.state, name, v),
+                    doc=f"``self.state.{name}`` (TrainState)")
