@@ -7,14 +7,14 @@ the training stall of a sharded save written synchronously vs in the background 
 
 The model (``configs/model/<name>.yaml`` plus ``--set key=value`` model overrides) is built and wrapped as the
 trainer does (``parallel.parallelize``), AdamW's state is created by one optimizer step on zero gradients, and
-then ``checkpoint.save_checkpoint`` / ``checkpoint.restore_checkpoint`` (the trainer's own calls) run once per
+then ``CheckpointManager.save`` / ``CheckpointManager.restore`` (the trainer's own calls) run once per
 format into a temporary run dir. Per rank and phase: wall seconds (each phase starts after a barrier) and the
 peak resident memory of the phase (Linux: VmHWM, reset before each phase through /proc/self/clear_refs; the
 rise over the RSS at the phase start is printed too). Rank 0 prints one table row per format; the
 checkpoint's size on disk is the manifest's sum.
 
 The training stall is the time the training thread cannot take a step because of the save: for ``full`` and
-``sharded`` the whole save; for ``async`` (sharded, ``background=AsyncCheckpointer()``) the call that stages
+``sharded`` the whole save; for ``async`` (sharded, ``background=AsyncCheckpointer()``) the save that stages
 the state and starts the write, plus the later ``wait()`` that writes the manifest and renames (called once
 every rank's background write is done, as the next save usually finds it). The first asynchronous save of
 a run allocates the CPU buffers it copies the state into; later ones reuse them (list ``async`` twice to see
@@ -96,7 +96,7 @@ def _async_phase(save, train_step, bg) -> tuple[dict, dict]:
     resettable = _reset_peak()
     rss0 = _status_kib("VmRSS")
     t0 = time.perf_counter()
-    save(bg=bg)
+    save()
     start_s = time.perf_counter() - t0
     done_at: list[float] = []
     bg.pending.future.add_done_callback(lambda _f: done_at.append(time.perf_counter()))
@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     from llama_jreg.train.distributed import broadcast_object
     from llama_jreg.train.optim import Schedule, build_optimizer
     from llama_jreg.train.parallel import parallelize, unwrap
+    from llama_jreg.train.state import TrainState
 
     if "RANK" in os.environ and not dist.is_initialized():
         dist.init_process_group("gloo")
@@ -186,22 +187,22 @@ def main(argv: list[str] | None = None) -> int:
     bg = ckpt.AsyncCheckpointer()  # one per run, as in training: its staging buffers are reused by later saves
     for index, fmt in enumerate(a.formats.split(",")):
         run = root / f"{index}-{fmt}"
-        kw = dict(model=llama, optimizer=opt, schedule=sched, loader=_Cursor())
-        save_kw = dict(trainer_state={"step": 1, "tokens": 0, "world_size": world, "wandb_run_id": "bench",
-                                      "data_fingerprint": "bench"}, config_yaml="{}\n", tokenizer_path=None,
-                       keep_last=1)
+        states = {"model": ckpt.ModelPart(llama), "optim": ckpt.OptimizerPart(llama, opt),
+                  "scheduler": ckpt.JsonPart(sched), "loader": ckpt.RankPart(_Cursor()),
+                  "trainer_state": ckpt.JsonPart(TrainState(step=1, world_size=world, wandb_run_id="bench",
+                                                            data_fingerprint="bench"))}
         extra: dict = {}
         if fmt == "async":
             extra = {"async_save": sum(f == "async" for f in a.formats.split(",")[:index]) + 1}
-            save, more = _async_phase(lambda run=run, kw=kw, save_kw=save_kw, bg=None: ckpt.save_checkpoint(
-                run, 1, **kw, **save_kw, fmt="sharded", background=bg), train_step if a.train_seq else None, bg)
+            mgr = ckpt.CheckpointManager(run, states, fmt="sharded", keep_last=1, background=bg)
+            save, more = _async_phase(lambda mgr=mgr: mgr.save(1), train_step if a.train_seq else None, bg)
             extra.update(more)
         else:
-            save = _phase(lambda run=run, fmt=fmt, kw=kw, save_kw=save_kw: ckpt.save_checkpoint(
-                run, 1, **kw, **save_kw, fmt=fmt))
+            mgr = ckpt.CheckpointManager(run, states, fmt=fmt, keep_last=1)
+            save = _phase(lambda mgr=mgr: mgr.save(1))
             extra = {"stall_s": save["s"]}
         path = ckpt.list_checkpoints(run)[-1]
-        load = _phase(lambda path=path, kw=kw: ckpt.restore_checkpoint(path, **kw, fingerprint="bench"))
+        load = _phase(lambda mgr=mgr, path=path: mgr.restore(path))
         size = sum(m["bytes"] for m in json.loads((path / "manifest.json").read_text())["files"].values())
         row = {"format": fmt, "rank": rank, "save": save, "load": load, "bytes": size, **extra}
         if fmt == "async" and extra["async_save"] > 1:

@@ -98,13 +98,13 @@ def child_main(argv: list[str]) -> int:
     from llama_jreg.cli import main
     from llama_jreg.train import checkpoint
 
-    real_load = checkpoint.restore_checkpoint
+    real_load = checkpoint.CheckpointManager.restore
 
-    def announced_load(path, **kw):
+    def announced_load(self, path):
         print(f"KILL9-RESUME {path}", file=sys.stderr, flush=True)
-        return real_load(path, **kw)
+        return real_load(self, path)
 
-    checkpoint.restore_checkpoint = announced_load
+    checkpoint.CheckpointManager.restore = announced_load
     return main(["train", *argv])
 
 

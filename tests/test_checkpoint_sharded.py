@@ -242,11 +242,12 @@ def _tiny_model_and_optimizer():
 
 
 def _save(run, step, model, opt, sched, background, keep_last=5):
-    return ckpt.save_checkpoint(run, step, model=model, optimizer=opt, schedule=sched, loader=_Cursor(),
-                                trainer_state={"step": step, "tokens": 0, "world_size": 1, "wandb_run_id": "x",
-                                               "data_fingerprint": "fp"}, config_yaml="{}\n",
-                                tokenizer_path=None, keep_last=keep_last,
-                                fmt="sharded", background=background)
+    from llama_jreg.train.state import TrainState
+
+    states = {"model": ckpt.ModelPart(model), "optim": ckpt.OptimizerPart(model, opt),
+              "scheduler": ckpt.JsonPart(sched), "loader": ckpt.RankPart(_Cursor()),
+              "trainer_state": ckpt.JsonPart(TrainState(step=step, wandb_run_id="x", data_fingerprint="fp"))}
+    return ckpt.CheckpointManager(run, states, fmt="sharded", keep_last=keep_last, background=background).save(step)
 
 
 def test_async_save_writes_the_staged_state_and_commits_only_at_wait(tmp_path):

@@ -47,6 +47,7 @@ from llama_jreg.train.optim import Schedule, build_optimizer
 from llama_jreg.train.parallel import parallelize, unwrap
 from llama_jreg.train.profiling import StepProfiler
 from llama_jreg.train.provenance import record_start
+from llama_jreg.train.state import TrainState, state_field
 from llama_jreg.train.step import StepLosses, World, documents, forward_backward, micro_batches_per_rank
 
 # fault injection for tests: comma-separated 1-indexed steps whose loss is made NaN
@@ -76,6 +77,10 @@ def _resolve_device(cfg: TrainConfig) -> str:
 
 
 class Trainer:
+    step, tokens = state_field("step"), state_field("tokens")  # the counters: self.state (TrainState, checkpointed)
+    nonfinite_total, nonfinite_in_a_row = state_field("nonfinite_total"), state_field("nonfinite_in_a_row")
+    wandb_run_id, init_from = state_field("wandb_run_id"), state_field("init_from")
+
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         t = cfg.trainer
@@ -84,7 +89,7 @@ class Trainer:
 
         # -- run dir: what to resume from (decided on rank 0, before anything is written), then config.yaml ---
         self.run_dir = check_run_dir(cfg.run)
-        self.resumed_from = ckpt.resolve_resume(cfg.resume, self.run_dir, self.is_main)
+        self.resumed_from = ckpt.resolve_resume(cfg.resume, self.run_dir)
         if self.resumed_from is None and cfg.resume is None:
             existing = broadcast_object(bool(ckpt.list_checkpoints(self.run_dir)) if self.is_main else None)
             if existing:
@@ -96,32 +101,19 @@ class Trainer:
         self._write_run_file(None)  # creates run.dir; config.yaml is written once set-up and resume succeeded
 
         self._build_data()  # this rank's loader, the validation batches, accumulation, tasks
+        self.state = TrainState(world_size=self.world, data_fingerprint=self.data.fingerprint)  # the counters
         self._build_model()  # model (init_from), parallelism, optimizer, schedule
-        tok = getattr(self.data.tokenizer, "path", None) if self.data.tokenizer is not None else None
-        self.checkpointer = ckpt.Checkpointer(
-            self.run_dir, self.llama, self.optimizer, self.schedule, self.train_iter, self.config_yaml,
-            tokenizer_path=str(tok) if tok else None, fingerprint=self.data.fingerprint, keep_last=t.keep_last,
-            fmt=ckpt.resolve_format(t.checkpoint_format, cfg.parallel.name, t.async_checkpoint),
-            asynchronous=t.async_checkpoint, data_identity=self.data.identity())
+        self.checkpointer = self._checkpoint_manager()  # saves and restores every Stateful part
 
-        # -- counters, then resume -----------------------------------------------------------------------
-        self.step = 0  # optimizer steps taken (incl. skipped non-finite ones)
-        self.tokens = 0
-        self.nonfinite_total = 0
-        self.nonfinite_in_a_row = 0
+        # -- resume ----------------------------------------------------------------------------------------
         self.last: dict = {}  # the latest logged values, for the summary
         self.metrics = MetricsLogger(self.run_dir, enabled=self.is_main)
         self.profiler = StepProfiler(self.run_dir, self.rank, self.device, cfg.trainer.profile_from,
                                      cfg.trainer.profile_steps)
         if self.is_main:
             ckpt.remove_stale_tmp(self.run_dir)
-        self.wandb_run_id = None
         if self.resumed_from is not None:
-            state = self.checkpointer.restore(self.resumed_from)
-            self.step, self.tokens = int(state["step"]), int(state["tokens"])
-            self.nonfinite_total = int(state.get("nonfinite_total", 0))
-            self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
-            self.wandb_run_id = state.get("wandb_run_id")
+            self.checkpointer.restore(self.resumed_from)  # every part: model ... counters (self.state)
             self.metrics.truncate_after(self.step)
             self.last.update(broadcast_object(self.metrics.last_values() if self.is_main else None))
             self.last["last_checkpoint"] = str(self.resumed_from)
@@ -193,6 +185,20 @@ class Trainer:
         self.llama = unwrap(self.model)
         self.optimizer = build_optimizer(self.llama, cfg.optim, self.device)
         self.schedule = Schedule(self.optimizer, cfg.schedule, cfg.optim.lr, cfg.trainer.max_steps)
+
+    def _checkpoint_manager(self) -> ckpt.CheckpointManager:
+        """The run's checkpoints, saved from and restored into its Stateful parts (one entry each)."""
+        t = self.cfg.trainer
+        tok = getattr(self.data.tokenizer, "path", None) if self.data.tokenizer is not None else None
+        identity = self.data.identity()  # the data files, known by their content (data/identity.py)
+        states = {"model": ckpt.ModelPart(self.llama), "optim": ckpt.OptimizerPart(self.llama, self.optimizer),
+                  "scheduler": ckpt.JsonPart(self.schedule), "trainer_state": ckpt.JsonPart(self.state),
+                  "loader": ckpt.RankPart(self.train_iter, translate=identity.translate),  # another world: rank 0's
+                  "rng": ckpt.RankPart(ckpt.RNG(), suffix=".pt", other_world="skip")}  # another world: re-seeded
+        fmt = ckpt.resolve_format(t.checkpoint_format, self.cfg.parallel.name, t.async_checkpoint)
+        return ckpt.CheckpointManager(self.run_dir, states, fmt, t.keep_last, ckpt.RunFiles(
+            self.config_yaml, str(tok) if tok else None), ckpt.AsyncCheckpointer() if t.async_checkpoint else None,
+            data_identity=identity)
 
     def _write_run_file(self, name: str | None) -> None:
         """Create run.dir (``name=None``) or write the resolved config into it; rank 0 writes, all ranks agree."""
@@ -447,12 +453,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- checkpoints
 
     def save(self) -> Path:
-        state = {"step": self.step, "tokens": self.tokens, "nonfinite_total": self.nonfinite_total,
-                 "nonfinite_in_a_row": self.nonfinite_in_a_row, "world_size": self.world,
-                 "wandb_run_id": self.wandb_run_id}
-        if self.init_from is not None:
-            state["init_from"] = self.init_from
-        path = self.checkpointer.save(self.step, state)
+        path = self.checkpointer.save(self.step)
         self.last_saved_step = self.step
         self.last["last_checkpoint"] = str(path)
         return path
