@@ -9,6 +9,7 @@
 # Extra arguments after DEST go to reproduce.py (e.g. --smoke for a check on CPU, --lanes 8).
 set -euo pipefail
 BUNDLE=${1:-.gpu}
+case "$BUNDLE" in /*) ;; *) BUNDLE=$PWD/$BUNDLE ;; esac  # absolute: the cache below must not land under the repo
 DEST=${2:-${OUT:-runs/reproduce}}
 shift $(( $# < 2 ? $# : 2 ))
 PY=${PYTHON:-python3}
@@ -17,7 +18,7 @@ if ! "$PY" -c "import hydra, omegaconf" 2>/dev/null; then
         "$BUNDLE"/*.whl
     export PYTHONPATH=/tmp/llama_jreg_site:${PYTHONPATH:-}
 fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-} LLAMA_JREG_CACHE=$PWD/$BUNDLE/cache HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
+export PYTHONPATH=$PWD:${PYTHONPATH:-} LLAMA_JREG_CACHE=$BUNDLE/cache HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
     WANDB_MODE=disabled PYTHONUNBUFFERED=1
 STUDY=${STUDY:-runs/reproduce/gpu}
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
