@@ -112,7 +112,7 @@ class TrainerConfig:
     keep_last: int = 3  # checkpoints kept
     # sharded: every rank writes its own shards (torch.distributed.checkpoint), loadable at any world size;
     # full: model.safetensors + optimizer.pt gathered on rank 0; auto: sharded under parallel=fsdp, else full.
-    # Resume reads either format (llama_jreg/train/checkpoint/)
+    # Resume reads either format (llama_jreg/checkpoint/)
     checkpoint_format: str = "auto"
     # write the sharded checkpoint's shards in a background thread while training continues; the checkpoint
     # exists (manifest, rename) only once the write completed (at the next save or the end of the run).

@@ -5,7 +5,7 @@ directory, or a GGUF file. Every command that reads a model uses this (``generat
 ``load_model(path) -> (Llama, TextTokenizer | None, info)``; ``info`` says what was loaded (``kind``, ``path``,
 ``step``, ``name``, and for our checkpoints the resolved ``train_config``).
 
-Our checkpoint format (written by the trainer, llama_jreg/train/checkpoint/): ``<run.dir>/checkpoints/
+Our checkpoint format (written by the trainer, llama_jreg/checkpoint/): ``<run.dir>/checkpoints/
 step_XXXXXXXX/`` with the model either full (``model.safetensors``, the unwrapped ``Llama.state_dict()``; a tied
 head may be stored once) or sharded (``state/``, torch.distributed.checkpoint shards of any number of ranks,
 consolidated in memory by ``checkpoint.read_model_state``), ``config.yaml`` (the resolved TrainConfig) and, for

@@ -26,16 +26,16 @@ import torch
 from omegaconf import OmegaConf
 
 from llama_jreg import UserError
-from llama_jreg.interop.hf import config_from_hf, load_hf_llama, read_config_json
-from llama_jreg.interop.smollm2 import cache_dir, install_dir
-from llama_jreg.model import ModelConfig
-from llama_jreg.train.checkpoint import (
+from llama_jreg.checkpoint import (
     checkpoint_format,
     find_latest,
     list_checkpoints,
     read_model_state,
     verify,
 )
+from llama_jreg.interop.hf import config_from_hf, load_hf_llama, read_config_json
+from llama_jreg.interop.smollm2 import cache_dir, install_dir
+from llama_jreg.model import ModelConfig
 
 STEP_RE = re.compile(r"^step_(\d+)$")
 EXPECTED = "a checkpoint dir (checkpoints/step_*), a run dir, an HF Llama dir or a .gguf file"

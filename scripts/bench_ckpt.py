@@ -70,7 +70,7 @@ class _Cursor:
 
 def _phase(fn) -> dict:
     """Run ``fn`` after a barrier; its wall seconds, peak RSS (GiB) and peak rise over the RSS at the start."""
-    from llama_jreg.train.distributed import barrier
+    from llama_jreg.distributed import barrier
 
     barrier()
     resettable = _reset_peak()
@@ -90,7 +90,7 @@ def _async_phase(save, train_step, bg) -> tuple[dict, dict]:
     ``_phase``, stall figures)."""
     import torch.distributed as dist
 
-    from llama_jreg.train.distributed import all_reduce_sum, barrier, is_distributed
+    from llama_jreg.distributed import all_reduce_sum, barrier, is_distributed
 
     barrier()
     resettable = _reset_peak()
@@ -142,10 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write the per-rank results here (rank 0)")
     a = p.parse_args(argv)
 
+    from llama_jreg import checkpoint as ckpt
     from llama_jreg.config import load_config
+    from llama_jreg.distributed import broadcast_object
     from llama_jreg.model import Llama
-    from llama_jreg.train import checkpoint as ckpt
-    from llama_jreg.train.distributed import broadcast_object
     from llama_jreg.train.optim import Schedule, build_optimizer
     from llama_jreg.train.parallel import parallelize, unwrap
     from llama_jreg.train.state import TrainState

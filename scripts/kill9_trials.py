@@ -95,8 +95,8 @@ def child_main(argv: list[str]) -> int:
     import torch
 
     torch.set_num_threads(1)
+    from llama_jreg import checkpoint
     from llama_jreg.cli import main
-    from llama_jreg.train import checkpoint
 
     real_load = checkpoint.CheckpointManager.restore
 

@@ -62,7 +62,7 @@ def test_new_checkpoints_record_the_format_version_and_a_newer_one_is_refused(tm
     import subprocess
     import sys
 
-    from llama_jreg.train import checkpoint as ckpt
+    from llama_jreg import checkpoint as ckpt
     from tests.test_train_helpers import REPO, env_for_subprocess
 
     rec = json.loads((FIXTURES / "v1" / "full" / "losses.json").read_text())

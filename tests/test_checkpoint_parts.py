@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llama_jreg.train import checkpoint as ckpt
+from llama_jreg import checkpoint as ckpt
 from llama_jreg.train.state import TrainState
 from tests.test_checkpoint_sharded import _tiny_model_and_optimizer
 

@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 
-from llama_jreg.train import checkpoint as ckpt
+from llama_jreg import checkpoint as ckpt
 from tests.test_train_helpers import by_step, run_inprocess, run_torchrun, summary_from_stdout, tiny
 
 STEPS = 8
@@ -57,7 +57,7 @@ def test_unknown_checkpoint_format_is_a_user_error():
     from llama_jreg import UserError
     from llama_jreg.config import load_config
 
-    with pytest.raises(UserError, match="trainer.checkpoint_format='zip'; choose auto, sharded or full"):
+    with pytest.raises(UserError, match="trainer.checkpoint_format='zip'; choose auto, sharded, full"):
         load_config(["trainer.checkpoint_format=zip"])
 
 
@@ -80,11 +80,12 @@ def test_four_ranks_reshard_to_two(reference, tmp_path):
 
 @pytest.mark.slow
 def test_two_ranks_sharded_resume_on_one_process_writing_full(reference, tmp_path):
-    """2 -> 1, and sharded -> full: the 1-process continuation (parallel=ddp: format auto = full) reads the
-    sharded checkpoint; its own checkpoint is a full one."""
+    """2 -> 1, and sharded -> full: the 1-process continuation (parallel=ddp: format auto = full; a resume reads
+    the run's own config.yaml, parallel=fsdp, unless told otherwise) reads the sharded checkpoint; its own
+    checkpoint is a full one."""
     run_torchrun(2, tiny(tmp_path, *GLOBAL, "parallel=fsdp", "trainer.steps_per_run=4"))
     assert ckpt.checkpoint_format(_half_way(tmp_path)) == "sharded"
-    s = _inprocess_quiet(tiny(tmp_path, *GLOBAL, "resume=auto"))
+    s = _inprocess_quiet(tiny(tmp_path, *GLOBAL, "parallel=ddp", "resume=auto"))
     assert s["resumed_from"].endswith("step_00000004") and s["steps"] == STEPS
     assert _max_loss_diff(reference, tmp_path) < 1e-5
     assert ckpt.checkpoint_format(tmp_path / "checkpoints" / "step_00000008") == "full"

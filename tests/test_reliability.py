@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from llama_jreg.train import checkpoint as ckpt
+from llama_jreg import checkpoint as ckpt
 from tests.conftest import REPO
 from tests.test_train_helpers import env_for_subprocess
 
@@ -171,7 +171,7 @@ def test_resume_auto_skips_a_broken_checkpoint_and_path_refuses_it(straight, tmp
 KILL_MID_DELETE = """
 import os, shutil, signal, sys
 from pathlib import Path
-from llama_jreg.train import checkpoint as ckpt
+from llama_jreg import checkpoint as ckpt
 
 def rmtree_then_die(path, *a, **k):  # the process is killed -9 after removing one file of the checkpoint
     next(p for p in sorted(Path(path).iterdir()) if p.is_file()).unlink()

@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import load_file
 
 from llama_jreg import UserError
+from llama_jreg import checkpoint as ckpt
 from llama_jreg.config import load_config
 from llama_jreg.model import Llama
 from llama_jreg.rows import EvalRow, JumpRow, TrainRow
-from llama_jreg.train import checkpoint as ckpt
 from llama_jreg.train.metrics import flops_per_token
 from llama_jreg.train.trainer import INJECT_NONFINITE_ENV, NonFiniteError
 from tests.test_train_helpers import by_step, rows, run_inprocess, tiny

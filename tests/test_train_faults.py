@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from llama_jreg.train import checkpoint as ckpt
+from llama_jreg import checkpoint as ckpt
 from tests.test_train_helpers import (
     DRIVER,
     REPO,

@@ -49,8 +49,8 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from llama_jreg.config import TrainConfig
+from llama_jreg.distributed import is_distributed
 from llama_jreg.model import Llama
-from llama_jreg.train.distributed import is_distributed
 
 
 def parallelize(model: Llama, cfg: TrainConfig, device: torch.device, precision: str = "fp32") -> nn.Module:

@@ -1,7 +1,7 @@
 """``TrainState``: the trainer's own counters, one Stateful part of a checkpoint (``trainer_state.json``).
 
 The other parts of a run's state are the model, the optimizer, the schedule, the data loader and the RNG
-(llama_jreg/train/checkpoint/parts.py); the checkpoint manager saves and restores them all together.
+(llama_jreg/checkpoint/parts.py); the checkpoint manager saves and restores them all together.
 """
 
 from __future__ import annotations

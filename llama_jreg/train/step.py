@@ -29,8 +29,8 @@ import torch
 from llama_jreg import UserError
 from llama_jreg import jreg as J
 from llama_jreg.config import TrainConfig
+from llama_jreg.distributed import all_reduce_sum
 from llama_jreg.loss import IGNORE_INDEX
-from llama_jreg.train.distributed import all_reduce_sum
 from llama_jreg.train.parallel import no_sync
 
 

@@ -31,16 +31,16 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from llama_jreg import UserError
+from llama_jreg import checkpoint as ckpt
 from llama_jreg import jreg as J
 from llama_jreg.config import TrainConfig, check_run_dir, to_yaml
 from llama_jreg.data import build_data
+from llama_jreg.distributed import all_reduce_sum, barrier, broadcast_object
 from llama_jreg.loss import IGNORE_INDEX
 from llama_jreg.model import Llama
 from llama_jreg.rows import EvalRow, JumpRow, TaskRow
 from llama_jreg.tasks import build_tasks, context_for_run, evaluate_tasks
-from llama_jreg.train import checkpoint as ckpt
 from llama_jreg.train.allocator import tune_cpu_allocator
-from llama_jreg.train.distributed import all_reduce_sum, barrier, broadcast_object
 from llama_jreg.train.init_from import init_model
 from llama_jreg.train.metrics import MetricsLogger, Throughput, device_peak_flops, flops_per_token
 from llama_jreg.train.optim import Schedule, build_optimizer

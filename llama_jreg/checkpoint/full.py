@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from llama_jreg import UserError
-from llama_jreg.train.checkpoint.collective import on_main
-from llama_jreg.train.distributed import is_distributed
+from llama_jreg.checkpoint.collective import on_main
+from llama_jreg.distributed import is_distributed
 
 
 def refuse_nonfinite(parts: dict, sds: dict) -> None:

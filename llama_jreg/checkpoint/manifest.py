@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from llama_jreg.checkpoint.collective import gather_on_every_rank, on_main, rank_world
+from llama_jreg.checkpoint.fileio import write_json
 from llama_jreg.files import sha256_file
-from llama_jreg.train.checkpoint.collective import gather_on_every_rank, on_main, rank_world
-from llama_jreg.train.checkpoint.fileio import write_json
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1

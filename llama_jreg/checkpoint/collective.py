@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch.distributed as dist
 
 from llama_jreg import UserError
-from llama_jreg.train.distributed import broadcast_object, is_distributed
+from llama_jreg.distributed import broadcast_object, is_distributed
 
 
 class CheckpointError(Exception):

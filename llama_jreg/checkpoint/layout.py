@@ -8,8 +8,8 @@ import warnings
 from pathlib import Path
 
 from llama_jreg import UserError
-from llama_jreg.train.checkpoint.collective import on_main
-from llama_jreg.train.checkpoint.manifest import MANIFEST, verify, version_error
+from llama_jreg.checkpoint.collective import on_main
+from llama_jreg.checkpoint.manifest import MANIFEST, verify, version_error
 
 STEP_RE = re.compile(r"^step_(\d{8})$")
 SHARDED_DIR = "state"  # the DCP directory of a sharded checkpoint

@@ -13,10 +13,10 @@ import warnings
 from pathlib import Path
 
 from llama_jreg import UserError
-from llama_jreg.train.checkpoint.collective import describe
-from llama_jreg.train.checkpoint.fileio import fsync_dir
-from llama_jreg.train.checkpoint.layout import checkpoints_dir, list_checkpoints
-from llama_jreg.train.checkpoint.manifest import write_manifest
+from llama_jreg.checkpoint.collective import describe
+from llama_jreg.checkpoint.fileio import fsync_dir
+from llama_jreg.checkpoint.layout import checkpoints_dir, list_checkpoints
+from llama_jreg.checkpoint.manifest import write_manifest
 
 
 def make_tmp(final: Path) -> Path:

@@ -12,11 +12,11 @@ import torch
 from safetensors.torch import load_file
 
 from llama_jreg import UserError
-from llama_jreg.train.checkpoint.collective import describe, is_main, on_every_rank, on_main
-from llama_jreg.train.checkpoint.fileio import fsync_file
-from llama_jreg.train.checkpoint.full import refuse_nonfinite
-from llama_jreg.train.checkpoint.layout import SHARDED_DIR, checkpoint_format
-from llama_jreg.train.distributed import is_distributed
+from llama_jreg.checkpoint.collective import describe, is_main, on_every_rank, on_main
+from llama_jreg.checkpoint.fileio import fsync_file
+from llama_jreg.checkpoint.full import refuse_nonfinite
+from llama_jreg.checkpoint.layout import SHARDED_DIR, checkpoint_format
+from llama_jreg.distributed import is_distributed
 
 
 def sharded_state(parts: dict) -> dict:

@@ -16,24 +16,24 @@ from pathlib import Path
 from typing import Any
 
 from llama_jreg import UserError
-from llama_jreg.data.identity import RECORD_KEY as DATA_RECORD_KEY
-from llama_jreg.data.tokenizer import load_tokenizer
-from llama_jreg.train.checkpoint.background import AsyncCheckpointer, Pending
-from llama_jreg.train.checkpoint.collective import (
+from llama_jreg.checkpoint.background import AsyncCheckpointer, Pending
+from llama_jreg.checkpoint.collective import (
     CheckpointError,
     is_main,
     on_every_rank,
     on_main,
     rank_world,
 )
-from llama_jreg.train.checkpoint.commit import commit, failed, make_tmp
-from llama_jreg.train.checkpoint.fileio import read_json, read_text, write_bytes
-from llama_jreg.train.checkpoint.full import load_full, save_full
-from llama_jreg.train.checkpoint.layout import FORMATS, checkpoint_format, checkpoints_dir, step_dir_name
-from llama_jreg.train.checkpoint.manifest import hash_files, version_error
-from llama_jreg.train.checkpoint.parts import TENSOR_PARTS
-from llama_jreg.train.checkpoint.sharded import load_sharded, save_sharded
-from llama_jreg.train.distributed import barrier
+from llama_jreg.checkpoint.commit import commit, failed, make_tmp
+from llama_jreg.checkpoint.fileio import read_json, read_text, write_bytes
+from llama_jreg.checkpoint.full import load_full, save_full
+from llama_jreg.checkpoint.layout import FORMATS, checkpoint_format, checkpoints_dir, step_dir_name
+from llama_jreg.checkpoint.manifest import hash_files, version_error
+from llama_jreg.checkpoint.parts import TENSOR_PARTS
+from llama_jreg.checkpoint.sharded import load_sharded, save_sharded
+from llama_jreg.data.identity import RECORD_KEY as DATA_RECORD_KEY
+from llama_jreg.data.tokenizer import load_tokenizer
+from llama_jreg.distributed import barrier
 
 TRAIN_STATE = "trainer_state"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from llama_jreg.train.checkpoint.collective import (
+from llama_jreg.checkpoint.collective import (
     CheckpointError,
     gather_on_every_rank,
     is_main,
@@ -29,12 +29,12 @@ from llama_jreg.train.checkpoint.collective import (
     rank_world,
     write_errors,
 )
-from llama_jreg.train.checkpoint.commit import commit, failed
-from llama_jreg.train.checkpoint.fileio import fsync_file
-from llama_jreg.train.checkpoint.layout import SHARDED_DIR
-from llama_jreg.train.checkpoint.manifest import hash_share, largest_first, merge
-from llama_jreg.train.checkpoint.sharded import sharded_state
-from llama_jreg.train.distributed import barrier, is_distributed
+from llama_jreg.checkpoint.commit import commit, failed
+from llama_jreg.checkpoint.fileio import fsync_file
+from llama_jreg.checkpoint.layout import SHARDED_DIR
+from llama_jreg.checkpoint.manifest import hash_share, largest_first, merge
+from llama_jreg.checkpoint.sharded import sharded_state
+from llama_jreg.distributed import barrier, is_distributed
 
 
 @dataclass

@@ -37,10 +37,10 @@ failure (no rank hangs when another fails). The checkpoint directory must be on 
 see (as usual for multi-node training).
 """
 
-from llama_jreg.train.checkpoint.background import AsyncCheckpointer
-from llama_jreg.train.checkpoint.commit import delete_checkpoint, remove_stale_tmp
-from llama_jreg.train.checkpoint.fileio import read_text
-from llama_jreg.train.checkpoint.layout import (
+from llama_jreg.checkpoint.background import AsyncCheckpointer
+from llama_jreg.checkpoint.commit import delete_checkpoint, remove_stale_tmp
+from llama_jreg.checkpoint.fileio import read_text
+from llama_jreg.checkpoint.layout import (
     FORMATS,
     SHARDED_DIR,
     STEP_RE,
@@ -52,10 +52,10 @@ from llama_jreg.train.checkpoint.layout import (
     resolve_resume,
     step_dir_name,
 )
-from llama_jreg.train.checkpoint.manager import CheckpointManager, RunFiles
-from llama_jreg.train.checkpoint.manifest import FORMAT_VERSION, MANIFEST, format_version, verify
-from llama_jreg.train.checkpoint.parts import RNG, JsonPart, ModelPart, OptimizerPart, RankPart
-from llama_jreg.train.checkpoint.sharded import read_model_state
+from llama_jreg.checkpoint.manager import CheckpointManager, RunFiles
+from llama_jreg.checkpoint.manifest import FORMAT_VERSION, MANIFEST, format_version, verify
+from llama_jreg.checkpoint.parts import RNG, JsonPart, ModelPart, OptimizerPart, RankPart
+from llama_jreg.checkpoint.sharded import read_model_state
 
 __all__ = [
     "FORMATS", "FORMAT_VERSION", "MANIFEST", "RNG", "SHARDED_DIR", "STEP_RE", "AsyncCheckpointer",

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from llama_jreg.train.checkpoint.fileio import fsync_file, load_plain, read_json, umask, write_json
+from llama_jreg.checkpoint.fileio import fsync_file, load_plain, read_json, umask, write_json
 
 
 class RNG:
