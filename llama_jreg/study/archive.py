@@ -52,8 +52,8 @@ def restore(archive: Path, out: Path, log) -> int:
     E1 JSON and the timing rows: a fresh clone then resumes the study where the archive ends. Returns how many
     runs were restored."""
     n = 0
-    for ev in sorted(archive.glob("eval/*/*.json")):
-        sweep, name = ev.parent.name, ev.stem
+    for ev in sorted(archive.glob("eval/**/*.json")):  # eval/<sweep>/<run>.json; v2: eval/<stage>[/<arm>]/seed_K.json
+        sweep, name = ev.parent.relative_to(archive / "eval").as_posix(), ev.stem
         src, dst = archive / sweep / name, out / sweep / name
         if not (src / "config.yaml").is_file() or (dst.is_dir() and run_complete(dst, "")):
             continue

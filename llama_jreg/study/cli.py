@@ -1,153 +1,143 @@
-"""Reproduce the paper's claims with our own runs: ``python scripts/reproduce.py --scale quick|cpu|gpu --out DIR``.
+"""The JREG study, version 2 (docs/preregistration.md): ``python scripts/reproduce.py --scale quick|cpu|gpu --out DIR``.
 
-Drives the public CLI only (``llama-jreg train -m ...``, ``jump``, ``eval``), so every step below is also how
-a user does it by hand. Reruns resume: a sweep is launched with ``resume=auto`` (a finished run is only
-re-opened, an interrupted one continues from its last checkpoint), and an evaluation or E1 measurement whose
-JSON exists (for the run's final step) is not repeated.
+Drives the public CLI only, so every step is also how a user does it by hand. Stages (llama_jreg/study/design.py):
 
-Experiments (``PLANS[scale]`` says which runs each scale makes):
+* E1: ``llama-jreg jump`` on SmolLM2-135M-Instruct (de-quantised from Q4_1), 32 windows x 256 tokens;
+* screen (E2): ``llama-jreg train experiment=jump_emergence seed=K run.dir=OUT/screen/seed_K resume=auto
+  logger=none`` for seeds 1-40 (more by the extension rule), read for the criterion from the logged jump rows;
+* arms (E3): paper, jump (lambda = 1) and the placebo (lr x 1.25) on the first 12 growing seeds
+  (``OUT/arms/<arm>/seed_K``); control: paper and jump on the first 5 non-growing (``OUT/control/<arm>/seed_K``);
+* continued (E4): SmolLM2-135M-Instruct 200 steps, 5 seeds x {lambda = 0, paper, jump}
+  (``OUT/continued/<arm>/seed_K``);
+* every finished run: ``llama-jreg eval RUN --unit-gain-lens --json OUT/eval/<stage>[/<arm>]/seed_K.json``.
 
-* E1 open-weight jump: ``llama-jreg jump`` on SmolLM2-135M (plus ``--models`` HF dirs) on a fixed slice of the
-  Shakespeare corpus (``OUT/e1/text.txt``): Psi per layer, zeta_L pre- and post-norm.
-* ``jump_emergence`` (E2, E3): from scratch, the recipe chosen for the jump to grow at lambda = 0
-  (``experiment=jump_emergence``, docs/jump_emergence.md); cloze accuracy at the end.
-* ``induction`` (E3): ``experiment=induction``, the recipe that forms induction heads (induction accuracy).
-* ``continued`` (E4): SmolLM2-135M continued on Shakespeare (``experiment=continued``); cloze at step 0 and at
-  the end.
-
-Each experiment has the same cells: lambda = 0 against the paper-literal penalty (``jreg=paper``) at lambda = 1
-on the key seeds, then the paper penalty at lambda = 0.1 and 10 and our default (``jreg=jump``, lambda = 1) on
-fewer seeds. Then per run ``llama-jreg eval RUN_DIR --json OUT/eval/<sweep>/<run>.json`` (logit lens, early
-exit, induction accuracy; ``--lanes`` at a time), and ``OUT/results.json`` (one object per run),
-``OUT/report.md`` with ``OUT/figures/`` and the summary table alone in ``OUT/headline.md``
-(``llama_jreg/study/``). ``--docs docs/results.md`` also writes the report there, its figures in
-``docs/results/``. ``--dry-run`` prints the commands; ``--report-only`` skips training (and evaluates only the
-runs that are complete).
-
-The ``gpu`` scale runs where there is no network: ``--bundle DIR`` (here) prepares what it needs (the missing
-wheels, the corpus and its token shards) into one folder to carry, and ``scripts/gpu_study.sh`` (there) runs
-the study from it. ``--smoke`` runs any scale's plan with a tiny substitute for every run, on CPU.
-
-Run names are Hydra sweep job names (``<i>_seed=S_jreg.weight=W``); they must not change between versions of
-this script, or a rerun starts the runs again instead of resuming them.
+Runs start one at a time per lane (``--lanes N``, one thread each) in a fixed order; a stage waits for the
+screening it needs. A rerun resumes (finished runs and existing evaluations are skipped; ``resume=auto``
+continues an interrupted run). ``--max-hours H``: no run starts after H hours (``make reproduce`` runs the cpu
+study in chunks a rerun continues). ``--archive DIR`` keeps every evaluated run without checkpoints and restores
+from it first, so a fresh clone resumes and regenerates the report. The report: ``OUT/report.md`` (with a
+"partial: k of N runs" banner while runs are missing); when the study is complete, also ``--docs`` (cpu:
+docs/results.md, its figures in docs/results/). ``--report-only`` runs nothing; ``--dry-run`` prints the commands.
 """
-
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shlex
-import subprocess
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from llama_jreg.study.archive import restore
-from llama_jreg.study.figures import make_plots
-from llama_jreg.study.plan import PLANS, SMOLLM2, Plan, data_configs, smoke
-from llama_jreg.study.report import publish, report_meta
-from llama_jreg.study.run import record_stage, stage_e1, stage_eval, stage_sweeps
-from llama_jreg.train.command import expand_sweep
+from llama_jreg.study.bundle import bundle
+from llama_jreg.study.design import DESIGNS
+from llama_jreg.study.families import collect
+from llama_jreg.study.lanes import Lanes, dry_run, progress
+from llama_jreg.study.plan import PLANS
+from llama_jreg.study.run import record_stage, stage_e1
+from llama_jreg.study.v2report import plot_curves, render
 
-REPO = Path(__file__).resolve().parents[2]  # the source checkout (scripts/prepare_gpu_carry.sh)
-
-
-def stage_report(args, plan: Plan, out: Path, results: list[dict], e1: list[dict], argv_used: list[str]) -> Path:
-    """``OUT/results.json``, the figures, then the report (:func:`llama_jreg.study.report.publish`)."""
-    (out / "results.json").write_text(json.dumps({"e1": e1, "runs": results}, indent=1) + "\n")
-    figs = make_plots(results, e1, out / "figures")
-    meta = report_meta(args.scale, args.out, plan, results, out, args.note or [], argv_used)
-    return publish(out, meta, results, e1, figs, args.docs)
-
-
-def bundle(plan: Plan, dest: Path, dry: bool) -> int:
-    """``--bundle DIR``: ``scripts/prepare_gpu_carry.sh DIR`` with the plan's data configs: the wheels the GPU
-    image lacks and ``DIR/cache`` ($LLAMA_JREG_CACHE there) with the corpus and the token shards prepared."""
-    if any(SMOLLM2 in " ".join(sw.overrides) for sw in plan.sweeps):
-        raise SystemExit("error: this scale's plan loads SmolLM2-135M (538 MB), which a bundle cannot carry; "
-                         "bundle --scale gpu")
-    sets = data_configs(plan)
-    cmd = ["bash", str(REPO / "scripts" / "prepare_gpu_carry.sh"), str(dest)]
-    print(f"$ PREPARE={shlex.quote(';'.join(sets))} {' '.join(cmd)}")
-    if dry:
-        return 0
-    env = dict(os.environ, PREPARE=";".join(sets), PYTHON=sys.executable)
-    subprocess.run(cmd, env=env, check=True)
-    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) / 2**20
-    print(f"bundle {dest}: {size:.1f} MiB (a device call carries 64 MiB with the working tree); there, from the "
-          f"repository root: bash scripts/gpu_study.sh {dest}")
-    return 0
+DEFAULTS = {"cpu": {"archive": "docs/study/v2", "docs": "docs/results.md"}}
 
 
 def _parser() -> argparse.ArgumentParser:
-    """The options of ``scripts/reproduce.py`` (the module docstring is its help)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--scale", choices=sorted(PLANS), default="quick", metavar="quick|cpu|gpu")
-    p.add_argument("--out", help="output dir (runs, eval JSON, results.json, report.md); not with --bundle")
-    p.add_argument("--models", nargs="*", default=[], help="E1: more HF Llama dirs (or checkpoints, GGUF files)")
-    p.add_argument("--docs", help="also write the report here (e.g. docs/results.md), its figures next to it")
-    p.add_argument("--note", action="append", metavar="TEXT",
-                   help="a line for the report's notes, e.g. where some runs came from (repeatable)")
-    p.add_argument("--only", help="train only these sweeps (comma-separated names, e.g. e4_continued)")
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--scale", choices=sorted(DESIGNS), default="quick", metavar="quick|cpu|gpu")
+    p.add_argument("--out", help="output dir (runs, evaluations, report.md)")
     p.add_argument("--lanes", type=int, default=None, metavar="N",
-                   help="run N sweeps (and evaluations) at a time, each with cpus/N threads (make reproduce: 2 on "
-                        "2 cores; default: the scale's, 12 for gpu, else 1)")
-    p.add_argument("--smoke", action="store_true",
-                   help="the scale's plan with a tiny substitute for every run (one seed a cell, on CPU)")
-    p.add_argument("--bundle", metavar="DIR",
-                   help="prepare what the scale needs where there is no network into DIR (wheels, corpus, token "
-                        "shards; carry it to the GPU machine, run scripts/gpu_study.sh DIR there) and exit")
+                   help="runs at a time, one thread each (default: the scale's; cpu: 2)")
+    p.add_argument("--max-hours", type=float, default=None, metavar="H",
+                   help="start no run after H hours (a rerun continues); 0 starts nothing")
     p.add_argument("--archive", metavar="DIR",
-                   help="keep every finished, evaluated run here without checkpoints (config, metrics, provenance, "
-                        "eval JSON: small enough to commit) and restore from it first, so a fresh clone resumes "
-                        "the study (make reproduce: docs/study/cpu)")
+                   help="keep every evaluated run here without checkpoints and restore from it first "
+                        "(cpu default: docs/study/v2); 'none' for no archive")
+    p.add_argument("--docs", help="where the complete study's report goes, its figures next to it (cpu default: "
+                                  "docs/results.md); never written while the study is partial")
+    p.add_argument("--models", nargs="*", default=[], help="E1: more HF Llama dirs (or checkpoints, GGUF files)")
+    p.add_argument("--bundle", metavar="DIR", help="prepare the gpu scale's data and wheels into DIR and exit")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    p.add_argument("--report-only", action="store_true", help="no training: evaluate complete runs and report")
+    p.add_argument("--report-only", action="store_true", help="run nothing: report what is there")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def _args(argv):
     p = _parser()
     args = p.parse_args(argv)
-    plan = smoke(PLANS[args.scale]) if args.smoke else PLANS[args.scale]
-    args.lanes = plan.lanes if args.lanes is None else args.lanes
+    design = DESIGNS[args.scale]
+    args.lanes = design.lanes if args.lanes is None else args.lanes
     if args.lanes < 1:
-        p.error(f"--lanes {args.lanes}: give 1 or more (the number of sweeps run at a time)")
-    if args.bundle:
-        return bundle(plan, Path(args.bundle), args.dry_run)
-    if not args.out:
+        p.error(f"--lanes {args.lanes}: give 1 or more (the number of runs at a time)")
+    if args.max_hours is not None and not args.max_hours >= 0:
+        p.error(f"--max-hours {args.max_hours}: give 0 or more hours")
+    if not args.out and not args.bundle:
         p.error("--out DIR is required: where the runs, evaluations and the report go")
+    for key, val in DEFAULTS.get(args.scale, {}).items():
+        if getattr(args, key) is None:
+            setattr(args, key, val)
+    if args.archive == "none":
+        args.archive = None
+    return args, design
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, design = _args(argv)
+    if args.bundle:
+        return bundle(PLANS["gpu"], Path(args.bundle), args.dry_run)
     out = Path(args.out)
     os.environ.setdefault("WANDB_MODE", "disabled")
-    if not args.dry_run:
-        out.mkdir(parents=True, exist_ok=True)
+    if args.dry_run:
+        print(f"# scale {args.scale}, {args.lanes} lane(s): {design.about}")
+        dry_run(design, out, print)
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
 
     def log(msg: str) -> None:
         print(msg, flush=True)
-        if not args.dry_run:
-            with open(out / "reproduce.log", "a") as f:
-                f.write(msg + "\n")
+        with open(out / "reproduce.log", "a") as f:
+            f.write(msg + "\n")
 
-    only = set(args.only.split(",")) if args.only else None
-    if args.dry_run:
-        n = sum(len(expand_sweep(sw.overrides)) for sw in plan.sweeps if not only or sw.name in only)
-        log(f"# scale {args.scale}{' (smoke substitute)' if args.smoke else ''}: {len(plan.sweeps)} sweeps, {n} "
-            f"runs, {args.lanes} at a time; {plan.about}")
     archive = Path(args.archive) if args.archive else None
-    if archive is not None and not args.dry_run:
+    if archive is not None and archive.is_dir():
         restore(archive, out, log)
-    if not args.report_only:
-        stage_sweeps(plan, out, log, args.dry_run, only, args.lanes, archive)
-    e1 = stage_e1(plan, args.models, out, log, args.dry_run)
-    results = stage_eval(plan, out, log, args.dry_run, args.lanes, archive)
-    if args.dry_run:
-        return 0
+    if not args.report_only and (args.max_hours is None or args.max_hours > 0):
+        stage_e1(design, args.models, out, log, False)
+        res = Lanes(design, out, log, args.lanes, args.max_hours, archive).run()
+        log(f"  {res['started']} run(s) started" + (", then --max-hours stopped new ones" if res["stopped_by_clock"]
+                                                    else "") + (f"; failed: {', '.join(res['failed'])}"
+                                                                if res["failed"] else ""))
+    elif not args.report_only:
+        log("  --max-hours 0: no run started")
     t0 = time.time()
-    report = stage_report(args, plan, out, results, e1, list(sys.argv[1:] if argv is None else argv))
+    report = write_report(design, args.scale, out, args.docs, archive)
     record_stage(out, "report", t0, time.time())
-    log(f"  report: {time.time() - t0:.0f} s")
-    print(f"wrote {report}, {out / 'results.json'}" + (f", {args.docs}" if args.docs else ""))
+    print(f"wrote {report}")
     return 0
+
+
+def write_report(design, scale: str, out: Path, docs: str | None, archive: Path | None = None) -> Path:
+    """``OUT/report.md`` (partial or complete); when complete and ``docs`` is given, the report there too with
+    its figure in the folder next to it."""
+    prog = progress(design, out)
+    e1 = sorted((out / "e1").glob("*.json"))
+    e1_res = None
+    if e1:
+        e1_res = json.loads(e1[0].read_text())
+    fig = plot_curves(collect(design, out), out / "figures" / "e4_val_loss.png")
+    rel = "figures/e4_val_loss.png" if fig else None
+    (out / "report.md").write_text(render(design, scale, out, prog, e1_res, rel))
+    if prog["complete"] and docs:
+        docs_p = Path(docs)
+        fig_dir = docs_p.parent / docs_p.stem
+        if fig:
+            fig_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(fig, fig_dir / fig.name)
+        docs_p.write_text(render(design, scale, out, prog, e1_res, f"{docs_p.stem}/{fig.name}" if fig else None))
+    return out / "report.md"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
