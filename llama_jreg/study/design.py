@@ -62,8 +62,8 @@ class Design:
 
 
 _JE = ["experiment=jump_emergence"]
-# the hidden test scale: 3-layer models (J2 needs L >= 3) of 8 steps, a jump row every 2 steps
-_TINY = ["model=tiny", "model.n_layers=3", "model.dim=64", "model.n_heads=4", "model.n_kv_heads=2",
+# the hidden test scale: 4-layer models (J2 needs L >= 3, a middle layer h_2..h_(L-2) L >= 4) of 8 steps
+_TINY = ["model=tiny", "model.n_layers=4", "model.dim=64", "model.n_heads=4", "model.n_kv_heads=2",
          "model.ffn_dim=128", "model.max_seq_len=64", "data.seq_len=32", "data.micro_batch_size=2",
          "trainer.max_steps=8", "schedule.warmup_steps=2", "trainer.jump_every=2", "trainer.eval_every=2",
          "trainer.eval_batches=2", "trainer.ckpt_every=8", "trainer.plots=false", "trainer.progress=false"]
@@ -94,12 +94,12 @@ DESIGNS: dict[str, Design] = {
                   about="the same design at GPU sizes (a plan, not yet run): 64+ seeds of 2000 steps of 8 x 512 "
                         "tokens screened, placebo, both streams, 24 growers, continued 1000 steps with a 200-step "
                         "ramp on 10 seeds; 16 runs at a time"),
-    "test": Design([*_JE, *_TINY], seeds=4, block=2, max_seeds=6, min_growers=2, n_arms=2, n_control=1,
+    "test": Design([*_JE, *_TINY], seeds=3, block=1, max_seeds=4, min_growers=2, n_arms=2, n_control=1,
                    threshold=-math.inf, continued=[*_JE, *_TINY, "jreg.warmup_steps=2", "tasks=[cloze@8]",
                                                    "trainer.task_every=100000"],
-                   continued_seeds=2, continued_eval=["--batches", "2"], screen_eval=["--batches", "2"],
+                   continued_seeds=1, continued_eval=["--batches", "2"], screen_eval=["--batches", "2"],
                    e1_models=[], e4_late=(6, 8), e4_early=(2, 4), e4_show=(2, 4, 6, 8), first_new_seed=3,
-                   about="tests only: 3-layer models of 8 steps; the criterion is D(end) > D(first) alone"),
+                   about="tests only: 4-layer models of 8 steps; the criterion is D(end) > D(first) alone"),
 }
 
 

@@ -90,7 +90,7 @@ def collect(design: Design, out: Path) -> dict:
 
 
 @dataclass
-class Test:
+class RegTest:
     """One registered test: ``a − b`` paired by seed (``b`` None: ``a`` itself against 0)."""
 
     family: str
@@ -135,30 +135,30 @@ def _col(runs: dict, stage: str, arm: str, key: str) -> dict[int, float]:
     return {s: r[key] for s, r in runs.get((stage, arm), {}).items() if _ok(r.get(key))}
 
 
-def build_tests(data: dict, design: Design) -> list[Test]:
+def build_tests(data: dict, design: Design) -> list[RegTest]:
     """The 35 registered tests (docs/preregistration.md, "Tests"), in the registration's order."""
     runs, screen = data["runs"], data["screen"]
     growers = set(jobs_seeds(data, design, "arms"))
     base = {k: {s: v for s, v in _col(runs, "screen", "", k).items() if s in growers}
             for k in ("D", "D_post", "val_loss", "lens_mid", "saving")}
-    tests: list[Test] = []
+    tests: list[RegTest] = []
     for k in ("D", "D_post", "J2"):  # C2: end - first measurement of every screened seed
         first = {s: r["first"][k] for s, r in screen.items() if _ok(r["first"][k])}
         end = {s: r["end"][k] for s, r in screen.items() if _ok(r["end"][k])}
-        tests.append(Test("C2", "E2 screening, end − first", k, end, first, ref=first, arm="λ = 0", vs="first"))
+        tests.append(RegTest("C2", "E2 screening, end − first", k, end, first, ref=first, arm="λ = 0", vs="first"))
     for arm in ("paper", "jump"):  # C3
         for k in ("D", "D_post"):
             a = _col(runs, "arms", arm, k)
-            tests.append(Test("C3", "E3 growing", k, a, _col(runs, "arms", "placebo", k),
+            tests.append(RegTest("C3", "E3 growing", k, a, _col(runs, "arms", "placebo", k),
                               ref=_col(runs, "arms", "placebo", k), arm=arm, vs="placebo"))
-            tests.append(Test("C3", "E3 growing", k, a, base[k], ref=base[k], arm=arm, vs="λ = 0"))
+            tests.append(RegTest("C3", "E3 growing", k, a, base[k], ref=base[k], arm=arm, vs="λ = 0"))
     for arm in ("paper", "jump"):
         for k in ("D", "D_post"):
             b = _col(runs, "continued", "base", k)
-            tests.append(Test("C3", "E4 continued", k, _col(runs, "continued", arm, k), b, ref=b, e4=True, arm=arm,
+            tests.append(RegTest("C3", "E4 continued", k, _col(runs, "continued", arm, k), b, ref=b, e4=True, arm=arm,
                               vs="λ = 0"))
     for k in ("D", "D_post"):  # P
-        tests.append(Test("P", "E3 growing", k, _col(runs, "arms", "placebo", k), base[k], ref=base[k],
+        tests.append(RegTest("P", "E3 growing", k, _col(runs, "arms", "placebo", k), base[k], ref=base[k],
                           arm="placebo", vs="λ = 0"))
     tests += _c4(runs, base)
     for label, stage, b, e4 in (("E3 growing", "arms", base, False),
@@ -166,35 +166,35 @@ def build_tests(data: dict, design: Design) -> list[Test]:
         for arm in ("paper", "jump"):
             for k in ("lens_mid", "saving"):
                 ref = b[k] if b is not None else _col(runs, "continued", "base", k)
-                tests.append(Test("C5", label, k, _col(runs, stage, arm, k), ref, ref=ref, e4=e4, arm=arm,
+                tests.append(RegTest("C5", label, k, _col(runs, stage, arm, k), ref, ref=ref, e4=e4, arm=arm,
                                   vs="λ = 0", direct=arm == "jump"))
     for arm in ("paper", "jump"):  # C6
         b = _col(runs, "continued", "base", "cloze")
-        tests.append(Test("C6", "E4 continued", "cloze", _col(runs, "continued", arm, "cloze"), b, ref=b, e4=True,
+        tests.append(RegTest("C6", "E4 continued", "cloze", _col(runs, "continued", arm, "cloze"), b, ref=b, e4=True,
                           arm=arm, vs="λ = 0"))
     return tests
 
 
-def _c4(runs: dict, base: dict) -> list[Test]:
+def _c4(runs: dict, base: dict) -> list[RegTest]:
     out = []
     for arm in ("paper", "jump"):
-        out.append(Test("C4", "E3 growing", "val_loss", _col(runs, "arms", arm, "val_loss"), base["val_loss"],
+        out.append(RegTest("C4", "E3 growing", "val_loss", _col(runs, "arms", arm, "val_loss"), base["val_loss"],
                         ref=base["val_loss"], arm=arm, vs="λ = 0"))
     control_base = _col(runs, "screen", "", "val_loss")
     for arm in ("paper", "jump"):
         a = _col(runs, "control", arm, "val_loss")
         b = {s: v for s, v in control_base.items() if s in a}
-        out.append(Test("C4", "E3 control (non-growing)", "val_loss", a, b, ref=b, arm=arm, vs="λ = 0"))
+        out.append(RegTest("C4", "E3 control (non-growing)", "val_loss", a, b, ref=b, arm=arm, vs="λ = 0"))
     late_b = _col(runs, "continued", "base", "loss_late")
     for arm in ("paper", "jump"):
-        out.append(Test("C4", "E4 continued", "loss_late", _col(runs, "continued", arm, "loss_late"), late_b,
+        out.append(RegTest("C4", "E4 continued", "loss_late", _col(runs, "continued", arm, "loss_late"), late_b,
                         ref=late_b, e4=True, arm=arm, vs="λ = 0"))
     early_b = _col(runs, "continued", "base", "loss_early")
     for arm in ("paper", "jump"):
         late, early = _col(runs, "continued", arm, "loss_late"), _col(runs, "continued", arm, "loss_early")
         gap = {s: (late[s] - late_b[s]) - (early[s] - early_b[s]) for s in late
                if s in late_b and s in early and s in early_b}
-        out.append(Test("C4", "E4 continued", "gap_narrowing", gap, None, e4=True, arm=arm, vs="0"))
+        out.append(RegTest("C4", "E4 continued", "gap_narrowing", gap, None, e4=True, arm=arm, vs="0"))
     return out
 
 
@@ -220,7 +220,7 @@ def _sign_word(family: str, metric: str, lower: bool) -> str:
     return "supports" if lower else "contradicts"  # C3, C4, C5 lens loss
 
 
-def decide(tests: list[Test], alpha: float = ALPHA) -> list[Test]:
+def decide(tests: list[RegTest], alpha: float = ALPHA) -> list[RegTest]:
     """Pair, test, adjust (Holm within each family, t and sign-flip separately) and decide every test."""
     for t in tests:
         t.pair()
@@ -252,7 +252,7 @@ def decide(tests: list[Test], alpha: float = ALPHA) -> list[Test]:
     return tests
 
 
-def c3_summary(tests: list[Test]) -> dict[str, str]:
+def c3_summary(tests: list[RegTest]) -> dict[str, str]:
     """Per penalty: "lowers the jump" when lower than the placebo on the stream it acts on (E3), "on both
     streams" when lower than the placebo on both."""
     out = {}
@@ -280,7 +280,7 @@ def emergence(data: dict, design: Design) -> dict:
     return res
 
 
-def direct_counts(tests: list[Test]) -> dict[str, dict[str, int]]:
+def direct_counts(tests: list[RegTest]) -> dict[str, dict[str, int]]:
     """C5 verdicts counted with and without the *direct* tag."""
     out = {"direct": {}, "not direct": {}}
     for t in tests:
