@@ -24,10 +24,11 @@ demo: setup
 	WANDB_MODE=offline $(VENV)/bin/llama-jreg train experiment=continued jreg=jump jreg.weight=1 logger=wandb run.dir=runs/demo resume=auto
 	$(VENV)/bin/llama-jreg generate runs/demo --prompt 'ROMEO:' --max-new-tokens 60 --seed 0
 
-# the reproduction study (docs/results.md) at the cpu scale, ~3.5 h on 2 cores; a rerun resumes;
-# ARCHIVE=docs/study/cpu continues the committed study from its archive of finished runs
+# the v2 study (docs/preregistration.md) at the cpu scale, ~6 h on 2 cores in chunks: no run starts after
+# MAX_HOURS (a rerun continues); every evaluated run is kept in docs/study/v2 (ARCHIVE=DIR for another)
+MAX_HOURS ?= 2.2
 reproduce: setup
-	$(PY) scripts/reproduce.py --scale cpu --out runs/reproduce/cpu --lanes 2 $(if $(ARCHIVE),--archive $(ARCHIVE))
+	$(PY) scripts/reproduce.py --scale cpu --out runs/reproduce/v2 --lanes 2 --max-hours $(MAX_HOURS) $(if $(ARCHIVE),--archive $(ARCHIVE))
 
 test: setup
 	$(TEST_ENV) $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

