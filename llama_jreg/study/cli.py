@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     archive = Path(args.archive) if args.archive else None
     if archive is not None and archive.is_dir():
         restore(archive, out, log)
+    res = {"failed": []}
     if not args.report_only and (args.max_hours is None or args.max_hours > 0):
         stage_e1(design, args.models, out, log, False)
         res = Lanes(design, out, log, args.lanes, args.max_hours, archive).run()
@@ -115,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     report = write_report(design, args.scale, out, args.docs, archive)
     record_stage(out, "report", t0, time.time())
     print(f"wrote {report}")
+    if res["failed"]:
+        print(f"error: {len(res['failed'])} run(s) failed twice (see {out / 'logs'}); rerun the same command to "
+              "retry them", file=sys.stderr)
+        return 1
     return 0
 
 
