@@ -186,7 +186,7 @@ def test_max_hours_0_starts_nothing_and_reports_partial(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert not (out / "screen").exists() and not (out / "logs").exists()
     md = (out / "report.md").read_text()
-    assert "**partial: 0 of " in md and "| screen | 0 | 3 |" in md
+    assert "**partial: 0 of " in md and "| screen | 0 | 0 | 3 |" in md
     p = _reproduce("--scale", "test", "--out", str(out), "--max-hours", "-1", timeout=300)
     assert p.returncode == 2 and "error: argument" not in p.stderr and "--max-hours -1" in p.stderr
 

@@ -130,13 +130,15 @@ class Lanes:
 
 
 def progress(design: Design, out: Path) -> dict:
-    """Per stage, how many of its runs (known so far) are done, and whether the run list is final."""
+    """Per stage, how many of its runs (known so far) are evaluated and trained, and whether the list is final."""
     todo, final = jobs(design, screen_outcome(design, out))
-    stages: dict[str, list[int]] = {}
+    stages: dict[str, list[int]] = {}  # stage -> [evaluated, trained, known]
     for job in todo:
-        cnt = stages.setdefault(job.stage, [0, 0])
-        cnt[1] += 1
-        cnt[0] += job_state(job, out) == "done"
+        cnt = stages.setdefault(job.stage, [0, 0, 0])
+        state = job_state(job, out)
+        cnt[0] += state == "done"
+        cnt[1] += state != "train"
+        cnt[2] += 1
     done = sum(c[0] for c in stages.values())
     return {"stages": stages, "final": final, "done": done, "total": len(todo),
             "complete": final and done == len(todo)}

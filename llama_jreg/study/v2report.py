@@ -48,7 +48,7 @@ def first_run_time(out: Path) -> str:
 def _e1_section(e1: dict | None, seq_len: int) -> list[str]:
     out = ["## E1 (C1): the jump of a pre-trained model", ""]
     if not e1:
-        return out + ["Not measured at this scale.", ""]
+        return out + ["Not measured (not at this scale, or not yet).", ""]
     pw = e1.get("per_window") or {}
     rows = ["| reading | mean | 95 % t interval over windows |", "|---|---:|---|"]
     psi = pw.get("psi") or []
@@ -165,8 +165,8 @@ def render(design: Design, scale: str, out: Path, progress: dict, e1: dict | Non
     if not progress["complete"]:
         lines += [f"**partial: {progress['done']} of {progress['total']} runs**"
                   + ("" if progress["final"] else " (the screening is not settled: more runs may follow)"), "",
-                  "| stage | runs done | runs known |", "|---|---:|---:|"]
-        lines += [f"| {st} | {d} | {n} |" for st, (d, n) in progress["stages"].items()] + [""]
+                  "| stage | runs evaluated | runs trained | runs known |", "|---|---:|---:|---:|"]
+        lines += [f"| {st} | {d} | {t} | {n} |" for st, (d, t, n) in progress["stages"].items()] + [""]
     lines += [f"* **Registration**: docs/preregistration.md, commit {reg['commit']} ({reg['date']}), amendment A1 "
               f"commit {reg['amendments']['A1']}; first run started {first_run_time(out)}.",
               f"* **Scale**: {design.about}.", ""]
