@@ -7,6 +7,9 @@ REGISTRATION = {"commit": "d6c44df", "date": "2026-12-07", "amendments": {"A1": 
 DEVIATIONS = [
     "A1 (2026-12-07, commit 003adae, before any E4 run): E4 measures the validation loss and the jump rows every "
     "10 steps instead of 20 (the curves include steps 50 and 150); the tests are unchanged.",
+    "E1 reads its 32 windows × 256 tokens from the first study's fixed slice of the Shakespeare corpus "
+    "(characters 20,000–80,000 of its first work, `OUT/e1/text.txt`), not from the validation split the "
+    "registration names.",
 ]
 
 CHOICES = [
