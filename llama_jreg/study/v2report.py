@@ -61,7 +61,7 @@ def _e1_section(e1: dict | None, seq_len: int) -> list[str]:
             rows.append(f"| {name} | {s.mean:+.4f} | [{s.ci[0]:+.4f}, {s.ci[1]:+.4f}] ({s.n - 1} df) |")
     n_tok = e1.get("windows", 0) * e1.get("seq_len", seq_len)
     return out + [f"{MODEL}, `llama-jreg jump` on {e1.get('windows')} windows × {e1.get('seq_len')} tokens "
-                  f"({n_tok:,} tokens) of the Shakespeare validation text. C1 rests on this one model and these "
+                  f"({n_tok:,} tokens) of a fixed slice of the Shakespeare corpus (`OUT/e1/text.txt`; see the deviations). C1 rests on this one model and these "
                   f"{n_tok:,} tokens: the intervals are text-sampling uncertainty, not a statement about LMs.", "",
                   *rows, ""]
 
