@@ -10,8 +10,6 @@ import random
 import re
 import shutil
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,7 +32,7 @@ from llama_jreg.study.results import read_json, run_complete, run_result
 from llama_jreg.study.run import e1_label, record_stage, run_dirs, wall_time
 from llama_jreg.study.stats import compare
 from llama_jreg.study.tables import _TESTED, e2_seed_table, headline_table, lens_change_table, summary_table
-from tests.test_train_helpers import REPO, TINY, env_for_subprocess, rows
+from tests.test_train_helpers import REPO, TINY, rows
 
 
 @pytest.fixture(scope="module")

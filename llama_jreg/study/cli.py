@@ -36,9 +36,8 @@ from llama_jreg.study.design import DESIGNS
 from llama_jreg.study.families import collect
 from llama_jreg.study.lanes import Lanes, dry_run, progress
 from llama_jreg.study.plan import PLANS
-from llama_jreg.study.report import README_END, README_START, write_readme_table
 from llama_jreg.study.run import record_stage, stage_e1
-from llama_jreg.study.v2report import plot_curves, render, summary_table
+from llama_jreg.study.v2report import plot_curves, render
 
 DEFAULTS = {"cpu": {"archive": "docs/study/v2", "docs": "docs/results.md"}}
 
@@ -58,8 +57,6 @@ def _parser() -> argparse.ArgumentParser:
                         "(cpu default: docs/study/v2); 'none' for no archive")
     p.add_argument("--docs", help="where the complete study's report goes, its figures next to it (cpu default: "
                                   "docs/results.md); never written while the study is partial")
-    p.add_argument("--readme", help="once the study is complete, put its verdict summary into this README between "
-                                    "its results-summary markers")
     p.add_argument("--models", nargs="*", default=[], help="E1: more HF Llama dirs (or checkpoints, GGUF files)")
     p.add_argument("--bundle", metavar="DIR", help="prepare the gpu scale's data and wheels into DIR and exit")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -76,11 +73,6 @@ def _args(argv):
         p.error(f"--lanes {args.lanes}: give 1 or more (the number of runs at a time)")
     if args.max_hours is not None and not args.max_hours >= 0:
         p.error(f"--max-hours {args.max_hours}: give 0 or more hours")
-    if args.readme:
-        text = Path(args.readme).read_text(encoding="utf-8") if Path(args.readme).is_file() else ""
-        if README_START not in text or README_END not in text:
-            p.error(f"--readme {args.readme}: no results-summary block; add the lines {README_START} and "
-                    f"{README_END} where the table goes")
     if not args.out and not args.bundle:
         p.error("--out DIR is required: where the runs, evaluations and the report go")
     for key, val in DEFAULTS.get(args.scale, {}).items():
@@ -121,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     elif not args.report_only:
         log("  --max-hours 0: no run started")
     t0 = time.time()
-    report = write_report(design, args.scale, out, args.docs, args.readme)
+    report = write_report(design, args.scale, out, args.docs)
     record_stage(out, "report", t0, time.time())
     print(f"wrote {report}")
     if res["failed"]:
@@ -131,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_report(design, scale: str, out: Path, docs: str | None, readme: str | None = None) -> Path:
+def write_report(design, scale: str, out: Path, docs: str | None) -> Path:
     """``OUT/report.md`` (partial or complete); when complete, with ``docs`` the report there too with its
-    figure in the folder next to it, with ``readme`` the verdict summary in that README."""
+    figure in the folder next to it."""
     prog = progress(design, out)
     e1 = sorted((out / "e1").glob("*.json"))
     e1_res = None
@@ -149,8 +141,6 @@ def write_report(design, scale: str, out: Path, docs: str | None, readme: str | 
             fig_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(fig, fig_dir / fig.name)
         docs_p.write_text(render(design, scale, out, prog, e1_res, f"{docs_p.stem}/{fig.name}" if fig else None))
-    if prog["complete"] and readme:
-        write_readme_table(Path(readme), summary_table(design, out))
     return out / "report.md"
 
 

@@ -14,9 +14,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llama_jreg.rows import read_metrics
 from llama_jreg.study.plan import SMOLLM2
 from llama_jreg.study.results import read_json
-from llama_jreg.rows import read_metrics
 
 _COMMON = ["resume=auto", "logger=none"]
 # E3: the penalties at lambda = 1 and the placebo (lambda = 0, lr x 1.25 of jump_emergence's 1e-3)

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llama_jreg.analysis.stats import holm, paired, sign_flip, wilson
+from llama_jreg.rows import read_metrics
 from llama_jreg.study.design import Design, jobs, screen_outcome, screen_reading, selection
 from llama_jreg.study.results import read_json
-from llama_jreg.rows import read_metrics
 
 ALPHA = 0.05
 FAMILIES = {"C2": 3, "C3": 12, "P": 2, "C4": 8, "C5": 8, "C6": 2}

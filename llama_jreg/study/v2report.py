@@ -191,17 +191,6 @@ def render(design: Design, scale: str, out: Path, progress: dict, e1: dict | Non
     return "\n".join(lines).rstrip() + "\n"
 
 
-def summary_table(design: Design, out: Path) -> str:
-    """The verdicts in one table (the README's results summary): family, test, n, mean paired difference, verdict."""
-    tests = decide(build_tests(collect(design, out), design))
-    lines = ["| family | test | arm vs | n | mean diff | verdict |", "|---|---|---|---:|---:|---|"]
-    for t in tests:
-        mean = f"{t.stats.mean:+.4f}" if t.stats else "-"
-        lines.append(f"| {t.family} | {t.label}: {METRIC_NAMES[t.metric]} | {t.arm} vs {t.vs} | {len(t.diffs)} | "
-                     f"{mean} | {t.reading}{f'; {T_ONLY}' if t.e4 and t.stats else ''} |")
-    return "\n".join(lines)
-
-
 def _how_section(design: Design) -> list[str]:
     out = Path("OUT")
     ex = [Job("screen", "", 1, tuple(design.screen), tuple(design.screen_eval)),
