@@ -6,7 +6,8 @@
 # runs/reproduce) receives gpu_study.tar.gz: every run's config, metrics and evaluation, results.json, report.md
 # and the figures, without checkpoints. The study itself goes to $STUDY (default runs/reproduce/gpu; a rerun
 # resumes it).
-# Extra arguments after DEST go to reproduce.py (e.g. --smoke for a check on CPU, --lanes 8).
+# Extra arguments after DEST go to reproduce.py (e.g. --lanes 8, --max-hours 0.1). The v2 gpu design (--scale gpu)
+# is a plan not yet run: its E1 and E4 load SmolLM2, which this machine cannot fetch.
 set -euo pipefail
 BUNDLE=${1:-.gpu}
 case "$BUNDLE" in /*) ;; *) BUNDLE=$PWD/$BUNDLE ;; esac  # absolute: the cache below must not land under the repo
