@@ -128,7 +128,7 @@ def build_mixture(cfg: DataConfig, *, seed: int, rank: int, world_size: int, mod
     if any(p.legacy_fingerprint for p in parts):
         legacy = mixture_fingerprint([p.legacy_fingerprint or p.fingerprint for p in parts])
     loader = MixtureLoader(names, [p.train for p in parts], weights, seq_len=cfg.seq_len,
-                           batch_size=cfg.micro_batch_size, seed=seed, rank=rank, world_size=world_size,
+                           batch_size=cfg.micro_batch_size, seed=seed, shard=(rank, world_size),
                            fingerprint=fingerprint)
     return MixtureBundle(parts[0].tokenizer, loader, fingerprint, {}, None, cfg.micro_batch_size, None, None,
                          legacy_fingerprint=legacy, names=names, weights=weights, parts=parts)
@@ -247,8 +247,8 @@ def _build_streaming(cfg: DataConfig, seed: int, rank: int, world_size: int, mod
 
     fingerprint = stream_fingerprint("content")
     files = _local_files(source)
-    loader = StreamingLoader(make_dataset, tok, seq_len=cfg.seq_len, batch_size=cfg.micro_batch_size, rank=rank,
-                             world_size=world_size, fingerprint=fingerprint, read_error=source.read_error,
+    loader = StreamingLoader(make_dataset, tok, seq_len=cfg.seq_len, batch_size=cfg.micro_batch_size,
+                             shard=(rank, world_size), fingerprint=fingerprint, read_error=source.read_error,
                              start_pos=start)
     return DataBundle(tok, loader, fingerprint, {}, val, cfg.micro_batch_size, cfg.val_sequences, None,
                       files=files, legacy_fingerprint=stream_fingerprint("path") if _had_path_rule(files) else None)

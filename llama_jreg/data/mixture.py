@@ -125,7 +125,8 @@ class MixtureLoader:
     a dict of ``(1, seq_len)`` tensors), in the order of ``names`` / ``weights``."""
 
     def __init__(self, names: list[str], streams: list[Any], weights: list[float], *, seq_len: int,
-                 batch_size: int, seed: int, rank: int = 0, world_size: int = 1, fingerprint: str = ""):
+                 batch_size: int, seed: int, shard: tuple[int, int] = (0, 1), fingerprint: str = ""):
+        rank, world_size = shard  # this process's rank and the number of ranks
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.names, self.streams, self.weights = list(names), list(streams), [float(w) for w in weights]

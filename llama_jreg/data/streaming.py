@@ -94,7 +94,8 @@ class StreamingLoader:
     """This rank's infinite iterator of packed micro-batches from a streaming source (see the module docstring)."""
 
     def __init__(self, make_dataset: Callable[[], Any], tok: Tokenizer, *, seq_len: int, batch_size: int,
-                 rank: int = 0, world_size: int = 1, fingerprint: str = "", read_error=None, start_pos: int = 0):
+                 shard: tuple[int, int] = (0, 1), fingerprint: str = "", read_error=None, start_pos: int = 0):
+        rank, world_size = shard  # this process's rank and the number of ranks
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.make_dataset, self.tok, self.seq_len, self.batch_size = make_dataset, tok, seq_len, batch_size
