@@ -9,7 +9,7 @@ import shlex
 
 import pytest
 
-from llama_jreg.config import load_config
+from llama_jreg.config import load_config as _compose
 from llama_jreg.train.command import _print_summary
 from llama_jreg.train.reference import (
     REFERENCE_PATH,
@@ -18,7 +18,13 @@ from llama_jreg.train.reference import (
     matching_reference,
     recipe,
 )
+from llama_jreg.train.setup import resolve_run
 from tests.test_train_helpers import REPO, run_inprocess, tiny
+
+
+def load_config(overrides: list[str]):
+    """The config a run of ``overrides`` trains with (``init_from`` resolved, as ``llama-jreg train`` does)."""
+    return resolve_run(_compose(overrides), overrides)
 
 
 def _demo_overrides() -> list[str]:

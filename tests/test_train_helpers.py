@@ -23,7 +23,12 @@ TINY = [
 
 
 def tiny(run_dir, *extra: str) -> list[str]:
-    return [*TINY, f"run.dir={run_dir}", *extra]
+    """TINY for ``run_dir`` plus ``extra``; with another data source in ``extra`` (``data=local``, ...), without
+    TINY's ``data.induction.*`` keys, which only ``data=induction`` reads (the config refuses them otherwise)."""
+    base = TINY
+    if any(e.startswith("data=") and e != "data=induction" for e in extra):
+        base = [o for o in TINY if not o.startswith("data.induction.") and o != "data=induction"]
+    return [*base, f"run.dir={run_dir}", *extra]
 
 
 def run_inprocess(overrides: list[str]) -> dict:
