@@ -16,6 +16,7 @@ import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -46,6 +47,7 @@ class Pending:
     final: Path
     keep_last: int
     future: Future | None = None  # -> this rank's {file: {sha256, bytes}} share, or raises
+    remote: Any = None  # remote.RemoteCheckpoints: uploaded there once committed
 
 
 class AsyncCheckpointer:
@@ -126,6 +128,8 @@ class AsyncCheckpointer:
         try:
             files = merge(gather_on_every_rank(pending.future.result))
             on_main(commit, pending.run_dir, pending.tmp, pending.final, "sharded", files, pending.keep_last)
+            if pending.remote is not None:  # then to object storage, manifest last (checkpoint/remote.py)
+                on_main(pending.remote.upload, pending.final, pending.keep_last)
         except CheckpointError as e:
             if is_main():
                 shutil.rmtree(pending.tmp, ignore_errors=True)

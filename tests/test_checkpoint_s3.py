@@ -1,0 +1,129 @@
+"""Checkpoints on object storage (``trainer.ckpt_dir=s3://...``, llama_jreg/checkpoint/remote.py), against a
+real S3 API server (moto's standalone server on 127.0.0.1, the ``s3`` fixture of tests/s3_server.py) with s3fs
+as the client: a run saves to S3 and ``resume=auto`` from the URL, in an empty run.dir (another machine),
+continues with the losses of the uninterrupted run; keep_last prunes the remote checkpoints; an upload without
+its manifest is never resumed; a 2-rank sharded save to S3 resumes on 1 rank; a bad URL is one ``error:`` line,
+exit 2, before any step."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from llama_jreg.checkpoint import MANIFEST
+from tests.s3_server import free_port, s3, s3_server  # noqa: F401 - fixtures: a real S3 API server (moto)
+from tests.test_train_helpers import by_step, env_for_subprocess, run_inprocess, run_torchrun, tiny
+
+STEPS = 8
+GLOBAL = ["trainer.global_batch_size=8", f"trainer.max_steps={STEPS}", "trainer.ckpt_every=4",
+          "trainer.keep_last=5"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted 1-process run, checkpoints on local disk."""
+    d = tmp_path_factory.mktemp("ref")
+    run_inprocess(tiny(d, *GLOBAL))
+    return d
+
+
+def remote_steps(s3, url: str) -> dict[str, bool]:
+    """{step_XXXXXXXX: has a manifest} under ``url``."""
+    fs = s3.fs()
+    root = url.removeprefix("s3://")
+    out = {}
+    for p in fs.ls(root, detail=False, refresh=True):
+        name = p.rstrip("/").rsplit("/", 1)[-1]
+        out[name] = fs.exists(f"{root}/{name}/{MANIFEST}")
+    return out
+
+
+def test_save_to_s3_and_resume_auto_from_the_url_on_another_machine(s3, reference, tmp_path):
+    url = f"s3://{s3.bucket()}/runs/r1/checkpoints"
+    first = run_inprocess(tiny(tmp_path / "a", *GLOBAL, f"trainer.ckpt_dir={url}", "trainer.steps_per_run=4"))
+    assert first["steps"] == 4
+    assert remote_steps(s3, url) == {"step_00000004": True}
+    # another machine: an empty run.dir, only the URL
+    second = run_inprocess(tiny(tmp_path / "b", *GLOBAL, f"trainer.ckpt_dir={url}", "resume=auto"))
+    assert second["resumed_from"].endswith("step_00000004") and second["steps"] == STEPS
+    ref = by_step(reference, "loss")
+    assert by_step(tmp_path / "b", "loss") == {k: v for k, v in ref.items() if k > 4}  # bit for bit
+    assert by_step(tmp_path / "a", "loss") == {k: v for k, v in ref.items() if k <= 4}
+    assert remote_steps(s3, url) == {"step_00000004": True, "step_00000008": True}
+
+
+def test_keep_last_prunes_remote_checkpoints(s3, tmp_path):
+    url = f"s3://{s3.bucket()}/ckpt"
+    run_inprocess(tiny(tmp_path / "run", "trainer.global_batch_size=2", "trainer.max_steps=6",
+                       "trainer.ckpt_every=2", "trainer.keep_last=2", f"trainer.ckpt_dir={url}"))
+    assert remote_steps(s3, url) == {"step_00000004": True, "step_00000006": True}
+
+
+def test_an_upload_without_its_manifest_is_never_resumed(s3, tmp_path):
+    """An interrupted upload (every file of step 8 but the manifest) is skipped: resume=auto takes step 4."""
+    url = f"s3://{s3.bucket()}/ckpt"
+    run_inprocess(tiny(tmp_path / "a", *GLOBAL, f"trainer.ckpt_dir={url}"))
+    fs = s3.fs()
+    root = url.removeprefix("s3://")
+    fs.rm_file(f"{root}/step_00000008/{MANIFEST}")
+    assert remote_steps(s3, url) == {"step_00000004": True, "step_00000008": False}
+    with pytest.warns(UserWarning, match="skipping incomplete checkpoint .*step_00000008"):
+        s = run_inprocess(tiny(tmp_path / "b", *GLOBAL, f"trainer.ckpt_dir={url}", "resume=auto"))
+    assert s["resumed_from"].endswith("step_00000004") and s["steps"] == STEPS
+    # the new step 8 replaced the incomplete upload
+    assert remote_steps(s3, url) == {"step_00000004": True, "step_00000008": True}
+
+
+@pytest.mark.slow
+def test_two_rank_sharded_save_to_s3_resumes_on_one_rank(s3, reference, tmp_path):
+    url = f"s3://{s3.bucket()}/ckpt"
+    run_torchrun(2, tiny(tmp_path / "a", *GLOBAL, "parallel=fsdp", "trainer.steps_per_run=4",
+                         f"trainer.ckpt_dir={url}"))
+    assert remote_steps(s3, url) == {"step_00000004": True}
+    assert s3.fs().exists(f"{url.removeprefix('s3://')}/step_00000004/state/.metadata")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the "resuming a 2-process checkpoint" warning
+        s = run_inprocess(tiny(tmp_path / "b", *GLOBAL, "parallel=ddp", f"trainer.ckpt_dir={url}", "resume=auto"))
+    assert s["resumed_from"].endswith("step_00000004") and s["steps"] == STEPS
+    ref = by_step(reference, "loss")
+    got = by_step(tmp_path / "b", "loss")
+    assert sorted(got) == [5, 6, 7, 8]
+    assert max(abs(got[k] - ref[k]) for k in got) < 1e-5  # another world size: the reduction order differs
+
+
+def _cli(tmp_path, *extra: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llama_jreg", "train", *tiny(tmp_path / "run", *extra)],
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_unreachable_endpoint_and_missing_bucket_are_one_line_before_any_step(s3, tmp_path):
+    env = env_for_subprocess()
+    env["AWS_RETRY_MODE"], env["AWS_MAX_ATTEMPTS"] = "standard", "1"
+    url = "s3://no-such-bucket-xyz/ckpt"
+    proc = _cli(tmp_path, f"trainer.ckpt_dir={url}", env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: trainer.ckpt_dir={url}: bucket no-such-bucket-xyz does not exist (or is not visible with these "
+        "credentials); check the URL, the endpoint and the account")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+    env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    bucket = s3.bucket()
+    proc = _cli(tmp_path, f"trainer.ckpt_dir=s3://{bucket}/ckpt", env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: trainer.ckpt_dir=s3://{bucket}/ckpt: cannot reach the object store endpoint")
+    assert "AWS_ENDPOINT_URL (or trainer.ckpt_storage_options.endpoint_url)" in last
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_run_dir_url_and_local_ckpt_dir_are_refused(tmp_path):
+    env = env_for_subprocess()
+    proc = subprocess.run([sys.executable, "-m", "llama_jreg", "train", *tiny("s3://b/run")], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2 and "put checkpoints on object storage with trainer.ckpt_dir=URL" in proc.stderr
+    proc = _cli(tmp_path, f"trainer.ckpt_dir={tmp_path / 'x'}", env=env)
+    assert proc.returncode == 2 and "is not an object-store URL" in proc.stderr.strip().splitlines()[-1]
