@@ -48,8 +48,10 @@ class RemoteCheckpoints:
         try:
             fs.invalidate_cache()
             bucket = root.split("/", 1)[0]
-            if not fs.exists(bucket):
-                raise FileNotFoundError(f"bucket {bucket} does not exist")
+            try:
+                fs.ls(bucket, detail=False)  # not exists(): s3fs answers False when the endpoint is unreachable
+            except FileNotFoundError:
+                raise FileNotFoundError(f"bucket {bucket} does not exist") from None
         except Exception as e:  # noqa: BLE001 - each backend raises its own types; classified in storage_error
             raise _error(self.url, e) from None
 
