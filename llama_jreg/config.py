@@ -119,9 +119,8 @@ class TrainerConfig:
     # exists (manifest, rename) only once the write completed (at the next save or the end of the run).
     # Needs the sharded format (auto picks it)
     async_checkpoint: bool = False
-    # an object-store URL (s3://bucket/runs/r1/checkpoints, any fsspec URL) every checkpoint is uploaded to
-    # (manifest last) after it is written in <run.dir>/checkpoints; resume=auto downloads the newest verified
-    # one from it. null = checkpoints on local disk only
+    # object-store URL (s3://bucket/prefix, any fsspec URL): each checkpoint is also uploaded there (manifest
+    # last); resume=auto takes the newest verified one from it. null = local disk only
     ckpt_dir: str | None = None
     ckpt_storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options (endpoint_url, key, ...)
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16

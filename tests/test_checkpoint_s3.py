@@ -14,7 +14,7 @@ import warnings
 import pytest
 
 from llama_jreg.checkpoint import MANIFEST
-from tests.s3_server import free_port, s3, s3_server  # noqa: F401 - fixtures: a real S3 API server (moto)
+from tests.s3_server import free_port  # the fixtures s3 / s3_server come from conftest.py
 from tests.test_train_helpers import by_step, env_for_subprocess, run_inprocess, run_torchrun, tiny
 
 STEPS = 8
