@@ -2,7 +2,8 @@
 real S3 API server (moto's standalone server on 127.0.0.1, the ``s3`` fixture of tests/s3_server.py) with s3fs
 as the client: a run saves to S3 and ``resume=auto`` from the URL, in an empty run.dir (another machine),
 continues with the losses of the uninterrupted run; keep_last prunes the remote checkpoints; an upload without
-its manifest is never resumed; a 2-rank sharded save to S3 resumes on 1 rank; a bad URL is one ``error:`` line,
+its manifest is never resumed (also after a kill -9 mid-upload); a 2-rank sharded save to S3 resumes on 1 rank;
+a bad URL is one ``error:`` line,
 exit 2, before any step."""
 
 from __future__ import annotations
@@ -127,3 +128,48 @@ def test_run_dir_url_and_local_ckpt_dir_are_refused(tmp_path):
     assert proc.returncode == 2 and "put checkpoints on object storage with trainer.ckpt_dir=URL" in proc.stderr
     proc = _cli(tmp_path, f"trainer.ckpt_dir={tmp_path / 'x'}", env=env)
     assert proc.returncode == 2 and "is not an object-store URL" in proc.stderr.strip().splitlines()[-1]
+
+
+KILL_MID_UPLOAD = """
+import os, signal, sys
+from llama_jreg.checkpoint import remote
+from llama_jreg.train.setup import build_config
+from llama_jreg.train.trainer import train
+
+real = remote.filesystem
+
+def filesystem(url, options=None):  # the process is killed -9 after uploading 3 files of step 8
+    fs, path = real(url, options)
+    put = type(fs).put_file
+    done = []
+
+    def put_then_die(self, lpath, rpath, *a, **k):
+        put(self, lpath, rpath, *a, **k)
+        done.append(rpath)
+        if "step_00000008" in rpath and len(done) >= 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    fs.put_file = put_then_die.__get__(fs)
+    return fs, path
+
+remote.filesystem = filesystem
+train(build_config(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_kill9_during_an_s3_upload_then_resume_auto(s3, reference, tmp_path):
+    """A real SIGKILL in the middle of step 8's upload: the remote step 8 has no manifest; resume=auto from
+    the URL in an empty run.dir takes step 4, and the next losses equal the uninterrupted run's bit for bit."""
+    url = f"s3://{s3.bucket()}/ckpt"
+    proc = subprocess.run([sys.executable, "-c", KILL_MID_UPLOAD, *tiny(tmp_path / "a", *GLOBAL,
+                                                                         f"trainer.ckpt_dir={url}")],
+                          env=env_for_subprocess(), capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert remote_steps(s3, url) == {"step_00000004": True, "step_00000008": False}
+    with pytest.warns(UserWarning, match="skipping incomplete checkpoint"):
+        s = run_inprocess(tiny(tmp_path / "b", *GLOBAL, f"trainer.ckpt_dir={url}", "resume=auto"))
+    assert s["resumed_from"].endswith("step_00000004") and s["steps"] == STEPS
+    ref = by_step(reference, "loss")
+    assert by_step(tmp_path / "b", "loss") == {k: v for k, v in ref.items() if k > 4}
+    assert remote_steps(s3, url) == {"step_00000004": True, "step_00000008": True}
