@@ -3,8 +3,7 @@ real S3 API server (moto's standalone server on 127.0.0.1, the ``s3`` fixture of
 as the client: a run saves to S3 and ``resume=auto`` from the URL, in an empty run.dir (another machine),
 continues with the losses of the uninterrupted run; keep_last prunes the remote checkpoints; an upload without
 its manifest is never resumed (also after a kill -9 mid-upload); a 2-rank sharded save to S3 resumes on 1 rank;
-a bad URL is one ``error:`` line,
-exit 2, before any step."""
+an asynchronous save is uploaded; a bad URL is one ``error:`` line, exit 2, before any step."""
 
 from __future__ import annotations
 
@@ -93,6 +92,20 @@ def test_two_rank_sharded_save_to_s3_resumes_on_one_rank(s3, reference, tmp_path
     got = by_step(tmp_path / "b", "loss")
     assert sorted(got) == [5, 6, 7, 8]
     assert max(abs(got[k] - ref[k]) for k in got) < 1e-5  # another world size: the reduction order differs
+
+
+def test_async_save_to_s3_resumes_from_the_url(s3, reference, tmp_path):
+    """trainer.async_checkpoint=true (sharded, written in the background): uploaded once committed."""
+    url = f"s3://{s3.bucket()}/ckpt"
+    run_inprocess(tiny(tmp_path / "a", *GLOBAL, "trainer.async_checkpoint=true", "trainer.steps_per_run=4",
+                       f"trainer.ckpt_dir={url}"))
+    assert remote_steps(s3, url) == {"step_00000004": True}
+    s = run_inprocess(tiny(tmp_path / "b", *GLOBAL, "trainer.async_checkpoint=true", f"trainer.ckpt_dir={url}",
+                           "resume=auto"))
+    assert s["resumed_from"].endswith("step_00000004") and s["steps"] == STEPS
+    ref = by_step(reference, "loss")
+    assert by_step(tmp_path / "b", "loss") == {k: v for k, v in ref.items() if k > 4}
+    assert remote_steps(s3, url) == {"step_00000004": True, "step_00000008": True}
 
 
 def _cli(tmp_path, *extra: str, env: dict) -> subprocess.CompletedProcess:
