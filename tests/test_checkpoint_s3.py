@@ -7,6 +7,8 @@ an asynchronous save is uploaded; a bad URL is one ``error:`` line, exit 2, befo
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import subprocess
 import sys
 import warnings
@@ -113,25 +115,40 @@ def _cli(tmp_path, *extra: str, env: dict) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
-def test_unreachable_endpoint_and_missing_bucket_are_one_line_before_any_step(s3, tmp_path):
-    env = env_for_subprocess()
-    env["AWS_RETRY_MODE"], env["AWS_MAX_ATTEMPTS"] = "standard", "1"
-    url = "s3://no-such-bucket-xyz/ckpt"
-    proc = _cli(tmp_path, f"trainer.ckpt_dir={url}", env=env)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: trainer.ckpt_dir={url}: bucket no-such-bucket-xyz does not exist (or is not visible with these "
-        "credentials); check the URL, the endpoint and the account")
-    assert not (tmp_path / "run").exists()  # nothing written
+BAD = {  # name: (trainer.ckpt_dir, env overrides on top of the server's, what the error line must say)
+    "unreachable-endpoint": ("s3://{bucket}/ckpt", {"AWS_ENDPOINT_URL": "http://127.0.0.1:{closed}"},
+                             r"cannot reach the object store endpoint .*check AWS_ENDPOINT_URL \(or "
+                             r"trainer.ckpt_storage_options.endpoint_url\)"),
+    "missing-credentials": ("s3://{bucket}/ckpt", {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None},
+                            "no credentials for the object store; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+    "no-such-bucket": ("s3://{bucket}-nope/ckpt", {}, "bucket {bucket}-nope does not exist .*check the URL"),
+    "no-fsspec-backend": ("gs://{bucket}/ckpt", {}, r"no fsspec backend for gs:// is installed; "
+                                                    r"pip install 'llama-jreg\[gcs\]'"),
+}
 
-    env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_checkpoint_url_is_one_error_line_before_any_step(case, s3, tmp_path):
+    if case == "no-fsspec-backend" and importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed here")
     bucket = s3.bucket()
-    proc = _cli(tmp_path, f"trainer.ckpt_dir=s3://{bucket}/ckpt", env=env)
+    url_t, env_t, want_t = BAD[case]
+    fill = {"bucket": bucket, "closed": str(free_port())}
+    url, want = url_t.format(**fill), want_t.format(**fill)
+    env = {**env_for_subprocess(), **s3.env, "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+           "AWS_CONFIG_FILE": str(tmp_path / "none")}
+    for k, v in env_t.items():
+        if v is None:
+            env.pop(k)
+        else:
+            env[k] = v.format(**fill)
+    proc = _cli(tmp_path, f"trainer.ckpt_dir={url}", env=env)
+    lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr[-2000:]
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: trainer.ckpt_dir=s3://{bucket}/ckpt: cannot reach the object store endpoint")
-    assert "AWS_ENDPOINT_URL (or trainer.ckpt_storage_options.endpoint_url)" in last
-    assert not (tmp_path / "run").exists()  # nothing written
+    assert len(lines) == 1 and lines[0].startswith(f"error: trainer.ckpt_dir={url}: "), proc.stderr[-2000:]
+    assert re.search(want, lines[0]), lines[0]
+    assert not (tmp_path / "run").exists()  # stopped before any step, nothing written locally
+    assert s3.fs().find(bucket) == []  # nor remotely
 
 
 def test_run_dir_url_and_local_ckpt_dir_are_refused(tmp_path):

@@ -40,7 +40,10 @@ class RemoteCheckpoints:
         self.url = self.url.rstrip("/")
 
     def _fs(self):
-        return filesystem(self.url, self.options)
+        try:
+            return filesystem(self.url, self.options)
+        except UserError as e:  # no fsspec backend for the protocol: name the setting
+            raise UserError(f"trainer.ckpt_dir={e}") from None
 
     def check(self) -> None:
         """The store answers and the bucket exists (before any step); UserError naming the URL and the fix."""
