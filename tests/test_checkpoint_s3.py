@@ -97,17 +97,18 @@ def test_two_rank_sharded_save_to_s3_resumes_on_one_rank(s3, reference, tmp_path
 
 
 def test_async_save_to_s3_resumes_from_the_url(s3, reference, tmp_path):
-    """trainer.async_checkpoint=true (sharded, written in the background): uploaded once committed."""
+    """trainer.async_checkpoint=true (sharded, written in the background): uploaded once committed (step 2's
+    upload runs in the background while step 4's shards are written; step 4's, the last, before the end)."""
     url = f"s3://{s3.bucket()}/ckpt"
     run_inprocess(tiny(tmp_path / "a", *GLOBAL, "trainer.async_checkpoint=true", "trainer.steps_per_run=4",
-                       f"trainer.ckpt_dir={url}"))
-    assert remote_steps(s3, url) == {"step_00000004": True}
+                       "trainer.ckpt_every=2", f"trainer.ckpt_dir={url}"))
+    assert remote_steps(s3, url) == {"step_00000002": True, "step_00000004": True}
     s = run_inprocess(tiny(tmp_path / "b", *GLOBAL, "trainer.async_checkpoint=true", f"trainer.ckpt_dir={url}",
                            "resume=auto"))
     assert s["resumed_from"].endswith("step_00000004") and s["steps"] == STEPS
     ref = by_step(reference, "loss")
     assert by_step(tmp_path / "b", "loss") == {k: v for k, v in ref.items() if k > 4}
-    assert remote_steps(s3, url) == {"step_00000004": True, "step_00000008": True}
+    assert remote_steps(s3, url) == {"step_00000002": True, "step_00000004": True, "step_00000008": True}
 
 
 def _cli(tmp_path, *extra: str, env: dict) -> subprocess.CompletedProcess:

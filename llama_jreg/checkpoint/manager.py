@@ -93,7 +93,7 @@ class CheckpointManager:
         Collective. Asynchronous: the previous save in flight is finalised first; returns once the state is
         staged (the path exists after the next ``save`` or ``wait``)."""
         if self.background is not None:
-            self.background.wait()  # at most one save in flight
+            self.background.wait(upload_later=True)  # at most one save in flight; its upload goes on behind
         final = checkpoints_dir(self.run_dir) / step_dir_name(step)
         tmp = None
         try:

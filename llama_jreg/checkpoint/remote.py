@@ -6,6 +6,8 @@ same code, same manifest; the local dir is the staging area and the cache), then
 remote checkpoint is complete when its manifest is there and the files it lists match it; an upload cut short
 leaves a prefix without a manifest, which ``resume=auto`` never takes. ``keep_last`` prunes remote checkpoints
 once the new manifest is up (the manifest of an old one is deleted first, so it is never seen half-deleted).
+A synchronous save uploads before it returns; an asynchronous one (background.py) once committed, in the
+background thread, awaited at the next commit.
 
 ``resume=auto`` (rank 0, :func:`RemoteCheckpoints.fetch_latest`): the newest remote checkpoint whose manifest
 verifies is downloaded into ``<run.dir>/checkpoints`` (unless that exact checkpoint is there already) and
