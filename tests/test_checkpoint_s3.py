@@ -79,7 +79,6 @@ def test_an_upload_without_its_manifest_is_never_resumed(s3, tmp_path):
     assert remote_steps(s3, url) == {"step_00000004": True, "step_00000008": True}
 
 
-@pytest.mark.slow
 def test_two_rank_sharded_save_to_s3_resumes_on_one_rank(s3, reference, tmp_path):
     url = f"s3://{s3.bucket()}/ckpt"
     run_torchrun(2, tiny(tmp_path / "a", *GLOBAL, "parallel=fsdp", "trainer.steps_per_run=4",
