@@ -33,6 +33,7 @@ from llama_jreg import UserError
 from llama_jreg.data.schema import DataConfig, InductionConfig, MixtureSource
 from llama_jreg.jreg import JregConfig
 from llama_jreg.model import SIZES, ModelConfig
+from llama_jreg.storage import is_url
 from llama_jreg.task_spec import parse_specs
 
 CONFIG_DIR = Path(os.environ.get("LLAMA_JREG_CONFIGS", Path(__file__).resolve().parent.parent / "configs"))
@@ -118,6 +119,10 @@ class TrainerConfig:
     # exists (manifest, rename) only once the write completed (at the next save or the end of the run).
     # Needs the sharded format (auto picks it)
     async_checkpoint: bool = False
+    # object-store URL (s3://bucket/prefix, any fsspec URL): each checkpoint is also uploaded there (manifest
+    # last); resume=auto takes the newest verified one from it. null = local disk only
+    ckpt_dir: str | None = None
+    ckpt_storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options (endpoint_url, key, ...)
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     compile: bool = False  # torch.compile the model
     # tokens per chunk of the fused LM head + cross-entropy (llama_jreg/loss.py); null = auto (32 MiB of fp32
@@ -258,6 +263,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 
 def check_run_dir(run: RunConfig) -> Path:
     """run.dir must not escape run.root (when a root is set) - configs cannot write outside it."""
+    if is_url(run.dir):
+        raise UserError(f"run.dir={run.dir}: run.dir is a local directory (metrics.jsonl, config.yaml, the local "
+                        "copy of each checkpoint); put checkpoints on object storage with trainer.ckpt_dir=URL")
     d = Path(run.dir).expanduser().resolve()
     if run.root:
         root = Path(run.root).expanduser().resolve()

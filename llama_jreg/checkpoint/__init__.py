@@ -27,7 +27,8 @@ world size. Layout of ``<run.dir>/checkpoints/step_XXXXXXXX/`` (8-digit optimize
 One concern per module: ``layout`` (where checkpoints live, discovery, ``resolve_resume``), ``manifest`` (the
 manifest, its format version, ``verify``), ``collective`` (every rank agrees on an error), ``parts`` (the
 Stateful parts and their files), ``full`` and ``sharded`` (the two formats), ``background`` (asynchronous
-saves), ``commit`` (manifest, rename, keep-last pruning, leftovers), ``manager`` (``CheckpointManager``).
+saves), ``commit`` (manifest, rename, keep-last pruning, leftovers), ``manager`` (``CheckpointManager``),
+``remote`` (upload to / resume from object storage: ``trainer.ckpt_dir=s3://...``).
 
 A checkpoint is complete or absent: everything is written to ``step_XXXXXXXX.tmp-<pid>`` and renamed at the
 end; keep-last deletion renames to ``.old-<pid>`` before deleting. ``resume=auto`` takes the newest directory
@@ -55,11 +56,12 @@ from llama_jreg.checkpoint.layout import (
 from llama_jreg.checkpoint.manager import CheckpointManager, RunFiles
 from llama_jreg.checkpoint.manifest import FORMAT_VERSION, MANIFEST, format_version, verify
 from llama_jreg.checkpoint.parts import RNG, JsonPart, ModelPart, OptimizerPart, RankPart
+from llama_jreg.checkpoint.remote import RemoteCheckpoints, remote_checkpoints
 from llama_jreg.checkpoint.sharded import read_model_state
 
 __all__ = [
     "FORMATS", "FORMAT_VERSION", "MANIFEST", "RNG", "SHARDED_DIR", "STEP_RE", "AsyncCheckpointer",
-    "CheckpointManager", "JsonPart", "ModelPart", "OptimizerPart", "RankPart", "RunFiles", "checkpoint_format",
+    "CheckpointManager", "JsonPart", "RemoteCheckpoints", "remote_checkpoints", "ModelPart", "OptimizerPart", "RankPart", "RunFiles", "checkpoint_format",
     "checkpoints_dir", "delete_checkpoint", "find_latest", "format_version", "list_checkpoints", "read_model_state",
     "read_text", "remove_stale_tmp", "resolve_format", "resolve_resume", "step_dir_name", "verify",
 ]

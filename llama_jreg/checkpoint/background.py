@@ -16,6 +16,7 @@ import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -46,6 +47,7 @@ class Pending:
     final: Path
     keep_last: int
     future: Future | None = None  # -> this rank's {file: {sha256, bytes}} share, or raises
+    remote: Any = None  # remote.RemoteCheckpoints: uploaded there once committed
 
 
 class AsyncCheckpointer:
@@ -63,6 +65,8 @@ class AsyncCheckpointer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-jreg-ckpt")
         self._staged = None  # CPU copies of this rank's tensor parts, reused by every save
         self._staged_layout = None
+        self._upload: Future | None = None  # rank 0: the upload of the last committed checkpoint (trainer.ckpt_dir)
+        self._uploading: Path | None = None
         # one process: DCP warns (from its writer thread) that it saves without a process group, as meant. A
         # filter for that message alone, set once: catch_warnings() is not thread-safe
         warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
@@ -117,15 +121,24 @@ class AsyncCheckpointer:
         pending.future = self._executor.submit(_finish, pending.tmp, box[0], pg)
         self.pending = pending
 
-    def wait(self) -> Path | None:
+    def wait(self, upload_later: bool = False) -> Path | None:
         """Finalise the save in flight (if any) and return its path. Collective. Raises UserError on every rank
-        when any rank failed (the ``.tmp-`` dir is removed; earlier checkpoints are intact)."""
+        when any rank failed (the ``.tmp-`` dir is removed; earlier checkpoints are intact). With a
+        ``trainer.ckpt_dir`` the committed checkpoint is then uploaded: in the background with ``upload_later``
+        (a save is about to start; the upload is awaited at the next ``wait``), else before returning."""
+        self._finish_upload()
         pending, self.pending = self.pending, None
         if pending is None:
             return None
         try:
             files = merge(gather_on_every_rank(pending.future.result))
             on_main(commit, pending.run_dir, pending.tmp, pending.final, "sharded", files, pending.keep_last)
+            if pending.remote is not None and upload_later:
+                if is_main():  # the next save's background write queues behind it (one worker thread)
+                    self._upload = self._executor.submit(pending.remote.upload, pending.final, pending.keep_last)
+                self._uploading = pending.final
+            elif pending.remote is not None:  # then to object storage, manifest last (checkpoint/remote.py)
+                on_main(pending.remote.upload, pending.final, pending.keep_last)
         except CheckpointError as e:
             if is_main():
                 shutil.rmtree(pending.tmp, ignore_errors=True)
@@ -133,8 +146,23 @@ class AsyncCheckpointer:
         barrier()
         return pending.final
 
+    def _finish_upload(self) -> None:
+        """Collective: the background upload of the last committed checkpoint has ended; UserError on every
+        rank when it failed (the checkpoint is intact on local disk)."""
+        upload, final = self._upload, self._uploading
+        self._upload = self._uploading = None
+        if final is None:
+            return
+        try:
+            on_main(lambda: upload.result() if upload is not None else None)
+        except CheckpointError as e:
+            raise failed(final, str(e)) from None
+
     def close(self) -> None:
         """Wait for this rank's background thread (not collective, nothing finalised); stop the thread."""
+        if self._upload is not None:
+            with contextlib.suppress(Exception):  # the run is ending with an error already
+                self._upload.result()
         pending, self.pending = self.pending, None
         if pending is not None:
             with contextlib.suppress(*write_errors()):  # the run is ending with an error already

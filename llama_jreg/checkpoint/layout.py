@@ -89,11 +89,17 @@ def _choose(resume: str, run_dir: Path) -> Path | None:
     return path
 
 
-def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
+def resolve_resume(resume: str | None, run_dir: Path, remote=None) -> Path | None:
     """The checkpoint to resume from (decided on rank 0, the same on every rank), or None to start fresh.
-    A checkpoint of a format version this code does not read is refused (UserError naming the version)."""
+    A checkpoint of a format version this code does not read is refused (UserError naming the version).
+    ``remote`` (remote.RemoteCheckpoints, ``trainer.ckpt_dir``): with ``resume=auto`` its newest verified
+    checkpoint is first downloaded into ``<run.dir>/checkpoints``."""
 
     def choose() -> str | None:
+        if remote is not None:
+            remote.check()  # the store answers and the bucket exists: before any step
+        if resume == "auto" and remote is not None:
+            remote.fetch_latest(checkpoints_dir(run_dir))
         path = _choose(resume, run_dir) if resume else None
         if path is not None and (err := version_error(path)):
             raise UserError(err)

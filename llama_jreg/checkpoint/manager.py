@@ -69,6 +69,7 @@ class CheckpointManager:
     run_files: RunFiles | None = None
     background: AsyncCheckpointer | None = None
     data_identity: Any = None  # data.identity.DataIdentity: the data files, recorded and checked by content
+    remote: Any = None  # remote.RemoteCheckpoints: each committed checkpoint is uploaded there (trainer.ckpt_dir)
 
     def __post_init__(self):
         if self.fmt not in FORMATS:
@@ -92,7 +93,7 @@ class CheckpointManager:
         Collective. Asynchronous: the previous save in flight is finalised first; returns once the state is
         staged (the path exists after the next ``save`` or ``wait``)."""
         if self.background is not None:
-            self.background.wait()  # at most one save in flight
+            self.background.wait(upload_later=True)  # at most one save in flight; its upload goes on behind
         final = checkpoints_dir(self.run_dir) / step_dir_name(step)
         tmp = None
         try:
@@ -103,7 +104,8 @@ class CheckpointManager:
             rank = rank_world()[0]
             on_every_rank(lambda: [p.write(tmp, k, rank) for k, p in self.files.items() if p.per_rank])
             if self.background is not None:
-                self.background.start(self.tensors, Pending(Path(self.run_dir), tmp, final, self.keep_last))
+                self.background.start(self.tensors, Pending(Path(self.run_dir), tmp, final, self.keep_last,
+                                                                 remote=self.remote))
                 return final
             if self.fmt == "full":
                 save_full(tmp, step, self.tensors)
@@ -111,6 +113,8 @@ class CheckpointManager:
                 save_sharded(tmp, self.tensors)
             files = hash_files(tmp)
             on_main(commit, Path(self.run_dir), tmp, final, self.fmt, files, self.keep_last)
+            if self.remote is not None:  # then to object storage, manifest last (checkpoint/remote.py)
+                on_main(self.remote.upload, final, self.keep_last)
         except CheckpointError as e:
             if is_main() and tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)

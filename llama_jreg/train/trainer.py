@@ -89,9 +89,11 @@ class Trainer:
 
         # -- run dir: what to resume from (decided on rank 0, before anything is written), then config.yaml ---
         self.run_dir = check_run_dir(cfg.run)
-        self.resumed_from = ckpt.resolve_resume(cfg.resume, self.run_dir)
+        self.remote = ckpt.remote_checkpoints(t.ckpt_dir, t.ckpt_storage_options)  # trainer.ckpt_dir=s3://...
+        self.resumed_from = ckpt.resolve_resume(cfg.resume, self.run_dir, self.remote)
         if self.resumed_from is None and cfg.resume is None:
-            existing = broadcast_object(bool(ckpt.list_checkpoints(self.run_dir)) if self.is_main else None)
+            existing = broadcast_object((bool(ckpt.list_checkpoints(self.run_dir)) or bool(
+                self.remote and self.remote.steps())) if self.is_main else None)
             if existing:
                 raise UserError(
                     f"run.dir={cfg.run.dir} already holds checkpoints; continue it with resume=auto "
@@ -198,7 +200,7 @@ class Trainer:
         fmt = ckpt.resolve_format(t.checkpoint_format, self.cfg.parallel.name, t.async_checkpoint)
         return ckpt.CheckpointManager(self.run_dir, states, fmt, t.keep_last, ckpt.RunFiles(
             self.config_yaml, str(tok) if tok else None), ckpt.AsyncCheckpointer() if t.async_checkpoint else None,
-            data_identity=identity)
+            data_identity=identity, remote=self.remote)
 
     def _write_run_file(self, name: str | None) -> None:
         """Create run.dir (``name=None``) or write the resolved config into it; rank 0 writes, all ranks agree."""
