@@ -1,4 +1,5 @@
-"""File helpers shared by checkpoints, data preparation, ``init_from`` and the HF export: hashing, modes."""
+"""File helpers shared by checkpoints, data preparation, ``init_from``, the HF export and the commands' ``--json``
+outputs: hashing, modes, JSON results."""
 
 from __future__ import annotations
 
@@ -30,3 +31,11 @@ def chmod_like_new_file(path: str | Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(path, 0o666 & ~mask)
+
+
+def write_json_result(path: str | Path, obj: Any, **dumps_kw) -> None:
+    """A command's ``--json PATH`` output: ``obj`` as indented JSON (parent dirs made), then ``wrote PATH``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, **dumps_kw) + "\n")
+    print(f"wrote {path}")

@@ -13,13 +13,12 @@ tokens it promotes most. Positions are token indices in the first ``--seq-len`` 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from llama_jreg import UserError, help_text
+from llama_jreg.files import write_json_result
 from llama_jreg.load import load_model, need_tokenizer, pick_device, read_text
 from llama_jreg.model import Llama
 
@@ -101,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
               + " ".join(repr(t) for t in s["tokens"]))
     if args.json_out:
         res = {"model": info["path"], "kind": info["kind"], **res}
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
-        print(f"wrote {args.json_out}")
+        write_json_result(args.json_out, res, ensure_ascii=False)
     return 0
 
 

@@ -11,12 +11,12 @@ uses Psi_L measured against the final norm's output instead (what one gets from 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from llama_jreg import UserError, help_text
+from llama_jreg.files import write_json_result
 from llama_jreg.jreg import psi_per_token, zeta, zeta_L
 from llama_jreg.load import load_model, need_tokenizer, pick_device, read_text
 from llama_jreg.model import Llama
@@ -147,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
           f"= {res['tokens']} tokens of {args.text}")
     print(format_table(res))
     if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(res, indent=2) + "\n")
-        print(f"wrote {args.json_out}")
+        write_json_result(args.json_out, res)
     if args.plot:
         print(f"wrote {plot_psi(res, args.plot, info['name'])}")
     return 0

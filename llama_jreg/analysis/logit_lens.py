@@ -25,7 +25,6 @@ definition the ``induction`` task uses: llama_jreg/tasks/induction.py).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from llama_jreg import UserError, help_text
 from llama_jreg.analysis.jump import make_windows
 from llama_jreg.config import apply_data_overrides, load_config
 from llama_jreg.data import build_data
+from llama_jreg.files import write_json_result
 from llama_jreg.jreg import psi_per_token
 from llama_jreg.load import load_model, need_tokenizer, pick_device, read_text
 from llama_jreg.model import Llama
@@ -264,9 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{info['name']} ({info['kind']}) on {describe_data(data)}")
     print(format_report(res))
     if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(res, indent=2) + "\n")
-        print(f"wrote {args.json_out}")
+        write_json_result(args.json_out, res)
     return 0
 
 

@@ -15,12 +15,11 @@ needs ``data=induction`` (and ``data.induction.vocab_size=V``, at most 16384), `
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from llama_jreg import UserError, help_text
 from llama_jreg.config import TrainConfig, apply_data_overrides
 from llama_jreg.data import build_data
+from llama_jreg.files import write_json_result
 from llama_jreg.load import load_model, pick_device
 from llama_jreg.task_spec import parse_specs
 from llama_jreg.tasks import TaskContext, build_tasks, evaluate_tasks, format_rows
@@ -82,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_rows(rows))
     if args.json_out:
         res = {"model": info["path"], "kind": info["kind"], "step": info["step"], "tasks": rows}
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(res, indent=2) + "\n")
-        print(f"wrote {args.json_out}")
+        write_json_result(args.json_out, res)
     return 0
 
 

@@ -16,12 +16,12 @@ The adapter is registered with lm-eval as ``llama-jreg`` (``lm_eval --model llam
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from llama_jreg import UserError, help_text
+from llama_jreg.files import write_json_result
 from llama_jreg.load import load_model, need_tokenizer, pick_device
 from llama_jreg.tasks.scoring import encode_pair, pair_request, score_requests
 
@@ -222,10 +222,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(make_table(res))
     if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps({k: res[k] for k in ("results", "versions", "n-shot", "config")
-                                                   if k in res}, indent=2, default=str) + "\n")
-        print(f"wrote {args.json_out}")
+        write_json_result(args.json_out, {k: res[k] for k in ("results", "versions", "n-shot", "config") if k in res},
+                          default=str)
     return 0
 
 
