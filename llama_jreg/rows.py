@@ -26,6 +26,13 @@ def _named(row, *skip: str) -> dict[str, Any]:
     return {f.name: getattr(row, f.name) for f in fields(row) if f.name not in skip}
 
 
+def _with_optional(row, *optional: str) -> dict[str, Any]:
+    """``kind``, the row's fields in order, then the ``optional`` ones that are set (absent when None)."""
+    d = {"kind": row.KIND, **_named(row, *optional)}
+    d.update({key: getattr(row, key) for key in optional if getattr(row, key) is not None})
+    return d
+
+
 def _known(cls, d: dict, *skip: str) -> dict[str, Any]:
     """``cls``'s fields read from ``d`` (a missing key reads as None)."""
     return {f.name: d.get(f.name) for f in fields(cls) if f.name not in skip}
@@ -56,10 +63,7 @@ class TrainRow:
     tokens_by_source: dict[str, int] | None = None  # data.mixture only (absent otherwise)
 
     def to_dict(self) -> dict:
-        d = {"kind": self.KIND, **_named(self, "tokens_by_source")}
-        if self.tokens_by_source is not None:
-            d["tokens_by_source"] = self.tokens_by_source
-        return d
+        return _with_optional(self, "tokens_by_source")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainRow:
@@ -82,11 +86,7 @@ class JumpRow:
     psi_batch: str | None = None  # "validation" when psi was measured there (step 0); absent otherwise
 
     def to_dict(self) -> dict:
-        d = {"kind": self.KIND, **_named(self, "val_psi_post_norm_L", "psi_batch")}
-        for key in ("val_psi_post_norm_L", "psi_batch"):  # written when set
-            if getattr(self, key) is not None:
-                d[key] = getattr(self, key)
-        return d
+        return _with_optional(self, "val_psi_post_norm_L", "psi_batch")
 
     @classmethod
     def from_dict(cls, d: dict) -> JumpRow:
