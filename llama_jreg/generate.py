@@ -46,9 +46,10 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
 @torch.no_grad()
 def generate(model: Llama, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
              top_k: int | None = None, top_p: float = 1.0, eos_id: int | None = None, seed: int | None = None,
-             ) -> torch.Tensor:
+             vocab_size: int | None = None) -> torch.Tensor:
     """``prompt`` (B, T) int64 → (B, T + n) with ``n <= max_new_tokens`` generated tokens (rows that reach
-    ``eos_id`` are padded with it until every row has, or ``max_new_tokens`` is reached)."""
+    ``eos_id`` are padded with it until every row has, or ``max_new_tokens`` is reached). ``vocab_size``: only
+    ids below it are generated (a model whose embedding is padded past its tokenizer's vocabulary)."""
     model.eval()
     B, T = prompt.shape
     total = T + max_new_tokens
@@ -64,6 +65,9 @@ def generate(model: Llama, prompt: torch.Tensor, max_new_tokens: int, *, tempera
     with model.kv_cache(B, total):
         logits = model(prompt).logits[:, -1]
         for _ in range(max_new_tokens):
+            if vocab_size is not None and vocab_size < logits.shape[-1]:
+                logits = logits.clone()
+                logits[:, vocab_size:] = float("-inf")
             nxt = sample_next(logits, temperature, top_k, top_p, gen)
             if eos_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
@@ -121,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("the prompt is empty after tokenisation; give some text")
     prompt = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
     out = generate(model.to(device), prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                   top_p=args.top_p, eos_id=None if args.ignore_eos else tok.eos_id, seed=args.seed)
+                   top_p=args.top_p, eos_id=None if args.ignore_eos else tok.eos_id, seed=args.seed,
+                   vocab_size=tok.vocab_size)
     print(f"# {info['name']} ({info['kind']}), {len(ids)} prompt tokens, seed {args.seed}, temperature "
           f"{args.temperature}", file=sys.stderr)
     for i, row in enumerate(out.tolist()):

@@ -103,6 +103,18 @@ def test_sample_next_draws_from_the_tempered_truncated_softmax():
     assert torch.allclose(freq(temperature=1.0, top_k=None, top_p=0.8), nuc, atol=0.01)
 
 
+def test_generation_draws_only_ids_the_tokenizer_has():
+    # a model whose embedding is padded past its tokenizer's vocabulary: sampling at temperature 1 over 97 ids
+    # would draw ids 10..96 (which the tokenizer cannot decode) almost surely in 30 x 3 draws
+    m = _model(torch.float32)
+    prompt = torch.randint(0, 10, (3, 4), generator=torch.Generator().manual_seed(5))
+    free = generate(m, prompt, 30, temperature=1.0, seed=1)
+    assert (free[:, 4:] >= 10).any()
+    for temperature in (1.0, 0.0):
+        out = generate(m, prompt, 30, temperature=temperature, seed=1, vocab_size=10)
+        assert out.shape == (3, 34) and (out[:, 4:] < 10).all()
+
+
 def test_generation_stops_at_eos():
     m = _model(torch.float32)
     prompt = torch.randint(0, 97, (1, 4), generator=torch.Generator().manual_seed(4))
