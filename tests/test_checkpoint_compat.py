@@ -85,3 +85,11 @@ def test_new_checkpoints_record_the_format_version_and_a_newer_one_is_refused(tm
                       "(it reads version 1); resume it with the llama-jreg that wrote it, or upgrade llama-jreg"]
     assert "Traceback" not in proc.stderr
     assert sorted((p.relative_to(run).as_posix(), p.stat().st_mtime_ns) for p in run.rglob("*")) == before
+    # the commands that read a model (eval, jump, generate, export-hf, ...) refuse it the same way
+    proc = subprocess.run([sys.executable, "-m", "llama_jreg", "eval", str(ck), "--batches", "1"], cwd=REPO,
+                          env=env_for_subprocess(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: {ck}: checkpoint format version 7 is newer than this llama-jreg reads (it reads version 1); "
+        "read it with the llama-jreg that wrote it, or upgrade llama-jreg"]
+    assert "Traceback" not in proc.stderr

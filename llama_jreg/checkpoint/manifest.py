@@ -67,16 +67,17 @@ def format_version(path: Path):
     return json.loads((Path(path) / MANIFEST).read_text()).get("format_version", 1)
 
 
-def version_error(path: Path) -> str | None:
-    """None when this code reads the checkpoint's format version, else one line naming it (for ``resume=``)."""
+def version_error(path: Path, use: str = "resume") -> str | None:
+    """None when this code reads the checkpoint's format version, else one line naming it: for ``resume=``
+    (``use="resume"``) or for a command that reads the model (``use="read"``)."""
     version = format_version(path)
     if isinstance(version, int) and not isinstance(version, bool) and version in READABLE_VERSIONS:
         return None
     newer = isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION
     known = ", ".join(map(str, READABLE_VERSIONS))
-    return (f"resume={path}: checkpoint format version {version!r} is "
+    return ((f"resume={path}" if use == "resume" else str(path)) + f": checkpoint format version {version!r} is "
             + ("newer than this llama-jreg reads" if newer else "not one this llama-jreg knows")
-            + f" (it reads version {known}); resume it with the llama-jreg that wrote it, or upgrade llama-jreg")
+            + f" (it reads version {known}); {use} it with the llama-jreg that wrote it, or upgrade llama-jreg")
 
 
 def largest_first(tmp: Path) -> list[str]:

@@ -16,6 +16,7 @@ from llama_jreg.checkpoint.collective import describe, is_main, on_every_rank, o
 from llama_jreg.checkpoint.fileio import fsync_file
 from llama_jreg.checkpoint.full import refuse_nonfinite
 from llama_jreg.checkpoint.layout import SHARDED_DIR, checkpoint_format
+from llama_jreg.checkpoint.manifest import MANIFEST, version_error
 from llama_jreg.distributed import is_distributed
 
 
@@ -89,6 +90,8 @@ def read_model_state(path: Path) -> dict[str, torch.Tensor]:
     holds no model."""
     path = Path(path)
     fmt = checkpoint_format(path)
+    if fmt is not None and (path / MANIFEST).is_file() and (err := version_error(path, use="read")):
+        raise UserError(err)
     if fmt == "full":
         return load_file(str(path / "model.safetensors"))
     if fmt is None:
