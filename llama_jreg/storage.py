@@ -123,8 +123,9 @@ def _chain(e: BaseException) -> list[BaseException]:
     return out
 
 
-def storage_error(url: str, e: BaseException) -> UserError:
-    """One line for what went wrong reading ``url``: the cause and the fix."""
+def storage_error(url: str, e: BaseException, action: str = "read from") -> UserError:
+    """One line for what went wrong reading ``url`` (``action``: "write to" for an upload): the cause and the
+    fix."""
     chain = _chain(e)
     names = " ".join(type(x).__name__ for x in chain)
     text = " ".join(str(x) for x in chain)
@@ -151,7 +152,7 @@ def storage_error(url: str, e: BaseException) -> UserError:
                          "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and the bucket's permissions")
     if isinstance(e, FileNotFoundError):
         return UserError(f"{url}: no such object; check the URL (globs like s3://bucket/corpus/*.jsonl work)")
-    return UserError(f"{url}: cannot read from the object store: {type(chain[-1]).__name__}: "
+    return UserError(f"{url}: cannot {action} the object store: {type(chain[-1]).__name__}: "
                      f"{_first_line(chain[-1])}")
 
 

@@ -52,11 +52,9 @@ class S3Server:
         self.fs().put_file(str(local), url.removeprefix("s3://"))
 
 
-@pytest.fixture(scope="session")
-def s3_server():
-    pytest.importorskip("moto.server", reason="needs moto[server] (the dev extra)")
-    pytest.importorskip("s3fs", reason="needs s3fs (the s3 extra)")
-    port = free_port()
+def start_server(port: int | None = None) -> tuple[subprocess.Popen, S3Server]:
+    """A moto S3 server of its own on 127.0.0.1 (``port`` or a free one), answering once this returns."""
+    port = port or free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
@@ -64,20 +62,31 @@ def s3_server():
     while True:
         try:
             urllib.request.urlopen(endpoint + "/moto-api/", timeout=2).read()
-            break
+            return proc, S3Server(endpoint)
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 raise RuntimeError(f"moto server did not start on {endpoint}") from None
             time.sleep(0.2)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
     try:
-        yield S3Server(endpoint)
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    pytest.importorskip("moto.server", reason="needs moto[server] (the dev extra)")
+    pytest.importorskip("s3fs", reason="needs s3fs (the s3 extra)")
+    proc, server = start_server()
+    try:
+        yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
 
 @pytest.fixture

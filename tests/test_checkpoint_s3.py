@@ -12,11 +12,12 @@ import re
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
 from llama_jreg.checkpoint import MANIFEST
-from tests.s3_server import free_port  # the fixtures s3 / s3_server come from conftest.py
+from tests.s3_server import free_port, start_server, stop_server  # fixtures s3 / s3_server: conftest.py
 from tests.test_train_helpers import by_step, env_for_subprocess, run_inprocess, run_torchrun, tiny
 
 STEPS = 8
@@ -61,6 +62,13 @@ def test_keep_last_prunes_remote_checkpoints(s3, tmp_path):
     url = f"s3://{s3.bucket()}/ckpt"
     run_inprocess(tiny(tmp_path / "run", "trainer.global_batch_size=2", "trainer.max_steps=6",
                        "trainer.ckpt_every=2", "trainer.keep_last=2", f"trainer.ckpt_dir={url}"))
+    assert remote_steps(s3, url) == {"step_00000004": True, "step_00000006": True}
+    # a new run (another, empty run.dir) without resume= over the URL that holds them: refused, naming the URL
+    proc = _cli(tmp_path / "other", f"trainer.ckpt_dir={url}", env={**env_for_subprocess(), **s3.env})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: trainer.ckpt_dir={url} already holds checkpoints; continue it with resume=auto or start a new "
+        "run with another trainer.ckpt_dir"]
     assert remote_steps(s3, url) == {"step_00000004": True, "step_00000006": True}
 
 
@@ -187,6 +195,70 @@ train(build_config(sys.argv[1:]))
 """
 
 
+STORE_DOWN_AT_STEP_4 = """
+import os, signal, sys, time
+from llama_jreg.checkpoint import remote
+from llama_jreg.cli import main
+
+real = remote.filesystem
+down = []
+
+def filesystem(url, options=None):  # the store's server is killed -9 as step 4's upload begins
+    fs, path = real(url, options)
+    put = type(fs).put_file
+
+    def put_after_the_store_is_down(self, lpath, rpath, *a, **k):
+        if "step_00000004" in rpath and not down:
+            os.kill(int(os.environ["STORE_PID"]), signal.SIGKILL)
+            time.sleep(0.5)
+            down.append(rpath)
+        return put(self, lpath, rpath, *a, **k)
+
+    fs.put_file = put_after_the_store_is_down.__get__(fs)
+    return fs, path
+
+remote.filesystem = filesystem
+sys.exit(main(["train", *sys.argv[1:]]))
+"""
+
+
+@pytest.mark.slow
+def test_a_failed_upload_stops_the_run_with_one_line_and_resume_continues(s3, reference, tmp_path):
+    """The store goes down (its server killed -9) as step 4's upload begins: one error line naming the URL, the
+    cause and the kept checkpoint, exit 2; with a store back (a new, empty one on the same endpoint),
+    resume=auto continues from the local step 4 with the losses of the uninterrupted run, bit for bit."""
+    proc_store, store = start_server()
+    try:
+        bucket = store.bucket()
+        url = f"s3://{bucket}/ckpt"
+        run = tmp_path / "a"
+        env = {**env_for_subprocess(), **store.env, "STORE_PID": str(proc_store.pid)}
+        overrides = tiny(run, *GLOBAL, f"trainer.ckpt_dir={url}")
+        proc = subprocess.run([sys.executable, "-c", STORE_DOWN_AT_STEP_4, *overrides], env=env,
+                              capture_output=True, text=True, timeout=600, check=False)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        local = run / "checkpoints" / "step_00000004"
+        assert len(errors) == 1 and errors[0].startswith(
+            f"error: trainer.ckpt_dir={url}/step_00000004: cannot reach the object store endpoint"), proc.stderr
+        assert errors[0].endswith(f"the checkpoint is kept in {local}: once the store is fixed, rerun with "
+                                  "resume=auto (it resumes from it and uploads the next checkpoint)")
+        assert "Traceback" not in proc.stderr and (local / MANIFEST).is_file()
+    finally:
+        stop_server(proc_store)
+    proc_store, store = start_server(int(store.endpoint.rsplit(":", 1)[1]))
+    try:
+        store.fs().mkdir(bucket)
+        proc = subprocess.run([sys.executable, "-m", "llama_jreg", "train", *overrides, "resume=auto"], env=env,
+                              capture_output=True, text=True, timeout=600, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert {p.split("/")[2] for p in store.fs().find(bucket)} == {"step_00000008"}
+    finally:
+        stop_server(proc_store)
+    assert f"resumed from {run / 'checkpoints' / 'step_00000004'} (step 4)" in proc.stdout
+    assert by_step(run, "loss") == by_step(reference, "loss")  # bit for bit
+
+
 @pytest.mark.slow
 def test_kill9_during_an_s3_upload_then_resume_auto(s3, reference, tmp_path):
     """A real SIGKILL in the middle of step 8's upload: the remote step 8 has no manifest; resume=auto from
@@ -203,3 +275,30 @@ def test_kill9_during_an_s3_upload_then_resume_auto(s3, reference, tmp_path):
     ref = by_step(reference, "loss")
     assert by_step(tmp_path / "b", "loss") == {k: v for k, v in ref.items() if k > 4}
     assert remote_steps(s3, url) == {"step_00000004": True, "step_00000008": True}
+
+
+def test_a_failed_upload_is_one_line_that_keeps_the_local_checkpoint(s3, tmp_path):
+    """The bucket disappears between the start-up check and a save: the upload's error names the URL, the cause
+    and where the checkpoint is kept; nothing local is removed."""
+    import shutil
+
+    from llama_jreg import UserError
+    from llama_jreg.checkpoint.remote import remote_checkpoints
+
+    fixtures = Path(__file__).parent / "fixtures" / "checkpoints" / "v1" / "full"
+    src = next(p for p in sorted(fixtures.rglob("step_*")) if (p / MANIFEST).is_file())
+    local = tmp_path / "checkpoints" / src.name
+    shutil.copytree(src, local)
+    before = sorted(p.relative_to(local).as_posix() for p in local.rglob("*"))
+    bucket = s3.bucket()
+    url = f"s3://{bucket}/ckpt"
+    remote = remote_checkpoints(url)
+    remote.check()
+    s3.fs().rmdir(bucket)
+    with pytest.raises(UserError) as e:
+        remote.upload(local, keep_last=2)
+    line = str(e.value)
+    assert "\n" not in line and line.startswith(f"trainer.ckpt_dir={url}/{src.name}: bucket {bucket} does not exist")
+    assert line.endswith(f"the checkpoint is kept in {local}: once the store is fixed, rerun with resume=auto (it "
+                         "resumes from it and uploads the next checkpoint)")
+    assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*")) == before

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from llama_jreg import UserError
 from llama_jreg.checkpoint.collective import (
     CheckpointError,
     gather_on_every_rank,
@@ -138,7 +139,7 @@ class AsyncCheckpointer:
                     self._upload = self._executor.submit(pending.remote.upload, pending.final, pending.keep_last)
                 self._uploading = pending.final
             elif pending.remote is not None:  # then to object storage, manifest last (checkpoint/remote.py)
-                on_main(pending.remote.upload, pending.final, pending.keep_last)
+                on_main(pending.remote.upload, pending.final, pending.keep_last, error=UserError)
         except CheckpointError as e:
             if is_main():
                 shutil.rmtree(pending.tmp, ignore_errors=True)
@@ -153,10 +154,7 @@ class AsyncCheckpointer:
         self._upload = self._uploading = None
         if final is None:
             return
-        try:
-            on_main(lambda: upload.result() if upload is not None else None)
-        except CheckpointError as e:
-            raise failed(final, str(e)) from None
+        on_main(lambda: upload.result() if upload is not None else None, error=UserError)  # upload's own line
 
     def close(self) -> None:
         """Wait for this rank's background thread (not collective, nothing finalised); stop the thread."""

@@ -114,7 +114,7 @@ class CheckpointManager:
             files = hash_files(tmp)
             on_main(commit, Path(self.run_dir), tmp, final, self.fmt, files, self.keep_last)
             if self.remote is not None:  # then to object storage, manifest last (checkpoint/remote.py)
-                on_main(self.remote.upload, final, self.keep_last)
+                on_main(self.remote.upload, final, self.keep_last, error=UserError)  # its own line
         except CheckpointError as e:
             if is_main() and tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)

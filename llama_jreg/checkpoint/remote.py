@@ -88,7 +88,9 @@ class RemoteCheckpoints:
                     fs.put_file(str(local / name), f"{dest}/{name}")
             fs.put_file(str(local / MANIFEST), f"{dest}/{MANIFEST}")  # last: from now on the checkpoint exists
         except Exception as e:  # noqa: BLE001 - classified in storage_error
-            raise _error(f"{self.url}/{local.name}", e) from None
+            err = _error(f"{self.url}/{local.name}", e, action="write to")
+            raise UserError(f"{err}; the checkpoint is kept in {local}: once the store is fixed, rerun with "
+                            "resume=auto (it resumes from it and uploads the next checkpoint)") from None
         self.prune(keep_last, local.name)
 
     def prune(self, keep_last: int, newest: str) -> None:
@@ -159,9 +161,9 @@ class RemoteCheckpoints:
         return local, None
 
 
-def _error(url: str, e: BaseException) -> UserError:
+def _error(url: str, e: BaseException, action: str = "read from") -> UserError:
     """storage_error's line, with the checkpoint setting in the fix."""
-    return UserError(f"trainer.ckpt_dir={storage_error(url, e)}".replace("data.storage_options",
+    return UserError(f"trainer.ckpt_dir={storage_error(url, e, action)}".replace("data.storage_options",
                                                                              "trainer.ckpt_storage_options"))
 
 

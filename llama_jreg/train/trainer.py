@@ -92,13 +92,10 @@ class Trainer:
         self.remote = ckpt.remote_checkpoints(t.ckpt_dir, t.ckpt_storage_options)  # trainer.ckpt_dir=s3://...
         self.resumed_from = ckpt.resolve_resume(cfg.resume, self.run_dir, self.remote)
         if self.resumed_from is None and cfg.resume is None:
-            existing = broadcast_object((bool(ckpt.list_checkpoints(self.run_dir)) or bool(
-                self.remote and self.remote.steps())) if self.is_main else None)
+            existing = broadcast_object(self._holder_of_checkpoints() if self.is_main else None)
             if existing:
-                raise UserError(
-                    f"run.dir={cfg.run.dir} already holds checkpoints; continue it with resume=auto "
-                    "or start a new run with another run.dir"
-                )
+                raise UserError(f"{existing[0]}={existing[1]} already holds checkpoints; continue it with resume=auto "
+                                f"or start a new run with another {existing[0]}")
         self.config_yaml = to_yaml(cfg)
         self._write_run_file(None)  # creates run.dir; config.yaml is written once set-up and resume succeeded
 
@@ -201,6 +198,15 @@ class Trainer:
         return ckpt.CheckpointManager(self.run_dir, states, fmt, t.keep_last, ckpt.RunFiles(
             self.config_yaml, str(tok) if tok else None), ckpt.AsyncCheckpointer() if t.async_checkpoint else None,
             data_identity=identity, remote=self.remote)
+
+    def _holder_of_checkpoints(self) -> tuple[str, str] | None:
+        """(setting, value) of the place that already holds this run's checkpoints (run.dir first, then
+        trainer.ckpt_dir), None when neither does: a run started without ``resume`` refuses to overwrite them."""
+        if ckpt.list_checkpoints(self.run_dir):
+            return "run.dir", str(self.cfg.run.dir)
+        if self.remote is not None and self.remote.steps():
+            return "trainer.ckpt_dir", str(self.cfg.trainer.ckpt_dir)
+        return None
 
     def _write_run_file(self, name: str | None) -> None:
         """Create run.dir (``name=None``) or write the resolved config into it; rank 0 writes, all ranks agree."""
