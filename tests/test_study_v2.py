@@ -227,3 +227,14 @@ def test_test_scale_end_to_end_resumes_and_regenerates_from_the_archive(tmp_path
     assert p.returncode == 0 and f"restored {len(todo)} complete run(s)" in p.stdout
     assert (fresh / "report.md").read_text() == md
     shutil.rmtree(fresh)
+
+
+def test_percent_of_the_reference_mean_only_where_that_mean_is_positive():
+    a = {1: 0.03, 2: 0.01, 3: 0.02}
+    t = RegTest("C2", "x", "D", a, {s: 0.0 for s in a}, ref={1: 0.02, 2: 0.01, 3: 0.03})
+    t.pair()
+    assert t.percent == pytest.approx(100 * 0.02 / 0.02)
+    for ref in ({1: -0.01, 2: -0.02, 3: 0.0}, {1: 0.0, 2: 0.0, 3: 0.0}):  # a negative or zero mean
+        t = RegTest("C2", "x", "D", a, {s: 0.0 for s in a}, ref=ref)
+        t.pair()
+        assert t.diffs and t.percent is None

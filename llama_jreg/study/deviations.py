@@ -10,6 +10,17 @@ DEVIATIONS = [
     "E1 reads its 32 windows × 256 tokens from the first study's fixed slice of the Shakespeare corpus "
     "(characters 20,000–80,000 of its first work, `OUT/e1/text.txt`), not from the validation split the "
     "registration names.",
+    "Percentages are left out ('-') where the reference arm's mean is ≤ 0: signed jumps can be negative, and a "
+    "percentage of a negative or zero mean has no direction (C2's first-measurement D is negative on average). "
+    "Decided on 2026-12-07 after reading a partial report of the screening (12 seeds), before any E3 or E4 "
+    "result; no test or verdict depends on it.",
+    "The runs were made by two commits of llama-jreg (each run's `provenance.json` names its own): seeds 1–8 of "
+    "the screening at d6c44df (one run at a time, a shell loop of the same `llama-jreg train` commands, niced), "
+    "the rest at b7bc7fd by `make reproduce` (two lanes). The training code between them changed no number: "
+    "seed 9's rows logged by a run at d6c44df (stopped at step 100) and by its run at b7bc7fd are identical "
+    "(losses, Ψ, validation rows; only timings differ). Seed 8 was stopped at step 294 by the end of a session "
+    "and resumed (`resume=auto`, bit-exact by the trainer's tests); seed 4's first attempt exited 1 at its end "
+    "when the environment was removed under it and was completed by the rerun.",
 ]
 
 CHOICES = [
@@ -21,8 +32,8 @@ CHOICES = [
     "The λ = 0 arms are `jreg=off` (screening: jump_emergence's own `jreg: off`; E4: `jreg=off`).",
     "E4's cloze at step 0 is evaluated by every arm's run (the trainer evaluates the tasks at step 0 of an "
     "init_from run); the report shows seed 1's λ = 0 value (the initial weights are shared).",
-    "Percentages: 100 × mean(paired difference) / mean(reference arm over the same seeds); the gap narrowing "
-    "(a difference of differences) has none.",
+    "Percentages: 100 × mean(paired difference) / mean(reference arm over the same seeds), shown where that "
+    "mean is > 0; the gap narrowing (a difference of differences) has none.",
     "The gap narrowing is (mean gap at the late steps) − (mean gap at the early steps), gap = arm − λ = 0, per "
     "seed; lower (the gap narrows) reads as supporting C4.",
     "P (placebo vs λ = 0) is descriptive of regression to the mean: its resolved verdicts say whether the jump "

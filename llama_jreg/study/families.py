@@ -124,7 +124,7 @@ class RegTest:
             return None
         ref = [self.ref[s] for s in self.seeds if s in self.ref]
         m = statistics.fmean(ref) if ref else 0.0
-        return 100 * statistics.fmean(self.diffs) / m if m else None
+        return 100 * statistics.fmean(self.diffs) / m if m > 0 else None  # of a mean <= 0: no meaning
 
 
 def _ok(v) -> bool:
