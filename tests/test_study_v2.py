@@ -238,3 +238,27 @@ def test_percent_of_the_reference_mean_only_where_that_mean_is_positive():
         t = RegTest("C2", "x", "D", a, {s: 0.0 for s in a}, ref=ref)
         t.pair()
         assert t.diffs and t.percent is None
+
+
+def test_descriptive_cells_read_both_streams_and_the_hinges():
+    from llama_jreg.study.cells import cell_rows, psi_rows, zeta_upto
+
+    psi = [0.4, 0.1, 0.02, 0.01, 0.03, 0.05]          # L = 6
+    assert zeta_upto(psi, 6) == pytest.approx(100 * 0.02)          # ζ_L: the last step alone
+    assert zeta_upto(psi, 5) == pytest.approx(100 * (0.02 + 0.02))  # ζ_{L−1}: the last two
+    assert zeta_upto(psi, 1) == pytest.approx(100 * (0.02 + 0.02))  # the falls count 0
+    rec = {"psi": psi, "D": 0.02, "D_post": 0.05, "J2": 0.04, "zeta_L": 2.0, "zeta_L_post": 5.0, "val_loss": 4.0,
+           "lens_mid": 6.0, "lens_mid_usual": 6.5, "saving": 0.3, "saving_usual": 0.25}
+    other = {**rec, "psi": [0.4, 0.1, 0.02, 0.01, 0.03, 0.01], "D": -0.02, "D_post": 0.0, "zeta_L": 0.0,
+             "zeta_L_post": 0.0, "val_loss": 5.0}
+    data = {"runs": {("screen", ""): {1: rec, 2: other}, ("arms", "paper"): {1: other}}}
+    rows = cell_rows(data)
+    every = next(r for r in rows if r.startswith("| E2: λ = 0, every screened seed |")).split(" | ")
+    # n, Ψ_L (0.05, 0.01), Ψ_L^post = Ψ_L + D^post − D (0.08, 0.03), ζ_L, ζ_L^post, ζ_{L−1} (4, 2), ..., val loss
+    assert every[1:8] == ["2", "0.0300", "0.0550", "1.00", "2.50", "3.00", "0.0000"]
+    assert every[10] == "4.5000"
+    assert any(r.startswith("| E3 growing: paper | 1 |") for r in rows)
+    assert any(r.startswith("| E3 growing: λ = 0 | 1 | 0.0500 |") for r in rows)  # seed 1's λ = 0 run only
+    assert not any("E4" in r for r in rows)                           # no run, no row
+    layers = next(r for r in psi_rows(data) if r.startswith("| E2")).removesuffix(" |").split(" | ")
+    assert layers[1:8] == ["6", "0.4000", f"{(0.1 + 0.02 + 0.01) / 3:.4f}", "0.0100", "0.0300", "0.0300", "0.0550"]

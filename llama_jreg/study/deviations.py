@@ -12,7 +12,7 @@ DEVIATIONS = [
     "registration names.",
     "Percentages are left out ('-') where the reference arm's mean is ≤ 0: signed jumps can be negative, and a "
     "percentage of a negative or zero mean has no direction (C2's first-measurement D is negative on average). "
-    "Decided on 2026-12-07 after reading a partial report of the screening (12 seeds), before any E3 or E4 "
+    "Decided on 2026-12-07 after reading the report of the first 12 screened seeds, before any E3 or E4 "
     "result; no test or verdict depends on it.",
     "The runs were made by two commits of llama-jreg (each run's `provenance.json` names its own): seeds 1–8 of "
     "the screening at d6c44df (one run at a time, a shell loop of the same `llama-jreg train` commands, niced), "

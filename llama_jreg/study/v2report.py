@@ -1,6 +1,6 @@
 """The v2 study's report (docs/results.md when the study is complete; ``OUT/report.md`` with a "partial"
 banner before): the registration, the emergence rate, E1, the paired table of the growing seeds, the continued
-arms' curves, every verdict (n, both CIs, Holm p, sign-flip p, power), the deviations and how it was run. A
+arms' curves, every cell on both streams (descriptive: :mod:`llama_jreg.study.cells`), every verdict (n, both CIs, Holm p, sign-flip p, power), the deviations and how it was run. A
 function of the runs' files alone (no clock, no machine), so the archive regenerates it byte for byte."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 
 from llama_jreg.analysis.stats import paired
+from llama_jreg.study.cells import descriptive_section
 from llama_jreg.study.design import Design, Job
 from llama_jreg.study.deviations import CHOICES, DEVIATIONS, REGISTRATION
 from llama_jreg.study.families import (
@@ -184,6 +185,7 @@ def render(design: Design, scale: str, out: Path, progress: dict, e1: dict | Non
               "Signed jumps from `llama-jreg eval --unit-gain-lens` on the whole validation set; λ = 0 is the "
               "screening run of the seed.", "", *_paired_table(data, arm_seeds), ""]
     lines += _continued_section(data, design, fig)
+    lines += descriptive_section(data, design, out)
     lines += _verdicts_section(tests)
     lines += ["## Deviations from the registration", ""] + [f"* {d}" for d in DEVIATIONS] + [""]
     lines += ["## Choices where the registration is silent", ""] + [f"* {c}" for c in CHOICES] + [""]
