@@ -262,3 +262,26 @@ def test_descriptive_cells_read_both_streams_and_the_hinges():
     assert not any("E4" in r for r in rows)                           # no run, no row
     layers = next(r for r in psi_rows(data) if r.startswith("| E2")).removesuffix(" |").split(" | ")
     assert layers[1:8] == ["6", "0.4000", f"{(0.1 + 0.02 + 0.01) / 3:.4f}", "0.0100", "0.0300", "0.0300", "0.0550"]
+
+
+def test_summary_says_what_each_claim_got_resolved_open_or_missing():
+    from llama_jreg.study.v2report import summary_section
+
+    seeds = range(1, 13)
+    rng = random.Random(0)
+    lam0 = {s: 4.0 + rng.random() / 10 for s in seeds}
+    tests = [RegTest("C4", "E3 growing", "val_loss", {s: lam0[s] - 0.05 - rng.random() / 100 for s in seeds}, lam0,
+                     arm="paper", vs="λ = 0"),                                   # lower in all 12: resolved
+             RegTest("C4", "E3 growing", "val_loss", {s: lam0[s] + rng.gauss(0, 0.05) for s in seeds}, lam0,
+                     arm="jump", vs="λ = 0"),                                    # noise: not resolved
+             RegTest("C4", "E3 control", "val_loss", {}, lam0, arm="paper", vs="λ = 0")]  # no runs: missing
+    decide(tests)
+    assert [t.verdict for t in tests] == ["lower", "not resolved", "missing"]
+    em = {"all": {"k": 4, "n": 40, "ci": (0.04, 0.23)}}
+    lines = summary_section(tests, em, None)
+    c4 = next(line for line in lines if line.startswith("* **C4**"))
+    assert "(3 tests)" in c4 and "Resolved: E3 growing: val loss, paper vs λ = 0: supports." in c4
+    assert f"1 not resolved (the smallest difference each could detect: E3 growing: val loss, jump vs λ = 0: " \
+           f"{tests[1].stats.mde:.4f})" in c4 and "1 missing" in c4
+    assert "in 4 of 40 screened seeds (95 % Wilson interval 4.0–23.0 %)" in lines[2]
+    assert not any(line.startswith("* **C1**") for line in lines)  # no E1 reading, no C1 line
