@@ -67,10 +67,13 @@ def _e1_section(e1: dict | None, seq_len: int) -> list[str]:
                   *rows, ""]
 
 
-def _paired_table(data: dict, seeds: list[int]) -> list[str]:
+E3_ARMS = [("λ = 0", ("screen", "")), ("placebo", ("arms", "placebo")), ("paper", ("arms", "paper")),
+           ("jump", ("arms", "jump"))]
+CONTROL_ARMS = [("λ = 0", ("screen", "")), ("paper", ("control", "paper")), ("jump", ("control", "jump"))]
+
+
+def _paired_table(data: dict, seeds: list[int], arms=E3_ARMS) -> list[str]:
     runs = data["runs"]
-    arms = [("λ = 0", ("screen", "")), ("placebo", ("arms", "placebo")), ("paper", ("arms", "paper")),
-            ("jump", ("arms", "jump"))]
     head = "| seed | " + " | ".join(f"{a}: D | {a}: D^post | {a}: val loss" for a, _ in arms) + " |"
     lines = [head, "|---:|" + "---:|" * (3 * len(arms))]
     for s in seeds:
@@ -227,6 +230,10 @@ def render(design: Design, scale: str, out: Path, progress: dict, e1: dict | Non
     lines += ["## E3: the growing seeds, paired", "",
               "Signed jumps from `llama-jreg eval --unit-gain-lens` on the whole validation set; λ = 0 is the "
               "screening run of the seed.", "", *_paired_table(data, arm_seeds), ""]
+    control_seeds = sorted(data["runs"].get(("control", "paper"), {}) | data["runs"].get(("control", "jump"), {}))
+    lines += ["## E3 negative control: non-growing seeds, paired", "",
+              "The loss cost where there is no jump to remove; the same readings.", "",
+              *_paired_table(data, control_seeds, CONTROL_ARMS), ""]
     lines += _continued_section(data, design, fig)
     lines += descriptive_section(data, design, out)
     lines += _verdicts_section(tests)
