@@ -210,8 +210,11 @@ def test_test_scale_end_to_end_resumes_and_regenerates_from_the_archive(tmp_path
     for byte without training or evaluating."""
     out, arch, docs = tmp_path / "out", tmp_path / "arch", tmp_path / "docs" / "results.md"
     args = ["--scale", "test", "--out", str(out), "--archive", str(arch), "--lanes", "2", "--docs", str(docs)]
+    (docs.parent / "results").mkdir(parents=True)
+    (docs.parent / "results" / "an_earlier_report.png").write_bytes(b"png")  # replaced, not kept beside it
     p = _reproduce(*args)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert sorted(f.name for f in (docs.parent / "results").iterdir()) == ["e4_val_loss.png"]
     design: Design = DESIGNS["test"]
     oc = screen_outcome(design, out)
     todo, final = jobs(design, oc)

@@ -137,6 +137,9 @@ def write_report(design, scale: str, out: Path, docs: str | None) -> Path:
     if prog["complete"] and docs:
         docs_p = Path(docs)
         fig_dir = docs_p.parent / docs_p.stem
+        for old in fig_dir.glob("*.png"):  # figures of an earlier report that this one does not have
+            if fig is None or old.name != fig.name:
+                old.unlink()
         if fig:
             fig_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(fig, fig_dir / fig.name)
