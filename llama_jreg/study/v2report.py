@@ -35,6 +35,11 @@ def _f(v, d: int = 4) -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{d}f}"
 
 
+def _pct(pct) -> str:
+    """A percentage with two decimals below 1 % (a 0.01 % loss change is not "-0.0 %")."""
+    return "-" if pct is None else f"{pct:+.2f} %" if abs(pct) < 1 else f"{pct:+.1f} %"
+
+
 def _p(p) -> str:
     return "-" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
@@ -177,7 +182,7 @@ def _verdict_rows(tests) -> list[str]:
         power = t.family in ("C4", "C5", "C6") or t.verdict == "not resolved"
         lines.append(
             f"| {t.family} | {name} | {t.arm} vs {t.vs} | {s.n} | {s.mean:+.4f} | "
-            f"{'-' if pct is None else f'{pct:+.1f} %'} | [{s.ci[0]:+.4f}, {s.ci[1]:+.4f}] | "
+            f"{_pct(pct)} | [{s.ci[0]:+.4f}, {s.ci[1]:+.4f}] | "
             f"[{s.ci_family[0]:+.4f}, {s.ci_family[1]:+.4f}] (m = {FAMILIES[t.family]}) | {_p(t.p_holm)} "
             f"(raw {_p(s.p)}) | {_p(t.p_sign)} ({_p(t.p_sign_holm)}) | {verdict} | "
             f"{f'{s.mde:.4f}' if power else '-'} |")
