@@ -15,18 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llama_jreg.checkpoint import manager  # noqa: E402 - after the path of this checkout
 from llama_jreg.train import setup, trainer  # noqa: E402
+from tests.s3_server import start_server, stop_server  # noqa: E402
 
 TIMES: dict[str, list[float]] = {"save": [], "resume": []}
 
@@ -44,34 +42,14 @@ def timed(key: str, fn, add: bool = False):
     return wrapper
 
 
-def start_moto() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(endpoint + "/moto-api/", timeout=2).read()
-            return proc, endpoint
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("moto server did not start")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--steps", type=int, default=8)
     args = ap.parse_args()
-    import s3fs  # deferred: an optional extra
-
-    proc, endpoint = start_moto()
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                      AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
-    s3fs.S3FileSystem(endpoint_url=endpoint, key="testing", secret="testing").mkdir("bench")
+    proc, server = start_server()  # the tests' moto server, its endpoint and credentials in the environment
+    os.environ.update(server.env)
+    server.fs().mkdir("bench")
     manager.CheckpointManager.save = timed("save", manager.CheckpointManager.save)
     manager.CheckpointManager.restore = timed("resume", manager.CheckpointManager.restore, add=True)
     trainer.ckpt.resolve_resume = timed("resume", trainer.ckpt.resolve_resume)
@@ -94,7 +72,7 @@ def main() -> None:
                               "save_s": [round(x, 2) for x in saves],
                               "resume_s": round(TIMES["resume"][0], 2)}), flush=True)
     finally:
-        proc.terminate()
+        stop_server(proc)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,8 @@ from llama_jreg.checkpoint.sharded import read_model_state
 
 __all__ = [
     "FORMATS", "FORMAT_VERSION", "MANIFEST", "RNG", "SHARDED_DIR", "STEP_RE", "AsyncCheckpointer",
-    "CheckpointManager", "JsonPart", "RemoteCheckpoints", "remote_checkpoints", "ModelPart", "OptimizerPart", "RankPart", "RunFiles", "checkpoint_format",
-    "checkpoints_dir", "delete_checkpoint", "find_latest", "format_version", "list_checkpoints", "read_model_state",
-    "read_text", "remove_stale_tmp", "resolve_format", "resolve_resume", "step_dir_name", "verify",
+    "CheckpointManager", "JsonPart", "ModelPart", "OptimizerPart", "RankPart", "RemoteCheckpoints", "RunFiles",
+    "checkpoint_format", "checkpoints_dir", "delete_checkpoint", "find_latest", "format_version", "list_checkpoints",
+    "read_model_state", "read_text", "remote_checkpoints", "remove_stale_tmp", "resolve_format", "resolve_resume",
+    "step_dir_name", "verify",
 ]

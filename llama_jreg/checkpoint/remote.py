@@ -107,7 +107,7 @@ class RemoteCheckpoints:
 
     def _delete(self, name: str) -> None:
         fs, root = self._fs()
-        if fs.exists(f"{root}/{name}/{MANIFEST}"):
+        if self.complete(name):
             fs.rm_file(f"{root}/{name}/{MANIFEST}")  # first: never seen as complete while half-deleted
         fs.rm(f"{root}/{name}", recursive=True)
 

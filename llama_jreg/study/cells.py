@@ -9,15 +9,18 @@ import math
 import statistics
 from pathlib import Path
 
+import torch
+
+from llama_jreg.jreg import zeta
 from llama_jreg.study.design import Design, grew, screen_reading
 
 
 def zeta_upto(psi: list[float], first: int) -> float:
-    """ζ_ℓ = 100 · Σ_{k=ℓ..L} max(0, Ψ_k − Ψ_{k−1}) for ℓ = ``first`` (1-based; Ψ_0 does not exist, so k ≥ 2)."""
-    return 100 * sum(max(0.0, psi[k - 1] - psi[k - 2]) for k in range(max(first, 2), len(psi) + 1))
+    """ζ_ℓ = 100 · Σ_{k=ℓ..L} max(0, Ψ_k − Ψ_{k−1}) for ℓ = ``first`` (1-based), by :func:`llama_jreg.jreg.zeta`."""
+    return float(zeta(torch.tensor(psi, dtype=torch.float64))[first - 1])
 
 
-def _groups(data: dict) -> dict[str, list[int]]:
+def groups(data: dict) -> dict[str, list[int]]:
     """The seeds of each group: every screened seed, the growing seeds with E3 runs, the control seeds."""
     runs = data["runs"]
 
@@ -30,7 +33,7 @@ def _groups(data: dict) -> dict[str, list[int]]:
 
 def _cells(data: dict) -> list[tuple[str, str, str, list[int]]]:
     """(label, stage, arm, seeds) of every cell, in the report's order."""
-    g = _groups(data)
+    g = groups(data)
     out = [("E2: λ = 0, every screened seed", "screen", "", g["screened"])]
     out += [(f"E3 growing: {name}", stage, arm, g["arms"]) for name, stage, arm in
             (("λ = 0", "screen", ""), ("placebo", "arms", "placebo"), ("paper", "arms", "paper"),
@@ -47,8 +50,20 @@ def _mean(vals) -> float | None:
     return statistics.fmean(vals) if vals else None
 
 
-def _fmt(v, d: int = 4) -> str:
-    return "-" if v is None else f"{v:.{d}f}"
+def fmt(v, d: int = 4) -> str:
+    """A reading with ``d`` decimals; "-" for none (or a non-finite one)."""
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{d}f}"
+
+
+def _evaluated(data: dict, stage: str, arm: str, seeds: list[int]) -> list[dict]:
+    """The readings of the cell's evaluated runs, in seed order."""
+    cell = data["runs"].get((stage, arm), {})
+    return [cell[s] for s in seeds if cell.get(s)]
+
+
+def _psi_post(r: dict) -> float:
+    """Ψ_L^post from a run's readings (D^post − D = Ψ_L^post − Ψ_L)."""
+    return r["psi"][-1] + r["D_post"] - r["D"]
 
 
 def cell_rows(data: dict) -> list[str]:
@@ -57,17 +72,16 @@ def cell_rows(data: dict) -> list[str]:
              "lens mid (unit gain) | lens mid (usual) | saving ≤ L−2 (unit gain) | saving ≤ L−2 (usual) |",
              "|---|---:|" + "---:|" * 13]
     for label, stage, arm, seeds in _cells(data):
-        rs = [data["runs"].get((stage, arm), {}).get(s) for s in seeds]
-        rs = [r for r in rs if r]
+        rs = _evaluated(data, stage, arm, seeds)
         if not rs:
             continue
 
         def m(key, d=4, rs=rs):
-            return _fmt(_mean(r.get(key) for r in rs), d)
+            return fmt(_mean(r.get(key) for r in rs), d)
 
-        psi_l = _fmt(_mean(r["psi"][-1] for r in rs))
-        psi_post = _fmt(_mean(r["psi"][-1] + r["D_post"] - r["D"] for r in rs))
-        z1 = _fmt(_mean(zeta_upto(r["psi"], len(r["psi"]) - 1) for r in rs), 2)
+        psi_l = fmt(_mean(r["psi"][-1] for r in rs))
+        psi_post = fmt(_mean(_psi_post(r) for r in rs))
+        z1 = fmt(_mean(zeta_upto(r["psi"], len(r["psi"]) - 1) for r in rs), 2)
         lines.append(f"| {label} | {len(rs)} | {psi_l} | {psi_post} | {m('zeta_L', 2)} | {m('zeta_L_post', 2)} | "
                      f"{z1} | {m('D')} | {m('D_post')} | {m('J2')} | {m('val_loss')} | {m('lens_mid')} | "
                      f"{m('lens_mid_usual')} | {m('saving')} | {m('saving_usual')} |")
@@ -79,15 +93,13 @@ def psi_rows(data: dict) -> list[str]:
     three layers (the same columns for the 6-layer and the 30-layer models)."""
     lines = ["| cell | L | Ψ_1 | mean Ψ_2..Ψ_{L−2} | Ψ_{L−2} | Ψ_{L−1} | Ψ_L | Ψ_L^post |", "|---|---:|" + "---:|" * 6]
     for label, stage, arm, seeds in _cells(data):
-        rs = [data["runs"].get((stage, arm), {}).get(s) for s in seeds]
-        rs = [r for r in rs if r and len(r["psi"]) >= 4]
+        rs = [r for r in _evaluated(data, stage, arm, seeds) if len(r["psi"]) >= 4]
         if not rs:
             continue
         L = len(rs[0]["psi"])
         cols = [_mean(r["psi"][0] for r in rs), _mean(statistics.fmean(r["psi"][1:L - 2]) for r in rs),
-                _mean(r["psi"][L - 3] for r in rs), _mean(r["psi"][L - 2] for r in rs), _mean(r["psi"][L - 1] for r in rs),
-                _mean(r["psi"][-1] + r["D_post"] - r["D"] for r in rs)]
-        lines.append(f"| {label} | {L} | " + " | ".join(_fmt(c) for c in cols) + " |")
+                *(_mean(r["psi"][k] for r in rs) for k in (L - 3, L - 2, L - 1)), _mean(_psi_post(r) for r in rs)]
+        lines.append(f"| {label} | {L} | " + " | ".join(fmt(c) for c in cols) + " |")
     return lines
 
 
@@ -95,7 +107,7 @@ def criterion_rows(data: dict, design: Design, out: Path) -> list[str]:
     """How many seeds of each from-scratch group meet the screening criterion under each arm, read from each
     run's own logged rows as the screening reads them."""
     lines = ["| seeds | λ = 0 | placebo | paper | jump |", "|---|---:|---:|---:|---:|"]
-    g = _groups(data)
+    g = groups(data)
     for name, stage in (("E3 growing", "arms"), ("control (non-growing)", "control")):
         cells = []
         for rel in ("screen", f"{stage}/placebo", f"{stage}/paper", f"{stage}/jump"):

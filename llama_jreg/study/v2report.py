@@ -1,7 +1,7 @@
 """The v2 study's report (docs/results.md when the study is complete; ``OUT/report.md`` with a "partial"
 banner before): the registration, the emergence rate, E1, the paired table of the growing seeds, the continued
-arms' curves, every cell on both streams (descriptive: :mod:`llama_jreg.study.cells`), every verdict (n, both CIs, Holm p, sign-flip p, power), the deviations and how it was run. A
-function of the runs' files alone (no clock, no machine), so the archive regenerates it byte for byte."""
+arms' curves, every cell on both streams (descriptive: :mod:`llama_jreg.study.cells`), every verdict (n, both
+CIs, Holm p, sign-flip p, power), the deviations and how it was run. A function of the runs' files alone (no clock, no machine), so the archive regenerates it byte for byte."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import statistics
 from pathlib import Path
 
 from llama_jreg.analysis.stats import paired
-from llama_jreg.study.cells import descriptive_section
+from llama_jreg.study.cells import descriptive_section, groups
+from llama_jreg.study.cells import fmt as _f
 from llama_jreg.study.design import Design, Job
 from llama_jreg.study.deviations import CHOICES, DEVIATIONS, REGISTRATION
 from llama_jreg.study.families import (
@@ -29,10 +30,6 @@ from llama_jreg.study.lanes import eval_command, show, train_command
 from llama_jreg.train.provenance import read_provenance
 
 MODEL = "SmolLM2-135M-Instruct (de-quantised from Q4_1)"
-
-
-def _f(v, d: int = 4) -> str:
-    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{d}f}"
 
 
 def _pct(pct) -> str:
@@ -231,14 +228,13 @@ def render(design: Design, scale: str, out: Path, progress: dict, e1: dict | Non
     growers = [s for s in sorted(data["outcome"]) if data["outcome"][s]]
     lines += ["", f"Growing seeds: {', '.join(map(str, growers)) or 'none'}.", ""]
     lines += _e1_section(e1, design.e1_seq_len)
-    arm_seeds = sorted(data["runs"].get(("arms", "paper"), {}) | data["runs"].get(("arms", "placebo"), {}))
+    seeds = groups(data)
     lines += ["## E3: the growing seeds, paired", "",
               "Signed jumps from `llama-jreg eval --unit-gain-lens` on the whole validation set; λ = 0 is the "
-              "screening run of the seed.", "", *_paired_table(data, arm_seeds), ""]
-    control_seeds = sorted(data["runs"].get(("control", "paper"), {}) | data["runs"].get(("control", "jump"), {}))
+              "screening run of the seed.", "", *_paired_table(data, seeds["arms"]), ""]
     lines += ["## E3 negative control: non-growing seeds, paired", "",
               "The loss cost where there is no jump to remove; the same readings.", "",
-              *_paired_table(data, control_seeds, CONTROL_ARMS), ""]
+              *_paired_table(data, seeds["control"], CONTROL_ARMS), ""]
     lines += _continued_section(data, design, fig)
     lines += descriptive_section(data, design, out)
     lines += _verdicts_section(tests)
