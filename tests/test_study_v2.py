@@ -288,3 +288,26 @@ def test_summary_says_what_each_claim_got_resolved_open_or_missing():
            f"{tests[1].stats.mde:.4f})" in c4 and "1 missing" in c4
     assert "in 4 of 40 screened seeds (95 % Wilson interval 4.0–23.0 %)" in lines[2]
     assert not any(line.startswith("* **C1**") for line in lines)  # no E1 reading, no C1 line
+
+
+def test_compute_counts_parallel_lanes_once_and_adds_runs_trained_outside_make_reproduce(tmp_path):
+    from llama_jreg.study.v2report import compute_line
+
+    def row(stage, start, end):
+        return json.dumps({"stage": stage, "start": start, "end": end, "lanes": 2, "threads": 1, "rc": 0})
+
+    # two lanes side by side (0-3600 and 1800-5400: 1.5 h), a report row (not compute), an eval of a run
+    # trained by hand (its training, 2 rows of 100 steps at 9 s and 27 s a step = 1 h, comes from its log)
+    (tmp_path / "timing.jsonl").write_text("\n".join([
+        row("train:screen/seed_2", 0, 3600), row("train:arms/paper/seed_2", 1800, 5400), row("report", 0, 90000),
+        row("eval:screen/seed_1", 7200, 7200 + 360)]) + "\n")
+    run = tmp_path / "screen" / "seed_1"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"kind": "train", "step": 100, "step_time_s": 9.0}, {"kind": "train", "step": 100, "step_time_s": 9.0},
+        {"kind": "eval", "step": 100, "val_loss": 4.0}, {"kind": "train", "step": 200, "step_time_s": 27.0}]))
+    line = compute_line(tmp_path, 6.0)
+    assert line.startswith("* **Compute**: 2.60 h (registered: ≤ 6 h): 1.60 h while `make reproduce`"), line
+    assert "and 1.00 h of training of 1 run(s) made one at a time outside it" in line
+    (tmp_path / "timing.jsonl").unlink()
+    assert compute_line(tmp_path).startswith("* **Compute**: 0.00 h: 0.00 h while")

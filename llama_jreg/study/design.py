@@ -59,6 +59,7 @@ class Design:
     e4_late: tuple[int, ...] = (160, 180, 200)   # C4's E4 loss: the mean of these evaluations
     e4_early: tuple[int, ...] = (60, 80, 100)    # the gap narrowing: late gap - early gap
     e4_show: tuple[int, ...] = (50, 100, 150, 200)  # the report's table of the curves
+    budget_h: float | None = None         # the registered compute budget (hours on 2 cores), if any
 
 
 _JE = ["experiment=jump_emergence"]
@@ -77,7 +78,8 @@ DESIGNS: dict[str, Design] = {
     "cpu": Design(_JE, about="the registered design (docs/preregistration.md): 40+ seeds screened at lambda = 0 "
                              "(jump_emergence), paper / jump / placebo on the first 12 growing seeds, paper / jump "
                              "on the first 5 non-growing, SmolLM2-135M-Instruct continued 200 steps (5 seeds x 3 "
-                             "arms); two lanes of one thread each, about 6 h on 2 cores, in chunks (--max-hours)"),
+                             "arms); two lanes of one thread each, about 6 h on 2 cores, in chunks (--max-hours)",
+                  budget_h=6.0),
     "quick": Design([*_JE, *_QUICK], seeds=4, block=2, max_seeds=6, min_growers=1, n_arms=2, n_control=1,
                     threshold=-math.inf,
                     continued=[*CONTINUED, *_QUICK_CONT], continued_seeds=1, continued_eval=["--batches", "2"],

@@ -48,6 +48,22 @@ def cell_label(mode: str, weighting: str, l0: int = 2, stream: str | None = None
     return label
 
 
+def train_seconds(train_rows: list[dict]) -> float:
+    """A run's training time from its (deduplicated) train rows: each row's mean step time times the steps
+    since the previous row."""
+    total, prev = 0.0, 0
+    for r in train_rows:
+        total += r.get("step_time_s", 0.0) * (r["step"] - prev)
+        prev = r["step"]
+    return total
+
+
+def logged_train_seconds(run_dir: str | Path) -> float:
+    """:func:`train_seconds` of a run directory's ``metrics.jsonl``."""
+    rows = read_metrics(Path(run_dir) / "metrics.jsonl")
+    return train_seconds(_dedup([r for r in rows if r.get("kind") == "train"]))
+
+
 def run_result(run_dir: str | Path, experiment: str, eval_json: dict | None = None) -> dict:
     """One run's figures (see the module docstring). ``complete`` is False while the run is short of
     ``trainer.max_steps``."""
@@ -60,11 +76,7 @@ def run_result(run_dir: str | Path, experiment: str, eval_json: dict | None = No
     last_jump = jump[-1] if jump else {}
     last_eval = evals[-1] if evals else {}
     steps = max((r["step"] for r in rows if "step" in r), default=0)
-    # training time: each train row's mean step time times the steps since the previous row
-    train_time, prev = 0.0, 0
-    for r in train:
-        train_time += r.get("step_time_s", 0.0) * (r["step"] - prev)
-        prev = r["step"]
+    train_time = train_seconds(train)
     val_psi = last_jump.get("val_psi")
     tasks = {}  # the last row of each in-training task evaluation
     for r in rows:

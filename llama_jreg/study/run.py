@@ -77,6 +77,18 @@ def record_stage(out: Path, stage: str, start: float, end: float, **extra) -> No
         f.write(json.dumps({"stage": stage, "start": round(start, 1), "end": round(end, 1), **extra}) + "\n")
 
 
+def union_seconds(intervals) -> float:
+    """The length of the union of ``(start, end)`` intervals: time covered by any of them, overlaps once."""
+    total, cur_s, cur_e = 0.0, None, None
+    for s, e in sorted(intervals):
+        if cur_e is None or s > cur_e:
+            total += (cur_e - cur_s) if cur_e is not None else 0.0
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    return total + ((cur_e - cur_s) if cur_e is not None else 0.0)
+
+
 def wall_time(results: list[dict], out: Path) -> str:
     """The study's wall time from ``OUT/timing.jsonl`` (the union of the stages' intervals, so parallel lanes
     count once and the pauses between invocations not at all), the lanes the sweeps ran in, and the training
@@ -89,14 +101,7 @@ def wall_time(results: list[dict], out: Path) -> str:
     train = sum(r["train_time_s"] for r in results) / 3600
     if not rows:
         return f"not recorded (no timing.jsonl); {train:.2f} h of training summed over the runs"
-    total, cur_s, cur_e = 0.0, None, None
-    for s, e in sorted((r["start"], r["end"]) for r in rows):
-        if cur_e is None or s > cur_e:
-            total += (cur_e - cur_s) if cur_e is not None else 0.0
-            cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
-    total += cur_e - cur_s
+    total = union_seconds((r["start"], r["end"]) for r in rows)
     trained = [r for r in rows if r["stage"].startswith("train:")]
     span = trained or rows  # the sweeps' span; without sweeps, the evaluation's and report's
     first = time.strftime("%Y-%m-%d %H:%M", time.gmtime(min(r["start"] for r in span)))

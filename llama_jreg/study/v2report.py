@@ -5,6 +5,7 @@ CIs, Holm p, sign-flip p, power), the deviations and how it was run. A function 
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from pathlib import Path
@@ -27,6 +28,8 @@ from llama_jreg.study.families import (
     emergence,
 )
 from llama_jreg.study.lanes import eval_command, show, train_command
+from llama_jreg.study.results import logged_train_seconds
+from llama_jreg.study.run import union_seconds
 from llama_jreg.train.provenance import read_provenance
 
 MODEL = "SmolLM2-135M-Instruct (de-quantised from Q4_1)"
@@ -46,6 +49,31 @@ def first_run_time(out: Path) -> str:
     times = [p["time"] for run in out.glob("*/seed_*") for p in read_provenance(run) if p.get("time")]
     times += [p["time"] for run in out.glob("*/*/seed_*") for p in read_provenance(run) if p.get("time")]
     return min(times) if times else "-"
+
+
+def compute_line(out: Path, budget_h: float | None = None) -> str:
+    """The machine time the study's runs took, from their files: the union of the train and eval intervals
+    in ``OUT/timing.jsonl`` (``make reproduce``'s lanes side by side count once), plus the logged training
+    time of the evaluated runs trained outside it (an ``eval:`` row but no ``train:`` row; such runs ran one at
+    a time)."""
+    try:
+        rows = [json.loads(line) for line in (out / "timing.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError):
+        rows = []
+    rows = [r for r in rows if r["stage"].startswith(("train:", "eval:"))]
+    timed = {r["stage"].split(":", 1)[1] for r in rows if r["stage"].startswith("train:")}
+    evaluated = {r["stage"].split(":", 1)[1] for r in rows if r["stage"].startswith("eval:")}
+    untimed = [out / key for key in sorted(evaluated - timed)]  # trained before make reproduce evaluated them
+    inside = union_seconds((r["start"], r["end"]) for r in rows) / 3600
+    outside = sum(logged_train_seconds(run) for run in untimed) / 3600
+    line = (f"* **Compute**: {inside + outside:.2f} h" + (f" (registered: ≤ {budget_h:g} h)" if budget_h else "")
+            + f": {inside:.2f} h while "
+            "`make reproduce` trained and evaluated (the union of the intervals in `timing.jsonl`, its lanes side "
+            "by side counted once)")
+    if untimed:
+        line += (f", and {outside:.2f} h of training of {len(untimed)} run(s) made one at a time outside it "
+                 "(their logged step times)")
+    return line + "."
 
 
 def _e1_section(e1: dict | None, seq_len: int) -> list[str]:
@@ -217,6 +245,7 @@ def render(design: Design, scale: str, out: Path, progress: dict, e1: dict | Non
         lines += [f"| {st} | {d} | {t} | {n} |" for st, (d, t, n) in progress["stages"].items()] + [""]
     lines += [f"* **Registration**: docs/preregistration.md, commit {reg['commit']} ({reg['date']}), amendment A1 "
               f"commit {reg['amendments']['A1']}; first run started {first_run_time(out)}.",
+              compute_line(out, design.budget_h),
               f"* **Scale**: {design.about}.", ""]
     lines += summary_section(tests, em, e1)
     lines += ["## Emergence (E2, C2)", ""]
