@@ -193,7 +193,7 @@ def summary_section(tests, em: dict, e1: dict | None) -> list[str]:
 
 def _verdict_rows(tests) -> list[str]:
     lines = ["| family | test | arm vs | n | mean diff | % | 95 % CI (unadjusted) | CI (family-adjusted, m) | "
-             "Holm p (t) | sign-flip p (Holm) | verdict | power: could not detect smaller than |",
+             "Holm p, t (raw) | Holm p, sign-flip (raw) | verdict | power: could not detect smaller than |",
              "|---|---|---|---:|---:|---:|---|---|---:|---:|---|---:|"]
     for t in tests:
         s = t.stats
@@ -209,7 +209,7 @@ def _verdict_rows(tests) -> list[str]:
             f"| {t.family} | {name} | {t.arm} vs {t.vs} | {s.n} | {s.mean:+.4f} | "
             f"{_pct(pct)} | [{s.ci[0]:+.4f}, {s.ci[1]:+.4f}] | "
             f"[{s.ci_family[0]:+.4f}, {s.ci_family[1]:+.4f}] (m = {FAMILIES[t.family]}) | {_p(t.p_holm)} "
-            f"(raw {_p(s.p)}) | {_p(t.p_sign)} ({_p(t.p_sign_holm)}) | {verdict} | "
+            f"(raw {_p(s.p)}) | {_p(t.p_sign_holm)} (raw {_p(t.p_sign)}) | {verdict} | "
             f"{f'{s.mde:.4f}' if power else '-'} |")
     return lines
 
