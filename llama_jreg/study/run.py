@@ -77,6 +77,14 @@ def record_stage(out: Path, stage: str, start: float, end: float, **extra) -> No
         f.write(json.dumps({"stage": stage, "start": round(start, 1), "end": round(end, 1), **extra}) + "\n")
 
 
+def read_timing(out: Path) -> list[dict]:
+    """The rows of ``OUT/timing.jsonl`` (none when it is missing or unreadable)."""
+    try:
+        return [json.loads(line) for line in (out / "timing.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError):
+        return []
+
+
 def union_seconds(intervals) -> float:
     """The length of the union of ``(start, end)`` intervals: time covered by any of them, overlaps once."""
     total, cur_s, cur_e = 0.0, None, None
@@ -93,11 +101,7 @@ def wall_time(results: list[dict], out: Path) -> str:
     """The study's wall time from ``OUT/timing.jsonl`` (the union of the stages' intervals, so parallel lanes
     count once and the pauses between invocations not at all), the lanes the sweeps ran in, and the training
     time summed over the runs (their logged step times)."""
-    rows = []
-    try:
-        rows = [json.loads(line) for line in (out / "timing.jsonl").read_text().splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError):
-        pass
+    rows = read_timing(out)
     train = sum(r["train_time_s"] for r in results) / 3600
     if not rows:
         return f"not recorded (no timing.jsonl); {train:.2f} h of training summed over the runs"

@@ -5,7 +5,6 @@ CIs, Holm p, sign-flip p, power), the deviations and how it was run. A function 
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from pathlib import Path
@@ -29,7 +28,7 @@ from llama_jreg.study.families import (
 )
 from llama_jreg.study.lanes import eval_command, show, train_command
 from llama_jreg.study.results import logged_train_seconds
-from llama_jreg.study.run import union_seconds
+from llama_jreg.study.run import read_timing, union_seconds
 from llama_jreg.train.provenance import read_provenance
 
 MODEL = "SmolLM2-135M-Instruct (de-quantised from Q4_1)"
@@ -56,11 +55,7 @@ def compute_line(out: Path, budget_h: float | None = None) -> str:
     in ``OUT/timing.jsonl`` (``make reproduce``'s lanes side by side count once), plus the logged training
     time of the evaluated runs trained outside it (an ``eval:`` row but no ``train:`` row; such runs ran one at
     a time)."""
-    try:
-        rows = [json.loads(line) for line in (out / "timing.jsonl").read_text().splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError):
-        rows = []
-    rows = [r for r in rows if r["stage"].startswith(("train:", "eval:"))]
+    rows = [r for r in read_timing(out) if r["stage"].startswith(("train:", "eval:"))]
     timed = {r["stage"].split(":", 1)[1] for r in rows if r["stage"].startswith("train:")}
     evaluated = {r["stage"].split(":", 1)[1] for r in rows if r["stage"].startswith("eval:")}
     untimed = [out / key for key in sorted(evaluated - timed)]  # trained before make reproduce evaluated them
