@@ -311,3 +311,21 @@ def test_compute_counts_parallel_lanes_once_and_adds_runs_trained_outside_make_r
     assert "and 1.00 h of training of 1 run(s) made one at a time outside it" in line
     (tmp_path / "timing.jsonl").unlink()
     assert compute_line(tmp_path).startswith("* **Compute**: 0.00 h: 0.00 h while")
+
+
+def test_results_md_is_the_report_of_the_committed_archive(tmp_path):
+    """docs/results.md and its figure are what `make reproduce` writes from the committed archive docs/study/v2,
+    byte for byte: every run restored from the archive (so nothing is trained or evaluated), the report a
+    function of the runs' files alone."""
+    from llama_jreg.study.archive import restore
+    from llama_jreg.study.cli import write_report
+
+    design = DESIGNS["cpu"]
+    out, docs = tmp_path / "out", tmp_path / "docs" / "results.md"
+    n = restore(REPO / "docs" / "study" / "v2", out, lambda msg: None)
+    todo, final = jobs(design, screen_outcome(design, out))
+    assert final and n == len(todo) == 92
+    write_report(design, "cpu", out, str(docs))
+    assert docs.read_text(encoding="utf-8") == (REPO / "docs" / "results.md").read_text(encoding="utf-8")
+    assert sorted(p.name for p in (docs.parent / "results").iterdir()) == \
+        sorted(p.name for p in (REPO / "docs" / "results").glob("*.png")) == ["e4_val_loss.png"]

@@ -21,6 +21,12 @@ DEVIATIONS = [
     "(losses, Ψ, validation rows; only timings differ). Seed 8 was stopped at step 294 by the end of a session "
     "and resumed (`resume=auto`, bit-exact by the trainer's tests); seed 4's first attempt exited 1 at its end "
     "when the environment was removed under it and was completed by the rerun.",
+    "Compute: 7.05 h against the registered ≤ 6 h (the report's Compute line). The 8 screening runs made one at a "
+    "time in a niced shell loop (seeds 1–8) shared the 2 cores with other work and took 2.00 h of training "
+    "instead of ≈ 0.5 h; two E4 runs overlapped a full test run (2007 s and 2071 s against 1166–1297 s for the "
+    "others); the last chunk (seed 5's three E4 runs) ran 3 lanes of one thread each. These change timings only: "
+    "training on CPU is deterministic and no run's numbers depend on its lane or load (noted 2026-12-07, after "
+    "the last run).",
 ]
 
 CHOICES = [
